@@ -1,0 +1,103 @@
+"""Argument checks shared by every op.
+
+Each check raises a ``TypeError`` or ``ValueError`` that names the argument, what was expected and what was given,
+so that bad input never surfaces as an ``IndexError`` or a broadcasting error from deep inside an op.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import array_api_compat
+from array_api_compat import array_namespace, device as device_of
+
+
+def library_name(a) -> str:
+    """Short name of the library an array belongs to: ``numpy``, ``torch``, ``array_api_strict``..."""
+    return type(a).__module__.split(".")[0]
+
+
+def namespace_and_device(**arrays):
+    """The array namespace and device shared by the named array arguments (``None`` values are skipped).
+
+    Raises a TypeError for a non-array and a ValueError naming both arguments when they come from different
+    libraries or live on different devices: xpcnn never copies between host and device behind the user's back.
+    """
+    first_name = first = xp = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+        if first is None:
+            first_name, first, xp = name, a, array_namespace(a)
+            continue
+        if array_namespace(a) is not xp:
+            raise ValueError(
+                f"{name} is a {library_name(a)} array but {first_name} is a {library_name(first)} array; "
+                "all arrays of one call must come from the same library"
+            )
+        if device_of(a) != device_of(first):
+            raise ValueError(
+                f"{name} is on device {device_of(a)!r} but {first_name} is on device {device_of(first)!r}; "
+                "move them to one device explicitly"
+            )
+    return xp, device_of(first)
+
+
+def check_floating(xp, a, name: str) -> None:
+    if not xp.isdtype(a.dtype, "real floating"):
+        raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {a.dtype}")
+
+
+def check_same_dtype(a, name: str, ref, ref_name: str) -> None:
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}; they must match")
+
+
+def check_ndim(a, name: str, ndim: int, layout: str) -> None:
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
+
+
+def check_shape(a, name: str, expected: tuple, what: str) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(a.shape)}")
+
+
+def as_int(value, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+
+
+def int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """``value`` as a (height, width) pair of ints, each at least ``minimum``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = (as_int(value[0], name), as_int(value[1], name))
+    else:
+        pair = (as_int(value, name),) * 2
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def check_upstream(dout, expected_shape, cached, dtype, name: str = "dout"):
+    """Check an upstream gradient against its forward pass: namespace and device of ``cached`` (an array the
+    forward pass kept), the forward output's shape and the forward input's ``dtype``. Returns (xp, device)."""
+    xp, device = namespace_and_device(**{name: dout, "the forward pass's arrays": cached})
+    check_floating(xp, dout, name)
+    check_shape(dout, name, expected_shape, "the forward output's shape")
+    if dout.dtype != dtype:
+        raise TypeError(f"{name} has dtype {dout.dtype} but the forward input had dtype {dtype}; they must match")
+    return xp, device

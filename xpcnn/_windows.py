@@ -1,0 +1,112 @@
+"""The one window primitive behind convolution and pooling.
+
+A sliding 2-D window over the last two axes of an (N, C, H, W) array is described by a :class:`WindowGeometry`.
+
+* :func:`pad` pads the input (zeros for convolution and average pooling, ``-inf`` for max pooling).
+* :func:`windows` yields, for each kernel offset ``(i, j)`` in row-major order, the strided slice of the padded input
+  that holds element ``(i, j)`` of every window: an ``(N, C, out_h, out_w)`` array. Convolution stacks these slices
+  (im2col); pooling reduces them one at a time, so no ``kh * kw`` times larger temporary is needed.
+* :func:`scatter_windows` is the accumulating inverse (col2im): it adds one ``(N, C, out_h, out_w)`` array per offset
+  back into the slice it came from and crops the padding. Overlapping windows accumulate; within one offset every
+  position is distinct, so there is no scatter-add, no integer indexing and no atomics: the result is deterministic
+  on every backend.
+
+Only basic strided slices with in-bounds stops are used, which every array API library supports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import array_api_extra as xpx
+
+_AXES = ("height", "width")
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Where every window of a 2-D sliding-window op lies. All pairs are (height, width)."""
+
+    in_size: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right)) as the op asked for
+    out_size: tuple[int, int]
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """Size of the padded input: the requested padding, extended (ceil_mode) so every slice stays in bounds."""
+        return tuple(
+            max(n + before + after, (o - 1) * s + d * (k - 1) + 1)
+            for n, (before, after), o, s, d, k in zip(
+                self.in_size, self.padding, self.out_size, self.stride, self.dilation, self.kernel
+            )
+        )
+
+    def offsets(self):
+        """Kernel offsets ``(i, j)`` in row-major order."""
+        kh, kw = self.kernel
+        return [(i, j) for i in range(kh) for j in range(kw)]
+
+    def slices(self, i: int, j: int) -> tuple[slice, slice]:
+        """Row and column slices of the padded input that hold element ``(i, j)`` of every window."""
+        return tuple(
+            slice(k * d, k * d + s * (o - 1) + 1, s)
+            for k, d, s, o in zip((i, j), self.dilation, self.stride, self.out_size)
+        )
+
+
+def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=False, kernel_name="kernel_size"):
+    """Build the geometry; output size ``floor((H + pads - d(k-1) - 1) / s) + 1`` (or ceil, as PyTorch's pooling).
+
+    ``padding`` is ((top, bottom), (left, right)). Raises a ValueError when the dilated kernel does not fit into the
+    padded input. With ``ceil_mode`` the last window is dropped when it would start inside the bottom/right padding.
+    """
+    out_size = []
+    for axis, n, k, s, d, (before, after) in zip(_AXES, in_size, kernel, stride, dilation, padding):
+        span = d * (k - 1) + 1
+        padded = n + before + after
+        if padded < span:
+            raise ValueError(
+                f"{kernel_name} {k} (dilation {d}, span {span}) is larger than the padded input {axis} {padded} "
+                f"(input {n}, padding {before} + {after})"
+            )
+        out = (padded - span + (s - 1 if ceil_mode else 0)) // s + 1
+        if ceil_mode and (out - 1) * s >= n + before:
+            out -= 1
+        out_size.append(out)
+    return WindowGeometry(tuple(in_size), tuple(kernel), tuple(stride), tuple(dilation), tuple(padding), tuple(out_size))
+
+
+def pad(xp, x, geometry: WindowGeometry, value: float):
+    """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed."""
+    (top, _), (left, _) = geometry.padding
+    bottom = geometry.padded_size[0] - geometry.in_size[0] - top
+    right = geometry.padded_size[1] - geometry.in_size[1] - left
+    if top == bottom == left == right == 0:
+        return x
+    pad_width = [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)]
+    return xpx.pad(x, pad_width, constant_values=value, xp=xp)
+
+
+def windows(x_padded, geometry: WindowGeometry):
+    """Yield ``(i, j, slice)`` for every kernel offset; each slice is ``(..., out_h, out_w)``."""
+    for i, j in geometry.offsets():
+        rows, cols = geometry.slices(i, j)
+        yield i, j, x_padded[..., rows, cols]
+
+
+def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device):
+    """Accumulating inverse of :func:`windows`: add ``parts[k]`` (``(..., out_h, out_w)``, one per offset in
+    row-major order) into the slice of offset ``k`` of a zero padded array, then crop the padding.
+
+    Returns an array of shape ``(*leading_shape, H, W)``.
+    """
+    grad = xp.zeros((*leading_shape, *geometry.padded_size), dtype=dtype, device=device)
+    for (i, j), part in zip(geometry.offsets(), parts, strict=True):
+        rows, cols = geometry.slices(i, j)
+        grad = xpx.at(grad)[..., rows, cols].add(part)
+    (top, _), (left, _) = geometry.padding
+    height, width = geometry.in_size
+    return grad[..., top : top + height, left : left + width]

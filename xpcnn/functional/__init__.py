@@ -1,0 +1,21 @@
+"""Pure forward/backward functions of every layer, in CS231n's ``(out, cache)`` style.
+
+``out, cache = NAME_forward(x, ...)`` computes the layer and keeps what its backward pass needs;
+``NAME_backward(dout, cache)`` returns the gradients. Every function is written once against the Python array API
+standard: the input's namespace (NumPy, CuPy, PyTorch, JAX, Dask, array-api-strict...), device and dtype are kept.
+"""
+
+from .activations import *  # noqa: F403
+from .activations import __all__ as _activations
+from .conv import *  # noqa: F403
+from .conv import __all__ as _conv
+from .flatten import *  # noqa: F403
+from .flatten import __all__ as _flatten
+from .linear import *  # noqa: F403
+from .linear import __all__ as _linear
+from .losses import *  # noqa: F403
+from .losses import __all__ as _losses
+from .pooling import *  # noqa: F403
+from .pooling import __all__ as _pooling
+
+__all__ = [*_conv, *_pooling, *_activations, *_linear, *_flatten, *_losses]

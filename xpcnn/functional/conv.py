@@ -1,0 +1,148 @@
+"""2-D convolution and its backward pass.
+
+Cross-correlation over NCHW input with ``(out_channels, in_channels // groups, kh, kw)`` weights, as PyTorch.
+With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
+``P = out_h * out_w`` output positions:
+
+Forward (im2col, one matrix product per group, the result already in NCHW order)::
+
+    cols[n, g, (c, i, j), p] = x_pad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw]      (N, G, Cg*K, P)
+    out[n, g, o, p]          = sum_q weight[g, o, q] * cols[n, g, q, p]  + bias     (N, G, Og, P)
+
+Backward::
+
+    dweight[g]  = sum_n dout[n, g] @ cols[n, g]^T                                  (G, Og, Cg*K)
+    dcols[n, g] = weight[g]^T @ dout[n, g]                                         (N, G, Cg*K, P)
+    dx          = col2im(dcols)   (each column added back where it was gathered)
+    dbias       = dout summed over N, out_h and out_w
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._validation import (
+    as_int,
+    check_floating,
+    check_ndim,
+    check_same_dtype,
+    check_shape,
+    check_upstream,
+    int_pair,
+    namespace_and_device,
+)
+from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
+
+__all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
+
+
+class Conv2dCache(NamedTuple):
+    """What :func:`conv2d_backward` needs: the padded input (columns are gathered again, not stored)."""
+
+    x_padded: Any
+    weight: Any
+    has_bias: bool
+    groups: int
+    geometry: WindowGeometry
+
+
+def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W); weight: (O, C // groups, kh, kw); bias: (O,) or None.
+    padding: int, (ph, pw), ``"valid"`` or ``"same"`` (stride 1 only; an odd total pad puts the extra row/column
+    at the bottom/right, as PyTorch).
+    Returns ``(out, cache)``, out: (N, O, out_h, out_w) with ``out_h = floor((H + 2ph - dh(kh-1) - 1) / sh) + 1``.
+    """
+    xp, device = namespace_and_device(x=x, weight=weight, bias=bias)
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C, H, W)")
+    check_ndim(weight, "weight", 4, "(out_channels, in_channels // groups, kh, kw)")
+    check_same_dtype(weight, "weight", x, "x")
+    groups = as_int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    n, channels, height, width = x.shape
+    out_channels, group_channels, kh, kw = weight.shape
+    if min(out_channels, group_channels, kh, kw) < 1:
+        raise ValueError(f"weight must have no empty axis, got shape {tuple(weight.shape)}")
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels, got x with {channels} channels")
+    if out_channels % groups:
+        raise ValueError(f"groups={groups} must divide out_channels, got weight with {out_channels} output channels")
+    if group_channels * groups != channels:
+        raise ValueError(
+            f"x has {channels} channels but weight expects weight.shape[1] * groups = "
+            f"{group_channels} * {groups} = {group_channels * groups}"
+        )
+    if bias is not None:
+        check_ndim(bias, "bias", 1, "(out_channels,)")
+        check_shape(bias, "bias", (out_channels,), "out_channels of weight")
+        check_same_dtype(bias, "bias", x, "x")
+    stride = int_pair(stride, "stride", minimum=1)
+    dilation = int_pair(dilation, "dilation", minimum=1)
+    padding = _padding_pairs(padding, (kh, kw), stride, dilation)
+    geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
+
+    x_padded = pad(xp, x, geometry, 0.0)
+    cols = _im2col(xp, x_padded, geometry, groups)
+    out = xp.matmul(_weight_matrix(xp, weight, groups), cols)
+    out = xp.reshape(out, (n, out_channels, *geometry.out_size))
+    if bias is not None:
+        out = out + xp.reshape(bias, (1, out_channels, 1, 1))
+    return out, Conv2dCache(x_padded, weight, bias is not None, groups, geometry)
+
+
+def conv2d_backward(dout, cache: Conv2dCache):
+    """Gradients of :func:`conv2d_forward`. dout: (N, O, out_h, out_w).
+
+    Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None.
+    """
+    x_padded, weight, has_bias, groups, geometry = cache
+    n, channels = x_padded.shape[:2]
+    out_channels = weight.shape[0]
+    xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
+
+    cols = _im2col(xp, x_padded, geometry, groups)
+    out_h, out_w = geometry.out_size
+    dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
+    dweight = xp.sum(xp.matmul(dout_mat, xp.matrix_transpose(cols)), axis=0)
+    dweight = xp.reshape(dweight, weight.shape)
+
+    dcols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, groups)), dout_mat)
+    num_offsets = len(geometry.offsets())
+    dcols = xp.reshape(dcols, (n, channels, num_offsets, out_h, out_w))
+    parts = (dcols[:, :, k, ...] for k in range(num_offsets))
+    dx = scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+
+    dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
+    return dx, dweight, dbias
+
+
+def _padding_pairs(padding, kernel, stride, dilation):
+    """((top, bottom), (left, right)) from an int, a pair, ``"valid"`` or ``"same"``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return tuple((total // 2, total - total // 2) for total in totals)
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    ph, pw = int_pair(padding, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+def _im2col(xp, x_padded, geometry: WindowGeometry, groups: int):
+    """Columns (N, G, Cg*kh*kw, out_h*out_w) of the padded input, ordered (channel, i, j) as the weights are."""
+    n, channels = x_padded.shape[:2]
+    kh, kw = geometry.kernel
+    out_h, out_w = geometry.out_size
+    cols = xp.stack([window for _, _, window in windows(x_padded, geometry)], axis=2)
+    return xp.reshape(cols, (n, groups, channels // groups * kh * kw, out_h * out_w))
+
+
+def _weight_matrix(xp, weight, groups: int):
+    """weight (O, Cg, kh, kw) as (G, Og, Cg*kh*kw)."""
+    return xp.reshape(weight, (groups, weight.shape[0] // groups, -1))

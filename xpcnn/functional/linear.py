@@ -1,0 +1,66 @@
+"""Linear (fully connected) layer and its backward pass, as ``torch.nn.functional.linear``.
+
+    out    = x @ weight^T + bias            x: (..., in), weight: (out, in), bias: (out,)
+    dx     = dout @ weight                  (..., in)
+    dweight = dout2^T @ x2                  (out, in)   (leading axes flattened: x2 (M, in), dout2 (M, out))
+    dbias  = dout2 summed over M            (out,)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._validation import (
+    check_floating,
+    check_ndim,
+    check_same_dtype,
+    check_shape,
+    check_upstream,
+    namespace_and_device,
+)
+
+__all__ = ["LinearCache", "linear_forward", "linear_backward"]
+
+
+class LinearCache(NamedTuple):
+    x: Any
+    weight: Any
+    has_bias: bool
+
+
+def linear_forward(x, weight, bias=None):
+    """x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
+
+    Returns ``(out, cache)``, out: (..., out_features).
+    """
+    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias)
+    check_floating(xp, x, "x")
+    check_ndim(weight, "weight", 2, "(out_features, in_features)")
+    check_same_dtype(weight, "weight", x, "x")
+    out_features, in_features = weight.shape
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"x must have in_features = {in_features} on its last axis (weight shape {tuple(weight.shape)}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    out = xp.matmul(x, xp.matrix_transpose(weight))
+    if bias is not None:
+        check_ndim(bias, "bias", 1, "(out_features,)")
+        check_shape(bias, "bias", (out_features,), "out_features of weight")
+        check_same_dtype(bias, "bias", x, "x")
+        out = out + bias
+    return out, LinearCache(x, weight, bias is not None)
+
+
+def linear_backward(dout, cache: LinearCache):
+    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None."""
+    x, weight, has_bias = cache
+    out_features, in_features = weight.shape
+    xp, _ = check_upstream(dout, (*x.shape[:-1], out_features), x, x.dtype)
+    rows = math.prod(x.shape[:-1])
+    dout2 = xp.reshape(dout, (rows, out_features))
+    dx = xp.matmul(dout, weight)
+    dweight = xp.matmul(xp.matrix_transpose(dout2), xp.reshape(x, (rows, in_features)))
+    dbias = xp.sum(dout2, axis=0) if has_bias else None
+    return dx, dweight, dbias

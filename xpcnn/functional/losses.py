@@ -1,0 +1,129 @@
+"""Losses and their backward passes: softmax cross-entropy over class indices, and mean squared error.
+
+``reduction`` is ``"mean"`` (default), ``"sum"`` or ``"none"``. The backward passes take ``dloss``, the gradient
+of whatever follows the loss: a Python number or a 0-d array for ``"mean"``/``"sum"``, an array of the unreduced
+loss's shape for ``"none"``. Pass ``1.0`` when the loss is the final objective.
+
+Cross-entropy, stable for large logits in float32 too (log-sum-exp with the row maximum subtracted)::
+
+    log_probs = (z - max z) - log(sum exp(z - max z))       loss_n = -log_probs[n, target[n]]
+    dlogits   = (softmax(z) - onehot(target)) * dloss       (divided by N for "mean")
+
+MSE::
+
+    loss = (pred - target)**2       dpred = 2 * (pred - target) * dloss     (divided by numel for "mean")
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._validation import (
+    check_floating,
+    check_ndim,
+    check_reduction,
+    check_same_dtype,
+    check_shape,
+    namespace_and_device,
+)
+
+__all__ = [
+    "CrossEntropyCache",
+    "MSECache",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "mse_loss_forward",
+    "mse_loss_backward",
+]
+
+
+class CrossEntropyCache(NamedTuple):
+    probs: Any  # (N, C) softmax of the logits
+    onehot: Any  # (N, C) bool, True at each row's target class
+    reduction: str
+
+
+class MSECache(NamedTuple):
+    diff: Any  # pred - target
+    reduction: str
+
+
+def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
+    """logits: (N, C) floating; target: (N,) integer class indices in [0, C).
+
+    Returns ``(loss, cache)``: a 0-d array, or (N,) for ``reduction="none"``.
+    """
+    check_reduction(reduction)
+    xp, device = namespace_and_device(logits=logits, target=target)
+    check_floating(xp, logits, "logits")
+    check_ndim(logits, "logits", 2, "(N, C)")
+    n, classes = logits.shape
+    if classes < 1:
+        raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
+    if not xp.isdtype(target.dtype, "integral"):
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    check_shape(target, "target", (n,), "one class index per row of logits")
+    if n and bool(xp.any((target < 0) | (target >= classes))):
+        raise ValueError(
+            f"target must hold class indices in [0, {classes - 1}], "
+            f"got values in [{int(xp.min(target))}, {int(xp.max(target))}]"
+        )
+    shifted = logits - xp.max(logits, axis=1, keepdims=True)
+    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+    onehot = xp.arange(classes, dtype=target.dtype, device=device)[None, :] == target[:, None]
+    losses = -xp.sum(xp.where(onehot, log_probs, 0.0), axis=1)
+    return _reduce(xp, losses, reduction), CrossEntropyCache(xp.exp(log_probs), onehot, reduction)
+
+
+def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
+    """Returns dlogits (N, C)."""
+    probs, onehot, reduction = cache
+    xp, _ = namespace_and_device(probs=probs)
+    scale = _upstream_scale(xp, dloss, probs, reduction, (probs.shape[0],), probs.shape[0])
+    if reduction == "none":
+        scale = scale[:, None]
+    return (probs - xp.astype(onehot, probs.dtype)) * scale
+
+
+def mse_loss_forward(pred, target, *, reduction="mean"):
+    """pred, target: arrays of one shape and floating dtype. Returns ``(loss, cache)``."""
+    check_reduction(reduction)
+    xp, _ = namespace_and_device(pred=pred, target=target)
+    check_floating(xp, pred, "pred")
+    check_floating(xp, target, "target")
+    check_same_dtype(target, "target", pred, "pred")
+    check_shape(target, "target", pred.shape, "the shape of pred")
+    diff = pred - target
+    return _reduce(xp, diff * diff, reduction), MSECache(diff, reduction)
+
+
+def mse_loss_backward(dloss, cache: MSECache):
+    """Returns dpred, of pred's shape."""
+    diff, reduction = cache
+    xp, _ = namespace_and_device(diff=diff)
+    scale = _upstream_scale(xp, dloss, diff, reduction, diff.shape, math.prod(diff.shape))
+    return 2.0 * diff * scale
+
+
+def _reduce(xp, losses, reduction: str):
+    if reduction == "none":
+        return losses
+    return xp.sum(losses) if reduction == "sum" else xp.mean(losses)
+
+
+def _upstream_scale(xp, dloss, ref, reduction: str, unreduced_shape: tuple, count: int):
+    """dloss checked and turned into the factor each element's local gradient is multiplied by."""
+    if reduction == "none":
+        expected = tuple(unreduced_shape)
+    else:
+        expected = ()
+        if isinstance(dloss, (int, float)) and not isinstance(dloss, bool):
+            return dloss / count if reduction == "mean" else dloss
+    if isinstance(dloss, bool) or not hasattr(dloss, "shape"):
+        raise TypeError(f"dloss must be a number or an array of shape {expected}, got {type(dloss).__name__}")
+    namespace_and_device(dloss=dloss, **{"the forward pass's arrays": ref})
+    check_floating(xp, dloss, "dloss")
+    check_shape(dloss, "dloss", expected, f"the loss's shape with reduction={reduction!r}")
+    check_same_dtype(dloss, "dloss", ref, "the loss")
+    return dloss / count if reduction == "mean" else dloss

@@ -1,0 +1,177 @@
+"""2-D max and average pooling and their backward passes, with PyTorch's semantics.
+
+Both walk the ``kh * kw`` kernel offsets of the shared window primitive and reduce one strided slice at a time
+(a running maximum or a running sum), so no ``kh * kw`` times larger temporary is built. Both backward passes add
+each upstream gradient back through the same slices; overlapping windows (stride < kernel) accumulate.
+
+Max pooling routes each upstream gradient to exactly ONE input element: the first maximum of its window in
+row-major order. It is NOT an equality mask (which would send the full gradient to every tied element). NaN
+propagates: a window holding NaN outputs NaN and its gradient goes to that NaN (the last NaN of the window when there
+are several, as PyTorch). Padding is implicit ``-inf`` and never wins; a window of ``-inf`` values routes its gradient
+to its first in-bounds element, as PyTorch. The chosen positions are kept in ``cache.indices`` with the layout of
+PyTorch's ``return_indices``: a flat index into each unpadded ``H * W`` plane.
+
+Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
+(``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
+``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
+from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
+
+__all__ = [
+    "MaxPool2dCache",
+    "AvgPool2dCache",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+]
+
+
+class MaxPool2dCache(NamedTuple):
+    """indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each output's maximum."""
+
+    indices: Any
+    geometry: WindowGeometry
+    dtype: Any
+
+
+class AvgPool2dCache(NamedTuple):
+    """divisor: (out_h, out_w) array in x's dtype, the count each window's sum was divided by."""
+
+    divisor: Any
+    geometry: WindowGeometry
+    x_shape: tuple
+
+
+def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Max pooling as ``torch.nn.functional.max_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
+
+    Returns ``(out, cache)``; out: (N, C, out_h, out_w); ``cache.indices`` holds the argmax positions.
+    """
+    xp, device = _check_input(x)
+    geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
+    x_padded = pad(xp, x, geometry, -math.inf)
+    out = xp.full((*x.shape[:2], *geometry.out_size), -math.inf, dtype=x.dtype, device=device)
+    indices = _first_in_bounds_index(xp, geometry, device)
+    for i, j, window in windows(x_padded, geometry):
+        take = (window > out) | xp.isnan(window)
+        out = xp.where(take, window, out)
+        indices = xp.where(take, _flat_index(xp, geometry, i, j, device), indices)
+    return out, MaxPool2dCache(indices, geometry, x.dtype)
+
+
+def max_pool2d_backward(dout, cache: MaxPool2dCache):
+    """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element."""
+    indices, geometry, dtype = cache
+    n, channels = indices.shape[:2]
+    xp, device = check_upstream(dout, indices.shape, indices, dtype)
+    parts = (
+        xp.where(indices == _flat_index(xp, geometry, i, j, device), dout, 0.0) for i, j in geometry.offsets()
+    )
+    return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+
+
+def avg_pool2d_forward(
+    x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+):
+    """Average pooling as ``torch.nn.functional.avg_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
+
+    Returns ``(out, cache)``; out: (N, C, out_h, out_w).
+    """
+    xp, device = _check_input(x)
+    geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None:
+        divisor_override = as_int(divisor_override, "divisor_override")
+        if divisor_override <= 0:
+            raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
+    x_padded = pad(xp, x, geometry, 0.0)
+    total = None
+    for _, _, window in windows(x_padded, geometry):
+        total = window if total is None else total + window
+    divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
+    return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape))
+
+
+def avg_pool2d_backward(dout, cache: AvgPool2dCache):
+    """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window."""
+    divisor, geometry, x_shape = cache
+    n, channels = x_shape[:2]
+    xp, device = check_upstream(dout, (n, channels, *geometry.out_size), divisor, divisor.dtype)
+    share = dout / divisor
+    parts = (share for _ in geometry.offsets())
+    return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+
+
+def _check_input(x):
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C, H, W)")
+    return xp, device
+
+
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> WindowGeometry:
+    kernel = int_pair(kernel_size, "kernel_size", minimum=1)
+    stride = kernel if stride is None else int_pair(stride, "stride", minimum=1)
+    dilation = int_pair(dilation, "dilation", minimum=1)
+    pads = int_pair(padding, "padding", minimum=0)
+    if any(p > k // 2 for p, k in zip(pads, kernel)):
+        raise ValueError(
+            f"padding must be at most half the kernel size ({kernel[0] // 2}, {kernel[1] // 2}), "
+            f"got padding {padding!r} with kernel_size {kernel_size!r}"
+        )
+    return window_geometry(
+        tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=bool(ceil_mode)
+    )
+
+
+def _window_starts(geometry: WindowGeometry, axis: int) -> list[int]:
+    """Unpadded coordinate of the first element of every window along one axis (negative inside the padding)."""
+    before = geometry.padding[axis][0]
+    return [o * geometry.stride[axis] - before for o in range(geometry.out_size[axis])]
+
+
+def _flat_index(xp, geometry: WindowGeometry, i: int, j: int, device):
+    """(out_h, out_w) int64: flat position ``row * W + col`` in x of kernel element (i, j) of every window."""
+    rows = [start + i * geometry.dilation[0] for start in _window_starts(geometry, 0)]
+    cols = [start + j * geometry.dilation[1] for start in _window_starts(geometry, 1)]
+    return _outer_flat(xp, rows, cols, geometry.in_size[1], device)
+
+
+def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
+    """(out_h, out_w) int64: flat position of each window's first element inside x (what PyTorch reports when
+    nothing beats ``-inf``)."""
+    firsts = []
+    for axis in (0, 1):
+        d = geometry.dilation[axis]
+        firsts.append([start + -(-max(0, -start) // d) * d for start in _window_starts(geometry, axis)])
+    return _outer_flat(xp, *firsts, geometry.in_size[1], device)
+
+
+def _outer_flat(xp, rows: list[int], cols: list[int], width: int, device):
+    rows = xp.asarray(rows, dtype=xp.int64, device=device)
+    cols = xp.asarray(cols, dtype=xp.int64, device=device)
+    return rows[:, None] * width + cols[None, :]
+
+
+def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device):
+    """(out_h, out_w) divisors of the window sums, computed per axis as PyTorch does."""
+    if divisor_override is not None:
+        return xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+    counts = []
+    for axis in (0, 1):
+        size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
+        axis_counts = []
+        for start in _window_starts(geometry, axis):
+            end = min(start + kernel, size + before)
+            if not count_include_pad:
+                start, end = max(start, 0), min(end, size)
+            axis_counts.append(end - start)
+        counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
+    return counts[0][:, None] * counts[1][None, :]
