@@ -1,0 +1,126 @@
+"""The ``xp`` fixture: every test that takes it runs once per installed backend and device.
+
+Backends: NumPy; array-api-strict (API version pinned) on its CPU device, on ``device1`` (a stand-in for a GPU:
+it raises when an array lands on the default device or leaks through NumPy) and on ``no_float64``; PyTorch CPU
+through array-api-compat when torch is installed; CuPy when a GPU is available. Set ``XPCNN_REQUIRE_TORCH=1`` to
+make a missing torch an error instead of a skip (CI does).
+"""
+
+from __future__ import annotations
+
+import os
+
+import array_api_compat
+import numpy as np
+import pytest
+
+API_VERSION = "2024.12"
+
+
+class Backend:
+    """An array namespace bound to one device. ``xp.asarray`` puts NumPy data there, ``xp.to_numpy`` brings it back;
+    every other attribute is the namespace's own."""
+
+    def __init__(self, name, namespace, device, *, float64=True):
+        self.name, self.namespace, self.device, self.float64 = name, namespace, device, float64
+
+    def __getattr__(self, attr):
+        return getattr(self.namespace, attr)
+
+    def __repr__(self):
+        return self.name
+
+    def float_dtypes(self):
+        """The floating dtypes this device supports, as (namespace dtype, NumPy dtype) pairs."""
+        pairs = [(self.namespace.float32, np.float32)]
+        if self.float64:
+            pairs.append((self.namespace.float64, np.float64))
+        return pairs
+
+    def asarray(self, a, dtype=None):
+        a = np.asarray(a)
+        if dtype is None:
+            dtype = getattr(self.namespace, str(a.dtype))
+        if self.name.startswith("array_api_strict"):
+            a = self.namespace.asarray(a, dtype=dtype)  # on the default CPU device, then moved
+            return a.to_device(self.device)
+        return self.namespace.asarray(a, dtype=dtype, device=self.device)
+
+    def to_numpy(self, a):
+        if self.name.startswith("array_api_strict"):
+            import array_api_strict
+
+            a = a.to_device(array_api_strict.Device("CPU_DEVICE"))
+        elif self.name == "torch":
+            a = a.detach().cpu()
+        elif self.name == "cupy":
+            a = a.get()
+        return np.asarray(a)
+
+    def assert_on_backend(self, a, dtype):
+        """``a`` belongs to this backend's namespace, lives on its device and has ``dtype``."""
+        assert array_api_compat.array_namespace(a) is self.namespace, f"{type(a)} is not from {self.name}"
+        assert array_api_compat.device(a) == self.device, f"{array_api_compat.device(a)} != {self.device}"
+        assert a.dtype == dtype, f"{a.dtype} != {dtype}"
+
+
+def _backends():
+    params = [pytest.param(Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu"), id="numpy")]
+
+    try:
+        import array_api_strict
+    except ImportError:
+        array_api_strict = None
+    for device, float64 in (("CPU_DEVICE", True), ("device1", True), ("no_float64", False)):
+        name = f"array_api_strict-{device}"
+        if array_api_strict is None:
+            params.append(pytest.param(None, id=name, marks=pytest.mark.skip(reason="array-api-strict missing")))
+        else:
+            backend = Backend(name, array_api_strict, array_api_strict.Device(device), float64=float64)
+            params.append(pytest.param(backend, id=name))
+
+    try:
+        import torch
+    except ImportError:
+        params.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="torch is not installed")))
+    else:
+        ns = array_api_compat.array_namespace(torch.empty(0))
+        params.append(pytest.param(Backend("torch", ns, torch.device("cpu")), id="torch"))
+
+    try:
+        import cupy
+
+        gpu = cupy.cuda.is_available()
+    except Exception:  # cupy missing, or no CUDA driver
+        gpu = False
+    if gpu:
+        ns = array_api_compat.array_namespace(cupy.empty(0))
+        params.append(pytest.param(Backend("cupy", ns, cupy.cuda.Device(0)), id="cupy"))
+    else:
+        params.append(pytest.param(None, id="cupy", marks=pytest.mark.skip(reason="no CuPy with a GPU")))
+    return params
+
+
+def pytest_configure(config):
+    try:
+        import array_api_strict
+    except ImportError:
+        return
+    array_api_strict.set_array_api_strict_flags(api_version=API_VERSION)
+
+
+@pytest.fixture(params=_backends())
+def xp(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, the reference; skips without it unless XPCNN_REQUIRE_TORCH=1."""
+    try:
+        import torch
+    except ImportError:
+        if os.environ.get("XPCNN_REQUIRE_TORCH") == "1":
+            pytest.fail("XPCNN_REQUIRE_TORCH=1 but torch is not installed")
+        pytest.skip("torch is not installed")
+    return torch

@@ -1,0 +1,147 @@
+"""conv2d forward/backward: PyTorch autograd on random configurations, finite differences, backends, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpcnn.functional import conv2d_backward, conv2d_forward
+from tests.helpers import assert_close, config_id, conv_configs, numerical_gradient, torch_reference
+
+CONFIGS = conv_configs(60, seed=1)
+
+
+def _inputs(config, rng):
+    x = rng.standard_normal(config["x_shape"])
+    w = rng.standard_normal(config["w_shape"])
+    b = rng.standard_normal(config["w_shape"][0]) if config["bias"] else None
+    return x, w, b
+
+
+def _options(config):
+    return {k: config[k] for k in ("stride", "padding", "dilation", "groups")}
+
+
+@pytest.mark.torch_reference
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_matches_torch(xp, torch, config):
+    rng = np.random.default_rng(CONFIGS.index(config))
+    x, w, b = _inputs(config, rng)
+    options = _options(config)
+    out_ref, grads, dout = torch_reference(
+        torch, lambda x, w, b: torch.nn.functional.conv2d(x, w, b, **options), dict(x=x, w=w, b=b), rng
+    )
+    for dtype, np_dtype in xp.float_dtypes():
+        out, cache = conv2d_forward(
+            xp.asarray(x, dtype), xp.asarray(w, dtype), None if b is None else xp.asarray(b, dtype), **options
+        )
+        assert_close(xp, out, out_ref, np_dtype)
+        dx, dw, db = conv2d_backward(xp.asarray(dout, dtype), cache)
+        assert_close(xp, dx, grads["x"], np_dtype)
+        assert_close(xp, dw, grads["w"], np_dtype)
+        if b is None:
+            assert db is None
+        else:
+            assert_close(xp, db, grads["b"], np_dtype)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(), dict(stride=2, padding=1), dict(padding="same", dilation=2), dict(groups=2, stride=(1, 2), padding=(2, 0))],
+    ids=str,
+)
+def test_gradients_match_finite_differences(xp, options):
+    if not xp.float64:
+        pytest.skip("float64 finite differences")
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((2, 2 // options.get("groups", 1), 3, 2)), rng.standard_normal(2)
+
+    def run(x, w, b):
+        out, _ = conv2d_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), **options)
+        return xp.to_numpy(out)
+
+    out = run(x, w, b)
+    dout = rng.standard_normal(out.shape)
+    _, cache = conv2d_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), **options)
+    dx, dw, db = (xp.to_numpy(g) for g in conv2d_backward(xp.asarray(dout), cache))
+    np.testing.assert_allclose(dx, numerical_gradient(lambda v: run(v, w, b), x, dout), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dw, numerical_gradient(lambda v: run(x, v, b), w, dout), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db, numerical_gradient(lambda v: run(x, w, v), b, dout), rtol=1e-6, atol=1e-8)
+
+
+def test_same_padding_puts_the_extra_row_bottom_right():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0, 0, 0] = 1.0  # picks the window's top-left element: no shift when the extra pad is bottom/right
+    out, _ = conv2d_forward(x, w, padding="same")
+    np.testing.assert_array_equal(out, x)
+
+
+def test_empty_batch(xp):
+    x = xp.asarray(np.zeros((0, 2, 5, 5)), xp.float32)
+    w = xp.asarray(np.ones((3, 2, 3, 3)), xp.float32)
+    out, cache = conv2d_forward(x, w)
+    assert tuple(out.shape) == (0, 3, 3, 3)
+    dx, dw, _ = conv2d_backward(out, cache)
+    assert tuple(dx.shape) == (0, 2, 5, 5)
+    np.testing.assert_array_equal(xp.to_numpy(dw), np.zeros((3, 2, 3, 3)))
+
+
+def test_read_only_inputs_are_not_written():
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((2, 2, 3, 3)), rng.standard_normal(2)]
+    copies = [a.copy() for a in arrays]
+    for a in arrays:
+        a.flags.writeable = False
+    out, cache = conv2d_forward(*arrays, padding=1)
+    dout = np.ones_like(out)
+    dout.flags.writeable = False
+    conv2d_backward(dout, cache)
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(dout, 1.0)
+
+
+X = np.zeros((1, 4, 6, 6))
+W = np.zeros((2, 4, 3, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, word",
+    [
+        (dict(x=np.zeros((4, 6, 6)), weight=W), ValueError, "4-D"),
+        (dict(x=X, weight=np.zeros((2, 4, 3))), ValueError, "weight must be 4-D"),
+        (dict(x=X, weight=W, bias=np.zeros((2, 1))), ValueError, "bias"),
+        (dict(x=X, weight=W, bias=np.zeros(3)), ValueError, "bias"),
+        (dict(x=X, weight=np.zeros((2, 3, 3, 3))), ValueError, "channels"),
+        (dict(x=X, weight=np.zeros((2, 1, 3, 3)), groups=3), ValueError, "groups"),
+        (dict(x=X, weight=np.zeros((3, 2, 3, 3)), groups=2), ValueError, "out_channels"),
+        (dict(x=X, weight=W, groups=0), ValueError, "groups"),
+        (dict(x=X, weight=np.zeros((2, 4, 8, 3))), ValueError, "larger than the padded input"),
+        (dict(x=X, weight=np.zeros((2, 4, 3, 3)), dilation=3), ValueError, "larger than the padded input"),
+        (dict(x=X, weight=W, stride=0), ValueError, "stride"),
+        (dict(x=X, weight=W, stride=(1, -1)), ValueError, "stride"),
+        (dict(x=X, weight=W, dilation=0), ValueError, "dilation"),
+        (dict(x=X, weight=W, padding=-1), ValueError, "padding"),
+        (dict(x=X, weight=W, padding=(1, 2, 3)), ValueError, "padding"),
+        (dict(x=X, weight=W, padding="same", stride=2), ValueError, "stride 1"),
+        (dict(x=X, weight=W, padding="full"), ValueError, "'valid' or 'same'"),
+        (dict(x=X, weight=W, stride=1.5), TypeError, "stride"),
+        (dict(x=X.astype(np.int64), weight=W), TypeError, "floating"),
+        (dict(x=X.astype(bool), weight=W), TypeError, "floating"),
+        (dict(x=X, weight=W.astype(np.float32)), TypeError, "dtype"),
+        (dict(x=[[1.0]], weight=W), TypeError, "x must be an array"),
+    ],
+)
+def test_bad_input(kwargs, error, word):
+    with pytest.raises(error, match=word):
+        conv2d_forward(**kwargs)
+
+
+def test_bad_dout():
+    out, cache = conv2d_forward(X, W)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        conv2d_backward(np.zeros((1, 2, 3, 3)), cache)
+    with pytest.raises(TypeError, match="dtype"):
+        conv2d_backward(out.astype(np.float32), cache)

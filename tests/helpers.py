@@ -1,0 +1,129 @@
+"""Shared test helpers: tolerances, finite differences, the PyTorch oracle and random legal configurations."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+RTOL = {np.float64: 1e-9, np.float32: 2e-4}
+ATOL = {np.float64: 1e-11, np.float32: 2e-5}
+
+
+def assert_close(xp, actual, expected, np_dtype, *, dtype=None):
+    """``actual`` (a backend array) lives on xp's device with ``dtype`` and equals ``expected`` (NumPy)."""
+    xp.assert_on_backend(actual, dtype if dtype is not None else getattr(xp.namespace, np.dtype(np_dtype).name))
+    np.testing.assert_allclose(
+        xp.to_numpy(actual), expected, rtol=RTOL[np_dtype], atol=ATOL[np_dtype] * max(1.0, np.nanmax(np.abs(expected), initial=0.0))
+    )
+
+
+def numerical_gradient(f, x, dout, eps=1e-6):
+    """Gradient of ``sum(f(x) * dout)`` with respect to ``x`` by central differences (float64 NumPy)."""
+    grad = np.zeros_like(x)
+    for i in range(x.size):
+        shifted = []
+        for sign in (1.0, -1.0):
+            xs = x.copy()
+            xs.flat[i] += sign * eps
+            shifted.append(np.sum(f(xs) * dout))
+        grad.flat[i] = (shifted[0] - shifted[1]) / (2 * eps)
+    return grad
+
+
+def torch_reference(torch, fn, inputs: dict, rng):
+    """Run ``fn(**inputs)`` in float64 PyTorch, then autograd with a random upstream gradient ``dout``.
+
+    Floating NumPy inputs require grad, others (integer targets) don't; None stays None.
+    Returns (out, {name: grad}, dout) as NumPy arrays.
+    """
+    tensors = {
+        name: None if value is None else torch.tensor(value, requires_grad=np.issubdtype(value.dtype, np.floating))
+        for name, value in inputs.items()
+    }
+    out = fn(**tensors)
+    dout = rng.standard_normal(tuple(out.shape))
+    out.backward(torch.tensor(dout))
+    grads = {name: t.grad.numpy() for name, t in tensors.items() if t is not None and t.grad is not None}
+    return out.detach().numpy(), grads, dout
+
+
+def out_size(n, k, s, p, d=1, ceil_mode=False, pad_after=None):
+    """PyTorch's output size (pooling's ceil rule included); < 1 means illegal."""
+    pad_after = p if pad_after is None else pad_after
+    span = d * (k - 1) + 1
+    if n + p + pad_after < span:
+        return 0
+    out = (n + p + pad_after - span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def conv_configs(count, seed=0):
+    """Random legal conv2d configurations: non-square sizes, strides and kernels, padding int/pair/same/valid,
+    dilation, groups (depthwise too), with and without bias, (H + 2p - k) % s != 0 included."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        groups = rng.choice([1, 1, 2, 3])
+        depthwise = groups > 1 and rng.random() < 0.3
+        cg = 1 if depthwise else rng.randint(1, 3)
+        og = rng.randint(1, 2)
+        kernel = (rng.randint(1, 4), rng.randint(1, 4))
+        size = (rng.randint(1, 9), rng.randint(1, 9))
+        dilation = rng.choice([1, 1, 2, (1, 2), (2, 1)])
+        padding = rng.choice([0, 1, 2, (1, 0), (0, 2), "same", "valid"])
+        stride = 1 if padding == "same" else rng.choice([1, 2, 3, (2, 1), (1, 3)])
+        if padding != "same":
+            pads = (0, 0) if padding == "valid" else _pair(padding)
+            if min(out_size(n, k, s, p, d) for n, k, s, p, d in zip(size, kernel, _pair(stride), pads, _pair(dilation))) < 1:
+                continue
+        configs.append(
+            dict(
+                x_shape=(rng.randint(1, 3), groups * cg, *size),
+                w_shape=(groups * og, cg, *kernel),
+                bias=rng.random() < 0.7,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+            )
+        )
+    return configs
+
+
+def pool_configs(count, seed=0, *, with_dilation=True):
+    """Random legal pooling configurations: kernel, stride (None too), padding up to kernel // 2, dilation,
+    ceil_mode; non-square, overlapping and stride > kernel included."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        kernel = rng.choice([1, 2, 3, 4, (2, 3), (3, 1), (1, 2)])
+        stride = rng.choice([None, 1, 2, 3, (1, 2), (3, 1), 5])
+        padding = tuple(rng.randint(0, k // 2) for k in _pair(kernel))
+        padding = padding[0] if padding[0] == padding[1] and rng.random() < 0.5 else padding
+        dilation = rng.choice([1, 1, 1, 2, (1, 2)]) if with_dilation else 1
+        ceil_mode = rng.random() < 0.4
+        size = (rng.randint(1, 9), rng.randint(1, 9))
+        strides = _pair(kernel) if stride is None else _pair(stride)
+        sizes = [
+            out_size(n, k, s, p, d, ceil_mode)
+            for n, k, s, p, d in zip(size, _pair(kernel), strides, _pair(padding), _pair(dilation))
+        ]
+        if min(sizes) < 1:
+            continue
+        config = dict(x_shape=(rng.randint(1, 3), rng.randint(1, 3), *size), kernel_size=kernel, stride=stride,
+                      padding=padding, ceil_mode=ceil_mode)
+        if with_dilation:
+            config["dilation"] = dilation
+        configs.append(config)
+    return configs
+
+
+def config_id(config):
+    return "-".join(f"{k}={v}" for k, v in config.items()).replace(" ", "")
