@@ -1,0 +1,205 @@
+"""max_pool2d and avg_pool2d: PyTorch autograd on random configurations (ties, NaN, -inf included), finite
+differences, the seeds' worked example, backends, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpcnn.functional import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from tests.helpers import assert_close, config_id, numerical_gradient, pool_configs, torch_reference
+
+MAX_CONFIGS = pool_configs(50, seed=2)
+AVG_CONFIGS = [
+    dict(config, count_include_pad=bool(i % 2), divisor_override=[None, None, 3][i % 3])
+    for i, config in enumerate(pool_configs(40, seed=3, with_dilation=False))
+]
+
+
+def _max_pool_input(kind, shape, rng):
+    """normal values; small integers (many ties); ties with NaN; ties with -inf (whole planes too)."""
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    if kind == "nan":
+        x[rng.random(shape) < 0.15] = np.nan
+    if kind == "-inf":
+        x[rng.random(shape) < 0.4] = -np.inf
+        x[0, 0] = -np.inf
+    return x
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("kind", ["normal", "ties", "nan", "-inf"])
+@pytest.mark.parametrize("config", MAX_CONFIGS, ids=config_id)
+def test_max_pool_matches_torch(xp, torch, config, kind):
+    rng = np.random.default_rng(MAX_CONFIGS.index(config))
+    options = {k: v for k, v in config.items() if k != "x_shape"}
+    x = _max_pool_input(kind, config["x_shape"], rng)
+    out_ref, grads, dout = torch_reference(
+        torch, lambda x: torch.nn.functional.max_pool2d(x, **options), dict(x=x), rng
+    )
+    _, indices_ref = torch.nn.functional.max_pool2d(torch.tensor(x), return_indices=True, **options)
+    for dtype, np_dtype in xp.float_dtypes():
+        out, cache = max_pool2d_forward(xp.asarray(x, dtype), **options)
+        assert_close(xp, out, out_ref, np_dtype)
+        np.testing.assert_array_equal(xp.to_numpy(cache.indices), indices_ref.numpy())
+        dx = max_pool2d_backward(xp.asarray(dout, dtype), cache)
+        assert_close(xp, dx, grads["x"], np_dtype)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("config", AVG_CONFIGS, ids=config_id)
+def test_avg_pool_matches_torch(xp, torch, config):
+    rng = np.random.default_rng(AVG_CONFIGS.index(config))
+    options = {k: v for k, v in config.items() if k != "x_shape"}
+    x = rng.standard_normal(config["x_shape"])
+    out_ref, grads, dout = torch_reference(
+        torch, lambda x: torch.nn.functional.avg_pool2d(x, **options), dict(x=x), rng
+    )
+    for dtype, np_dtype in xp.float_dtypes():
+        out, cache = avg_pool2d_forward(xp.asarray(x, dtype), **options)
+        assert_close(xp, out, out_ref, np_dtype)
+        assert_close(xp, avg_pool2d_backward(xp.asarray(dout, dtype), cache), grads["x"], np_dtype)
+
+
+POOL_OPS = {
+    "max": (max_pool2d_forward, max_pool2d_backward),
+    "avg": (avg_pool2d_forward, avg_pool2d_backward),
+}
+
+
+@pytest.mark.parametrize("op", POOL_OPS)
+@pytest.mark.parametrize(
+    "options",
+    [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2, ceil_mode=True)],
+    ids=str,
+)
+def test_gradients_match_finite_differences(xp, op, options):
+    if not xp.float64:
+        pytest.skip("float64 finite differences")
+    forward, backward = POOL_OPS[op]
+    x = np.random.default_rng(0).permutation(2 * 2 * 5 * 6).reshape(2, 2, 5, 6) / 7.0  # tie-free
+
+    def run(v):
+        return xp.to_numpy(forward(xp.asarray(v), **options)[0])
+
+    dout = np.random.default_rng(1).standard_normal(run(x).shape)
+    dx = xp.to_numpy(backward(xp.asarray(dout), forward(xp.asarray(x), **options)[1]))
+    np.testing.assert_allclose(dx, numerical_gradient(run, x, dout), rtol=1e-6, atol=1e-8)
+
+
+def test_seed_example_routes_each_gradient_to_one_argmax():
+    """The seed articles' 4x4 map, 2x2 max pool: the 2x2 upstream gradient lands on exactly the four maxima."""
+    layer = np.array(
+        [
+            [1.0, 9.0, 2.0, 2.0],
+            [4.0, 3.0, 2.0, 2.0],  # a four-way tie in the top-right window: the first (row-major) wins
+            [0.0, 5.0, 8.0, 1.0],
+            [6.0, 6.0, 0.0, 7.0],  # a tie between 6 and 6: the first wins
+        ]
+    )[None, None]
+    out, cache = max_pool2d_forward(layer, 2)
+    np.testing.assert_array_equal(out[0, 0], [[9.0, 2.0], [6.0, 8.0]])
+    np.testing.assert_array_equal(cache.indices[0, 0], [[1, 2], [12, 10]])
+    dx = max_pool2d_backward(np.array([[[[0.1, 0.2], [0.3, 0.4]]]]), cache)
+    expected = np.zeros((4, 4))
+    expected[0, 1], expected[0, 2], expected[3, 0], expected[2, 2] = 0.1, 0.2, 0.3, 0.4
+    np.testing.assert_array_equal(dx[0, 0], expected)
+    assert dx.sum() == pytest.approx(1.0)
+
+
+def test_nan_propagates_and_takes_the_gradient():
+    x = np.array([[[[1.0, np.nan], [3.0, 2.0]]]])
+    out, cache = max_pool2d_forward(x, 2)
+    assert np.isnan(out).all()
+    np.testing.assert_array_equal(max_pool2d_backward(np.ones((1, 1, 1, 1)), cache), [[[[0.0, 1.0], [0.0, 0.0]]]])
+
+
+def test_overlapping_windows_accumulate():
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 5.0  # the maximum of all four 2x2 windows
+    out, cache = max_pool2d_forward(x, 2, stride=1)
+    assert max_pool2d_backward(np.ones_like(out), cache)[0, 0, 1, 1] == 4.0
+    out, cache = avg_pool2d_forward(x, 2, stride=1)
+    np.testing.assert_array_equal(
+        avg_pool2d_backward(np.ones_like(out), cache)[0, 0], [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]
+    )
+
+
+@pytest.mark.parametrize("op", POOL_OPS)
+def test_keeps_backend_device_and_dtype(xp, op):
+    forward, backward = POOL_OPS[op]
+    for dtype, _ in xp.float_dtypes():
+        x = xp.asarray(np.random.default_rng(0).standard_normal((0, 2, 6, 6)), dtype)
+        out, cache = forward(x, 3, stride=2, padding=1)
+        xp.assert_on_backend(out, dtype)
+        xp.assert_on_backend(backward(out, cache), dtype)
+        x = xp.asarray(np.random.default_rng(0).standard_normal((2, 2, 6, 6)), dtype)
+        out, cache = forward(x, 3, stride=2, padding=1)
+        xp.assert_on_backend(out, dtype)
+        xp.assert_on_backend(backward(out, cache), dtype)
+
+
+@pytest.mark.parametrize("op", POOL_OPS)
+def test_read_only_inputs_are_not_written(op):
+    forward, backward = POOL_OPS[op]
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    x.flags.writeable = False
+    copy = x.copy()
+    out, cache = forward(x, 3, stride=1, padding=1)
+    dout = np.ones_like(out)
+    dout.flags.writeable = False
+    backward(dout, cache)
+    np.testing.assert_array_equal(x, copy)
+    np.testing.assert_array_equal(dout, 1.0)
+
+
+X = np.zeros((1, 2, 5, 5))
+
+
+@pytest.mark.parametrize("op", POOL_OPS)
+@pytest.mark.parametrize(
+    "args, kwargs, error, word",
+    [
+        ((np.zeros((2, 5, 5)), 2), {}, ValueError, "4-D"),
+        ((X, 0), {}, ValueError, "kernel_size"),
+        ((X, (2, 2, 2)), {}, ValueError, "kernel_size"),
+        ((X, 2), dict(stride=0), ValueError, "stride"),
+        ((X, 2), dict(padding=-1), ValueError, "padding"),
+        ((X, 2), dict(padding=2), ValueError, "half the kernel"),
+        ((X, (3, 2)), dict(padding=(1, 2)), ValueError, "half the kernel"),
+        ((X, 7), {}, ValueError, "larger than the padded input"),
+        ((X.astype(np.int32), 2), {}, TypeError, "floating"),
+        ((X.astype(bool), 2), {}, TypeError, "floating"),
+        ((X, 2.5), {}, TypeError, "kernel_size"),
+        ((5.0, 2), {}, TypeError, "x must be an array"),
+    ],
+)
+def test_bad_input(op, args, kwargs, error, word):
+    forward, _ = POOL_OPS[op]
+    with pytest.raises(error, match=word):
+        forward(*args, **kwargs)
+
+
+@pytest.mark.parametrize("override", [0, -2])
+def test_bad_divisor_override(override):
+    with pytest.raises(ValueError, match="divisor_override"):
+        avg_pool2d_forward(X, 2, divisor_override=override)
+
+
+def test_max_pool_bad_dilation():
+    with pytest.raises(ValueError, match="dilation"):
+        max_pool2d_forward(X, 2, dilation=0)
+
+
+@pytest.mark.parametrize("op", POOL_OPS)
+def test_bad_dout(op):
+    forward, backward = POOL_OPS[op]
+    out, cache = forward(X, 2)
+    with pytest.raises(ValueError, match="dout must have shape"):
+        backward(np.zeros((1, 2, 3, 2)), cache)
+    with pytest.raises(TypeError, match="dtype"):
+        backward(out.astype(np.float32), cache)
+    with pytest.raises(TypeError, match="dout must be an array"):
+        backward(out.tolist(), cache)
