@@ -1,0 +1,146 @@
+"""Softmax cross-entropy and MSE: PyTorch autograd, finite differences, stability, backends, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpcnn.functional import (
+    mse_loss_backward,
+    mse_loss_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from tests.helpers import assert_close, numerical_gradient, torch_reference
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _upstream(xp, reduction, shape, dtype, rng):
+    """A random dloss of the loss's shape, as the backend array (or a Python float for reduced losses)."""
+    if reduction == "none":
+        value = rng.standard_normal(shape)
+        return value, xp.asarray(value, dtype)
+    value = float(rng.standard_normal())
+    return value, value
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n, classes, scale", [(6, 4, 1.0), (1, 1, 1.0), (5, 10, 1e4)], ids=str)
+def test_cross_entropy_matches_torch(xp, torch, reduction, n, classes, scale):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n, classes)) * scale
+    target = rng.integers(0, classes, n)
+    for dtype, np_dtype in xp.float_dtypes():
+        dloss, dloss_xp = _upstream(xp, reduction, (n,), dtype, rng)
+        ref = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(target), reduction=reduction)
+        x = torch.tensor(logits, requires_grad=True)
+        torch.nn.functional.cross_entropy(x, torch.tensor(target), reduction=reduction).backward(torch.tensor(dloss, dtype=torch.float64))
+        loss, cache = softmax_cross_entropy_forward(
+            xp.asarray(logits, dtype), xp.asarray(target, xp.int64), reduction=reduction
+        )
+        assert_close(xp, loss, ref.numpy(), np_dtype)
+        assert_close(xp, softmax_cross_entropy_backward(dloss_xp, cache), x.grad.numpy(), np_dtype)
+
+
+def test_cross_entropy_is_stable_in_float32():
+    logits = np.array([[1e4, 0.0, -1e4], [88.0, 89.0, 90.0]], dtype=np.float32)
+    with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+        loss, cache = softmax_cross_entropy_forward(logits, np.array([1, 2]), reduction="none")
+        dlogits = softmax_cross_entropy_backward(np.ones(2, dtype=np.float32), cache)
+    assert loss.dtype == np.float32 and np.isfinite(loss).all()
+    np.testing.assert_allclose(loss, [1e4, 0.40760596], rtol=1e-6)
+    np.testing.assert_allclose(dlogits.sum(axis=1), 0.0, atol=1e-6)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 1, 3, 3), ()], ids=str)
+def test_mse_matches_torch(xp, torch, reduction, shape):
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal(shape), rng.standard_normal(shape)
+    for dtype, np_dtype in xp.float_dtypes():
+        dloss, dloss_xp = _upstream(xp, reduction, shape, dtype, rng)
+        p = torch.tensor(pred, requires_grad=True)
+        out = torch.nn.functional.mse_loss(p, torch.tensor(target), reduction=reduction)
+        out.backward(torch.tensor(dloss, dtype=torch.float64))
+        loss, cache = mse_loss_forward(xp.asarray(pred, dtype), xp.asarray(target, dtype), reduction=reduction)
+        assert_close(xp, loss, out.detach().numpy(), np_dtype)
+        assert_close(xp, mse_loss_backward(dloss_xp, cache), p.grad.numpy(), np_dtype)
+
+
+def test_dloss_may_be_a_0d_array(xp):
+    for dtype, _ in xp.float_dtypes():
+        pred = xp.asarray(np.array([1.0, 3.0]), dtype)
+        _, cache = mse_loss_forward(pred, xp.asarray(np.zeros(2), dtype))
+        grad = mse_loss_backward(xp.asarray(np.array(2.0), dtype), cache)
+        xp.assert_on_backend(grad, dtype)
+        np.testing.assert_allclose(xp.to_numpy(grad), [2.0, 6.0])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradients_match_finite_differences(reduction):
+    rng = np.random.default_rng(2)
+    logits, target = rng.standard_normal((4, 3)), rng.integers(0, 3, 4)
+    dloss = rng.standard_normal(4) if reduction == "none" else 0.7
+    ce = lambda v: softmax_cross_entropy_forward(v, target, reduction=reduction)[0]  # noqa: E731
+    grad = softmax_cross_entropy_backward(dloss, softmax_cross_entropy_forward(logits, target, reduction=reduction)[1])
+    np.testing.assert_allclose(grad, numerical_gradient(ce, logits, dloss), rtol=1e-6, atol=1e-9)
+    pred, tgt = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    dloss = rng.standard_normal((4, 3)) if reduction == "none" else 0.7
+    mse = lambda v: mse_loss_forward(v, tgt, reduction=reduction)[0]  # noqa: E731
+    grad = mse_loss_backward(dloss, mse_loss_forward(pred, tgt, reduction=reduction)[1])
+    np.testing.assert_allclose(grad, numerical_gradient(mse, pred, dloss), rtol=1e-6, atol=1e-9)
+
+
+def test_read_only_inputs_are_not_written():
+    logits, target = np.ones((2, 3)), np.array([0, 2])
+    for a in (logits, target):
+        a.flags.writeable = False
+    softmax_cross_entropy_backward(1.0, softmax_cross_entropy_forward(logits, target)[1])
+    mse_loss_backward(1.0, mse_loss_forward(logits, logits * 2)[1])
+    assert (logits == 1).all() and list(target) == [0, 2]
+
+
+L = np.zeros((3, 4))
+
+
+@pytest.mark.parametrize(
+    "logits, target, kwargs, error, word",
+    [
+        (L, np.array([0, 1, 4]), {}, ValueError, r"\[0, 3\]"),
+        (L, np.array([0, -1, 2]), {}, ValueError, "class indices"),
+        (L, np.array([0.0, 1.0, 2.0]), {}, TypeError, "integer"),
+        (L, np.array([True, False, True]), {}, TypeError, "integer"),
+        (L, np.array([0, 1]), {}, ValueError, "target must have shape"),
+        (L, np.array([[0, 1, 2]]), {}, ValueError, "target must have shape"),
+        (np.zeros(4), np.array([0]), {}, ValueError, "logits must be 2-D"),
+        (np.zeros((3, 0)), np.array([0, 0, 0]), {}, ValueError, "at least one class"),
+        (L.astype(np.int64), np.array([0, 1, 2]), {}, TypeError, "floating"),
+        (L, np.array([0, 1, 2]), dict(reduction="avg"), ValueError, "reduction"),
+    ],
+)
+def test_cross_entropy_bad_input(logits, target, kwargs, error, word):
+    with pytest.raises(error, match=word):
+        softmax_cross_entropy_forward(logits, target, **kwargs)
+
+
+def test_mse_bad_input():
+    with pytest.raises(ValueError, match="target must have shape"):
+        mse_loss_forward(np.zeros((2, 3)), np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="dtype"):
+        mse_loss_forward(np.zeros(2), np.zeros(2, dtype=np.float32))
+    with pytest.raises(TypeError, match="floating"):
+        mse_loss_forward(np.zeros(2), np.zeros(2, dtype=np.int64))
+
+
+def test_bad_dloss():
+    _, cache = softmax_cross_entropy_forward(L, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="dloss must have shape"):
+        softmax_cross_entropy_backward(np.ones(3), cache)
+    with pytest.raises(TypeError, match="dloss"):
+        softmax_cross_entropy_backward("1", cache)
+    _, cache = mse_loss_forward(L, L, reduction="none")
+    with pytest.raises(TypeError, match=r"dloss must be .* array of shape \(3, 4\)"):
+        mse_loss_backward(1.0, cache)
