@@ -102,6 +102,11 @@ def _backends():
 
 
 def pytest_configure(config):
+    if os.environ.get("XPCNN_REQUIRE_TORCH") == "1":
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise pytest.UsageError("XPCNN_REQUIRE_TORCH=1 but torch is not installed") from None
     try:
         import array_api_strict
     except ImportError:

@@ -142,5 +142,5 @@ def test_bad_dloss():
     with pytest.raises(TypeError, match="dloss"):
         softmax_cross_entropy_backward("1", cache)
     _, cache = mse_loss_forward(L, L, reduction="none")
-    with pytest.raises(TypeError, match=r"dloss must be .* array of shape \(3, 4\)"):
+    with pytest.raises(TypeError, match=r"dloss must be an array of shape \(3, 4\)"):
         mse_loss_backward(1.0, cache)

@@ -115,13 +115,13 @@ def _reduce(xp, losses, reduction: str):
 def _upstream_scale(xp, dloss, ref, reduction: str, unreduced_shape: tuple, count: int):
     """dloss checked and turned into the factor each element's local gradient is multiplied by."""
     if reduction == "none":
-        expected = tuple(unreduced_shape)
+        expected, allowed = tuple(unreduced_shape), f"an array of shape {tuple(unreduced_shape)}"
     else:
-        expected = ()
+        expected, allowed = (), "a number or a 0-d array"
         if isinstance(dloss, (int, float)) and not isinstance(dloss, bool):
             return dloss / count if reduction == "mean" else dloss
     if isinstance(dloss, bool) or not hasattr(dloss, "shape"):
-        raise TypeError(f"dloss must be a number or an array of shape {expected}, got {type(dloss).__name__}")
+        raise TypeError(f"dloss must be {allowed} (reduction={reduction!r}), got {type(dloss).__name__}")
     namespace_and_device(dloss=dloss, **{"the forward pass's arrays": ref})
     check_floating(xp, dloss, "dloss")
     check_shape(dloss, "dloss", expected, f"the loss's shape with reduction={reduction!r}")

@@ -1,0 +1,57 @@
+"""The window primitive: windows() gathers what naive loops gather; scatter_windows() is its exact adjoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpcnn._windows import pad, scatter_windows, window_geometry, windows
+
+GEOMETRIES = [
+    dict(in_size=(5, 7), kernel=(3, 2), stride=(2, 3), dilation=(1, 2), padding=((1, 1), (0, 2))),
+    dict(in_size=(4, 4), kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=((1, 1), (1, 1))),
+    dict(in_size=(6, 5), kernel=(3, 3), stride=(2, 2), dilation=(1, 1), padding=((1, 1), (1, 1)), ceil_mode=True),
+    dict(in_size=(1, 1), kernel=(1, 1), stride=(3, 3), dilation=(2, 2), padding=((0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("spec", GEOMETRIES, ids=str)
+def test_windows_match_naive_loops(xp, spec):
+    geometry = window_geometry(**spec)
+    x = np.random.default_rng(0).standard_normal((2, 3, *spec["in_size"])).astype(np.float32)
+    x_padded = pad(xp, xp.asarray(x), geometry, 0.0)
+    (top, _), (left, _) = geometry.padding
+    padded = np.zeros((2, 3, *geometry.padded_size), dtype=np.float32)
+    padded[..., top : top + x.shape[2], left : left + x.shape[3]] = x
+    for i, j, window in windows(x_padded, geometry):
+        expected = np.empty((2, 3, *geometry.out_size), dtype=np.float32)
+        for oh in range(geometry.out_size[0]):
+            for ow in range(geometry.out_size[1]):
+                row = oh * geometry.stride[0] + i * geometry.dilation[0]
+                col = ow * geometry.stride[1] + j * geometry.dilation[1]
+                expected[..., oh, ow] = padded[..., row, col]
+        np.testing.assert_array_equal(xp.to_numpy(window), expected)
+
+
+@pytest.mark.parametrize("spec", GEOMETRIES, ids=str)
+def test_scatter_is_the_adjoint_of_gather(xp, spec):
+    """<gather(x), c> == <x, scatter(c)> for every x and c: col2im is exactly the transpose of im2col."""
+    geometry = window_geometry(**spec)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, *spec["in_size"])).astype(np.float32)
+    parts = [rng.standard_normal((2, 3, *geometry.out_size)).astype(np.float32) for _ in geometry.offsets()]
+    gathered = [xp.to_numpy(w) for _, _, w in windows(pad(xp, xp.asarray(x), geometry, 0.0), geometry)]
+    scattered = scatter_windows(
+        xp, [xp.asarray(p) for p in parts], geometry, (2, 3), dtype=xp.float32, device=xp.device
+    )
+    xp.assert_on_backend(scattered, xp.float32)
+    lhs = sum(float(np.sum(g.astype(np.float64) * p)) for g, p in zip(gathered, parts))
+    rhs = float(np.sum(x.astype(np.float64) * xp.to_numpy(scattered)))
+    assert lhs == pytest.approx(rhs, rel=1e-5)
+
+
+def test_ceil_mode_drops_a_window_that_starts_in_the_padding():
+    assert window_geometry((5, 5), (2, 2), (2, 2), (1, 1), ((1, 1), (1, 1)), ceil_mode=True).out_size == (3, 3)
+    assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((1, 1), (1, 1)), ceil_mode=True).out_size == (3, 3)
+    assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (2, 2)
+    assert window_geometry((5, 5), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (3, 3)
