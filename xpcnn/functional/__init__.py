@@ -9,13 +9,17 @@ from .activations import *  # noqa: F403
 from .activations import __all__ as _activations
 from .conv import *  # noqa: F403
 from .conv import __all__ as _conv
+from .dropout import *  # noqa: F403
+from .dropout import __all__ as _dropout
 from .flatten import *  # noqa: F403
 from .flatten import __all__ as _flatten
 from .linear import *  # noqa: F403
 from .linear import __all__ as _linear
 from .losses import *  # noqa: F403
 from .losses import __all__ as _losses
+from .normalization import *  # noqa: F403
+from .normalization import __all__ as _normalization
 from .pooling import *  # noqa: F403
 from .pooling import __all__ as _pooling
 
-__all__ = [*_conv, *_pooling, *_activations, *_linear, *_flatten, *_losses]
+__all__ = [*_conv, *_pooling, *_activations, *_linear, *_flatten, *_normalization, *_dropout, *_losses]

@@ -1,0 +1,41 @@
+"""Inverted dropout and its backward pass, as ``torch.nn.functional.dropout`` in training mode.
+
+    keep = uniform(seed, stream) >= p          out = x * keep / (1 - p)          dx = dout * keep / (1 - p)
+
+The mask comes from xpcnn's counter-based generator, made on x's device: the same ``(seed, stream)`` gives the
+same mask on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._random import uniform
+from .._validation import check_floating, check_upstream, namespace_and_device
+
+__all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
+
+
+class DropoutCache(NamedTuple):
+    scale: Any  # keep / (1 - p), of x's shape
+
+
+def dropout_forward(x, p=0.5, *, seed=0, stream=0):
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p). Returns ``(out, cache)``."""
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    if p == 1.0:
+        scale = xp.zeros_like(x)
+    else:
+        keep = uniform(xp, x.shape, seed=seed, stream=stream, dtype=x.dtype, device=device) >= p
+        scale = xp.where(keep, 1.0 / (1.0 - p), 0.0)
+        scale = xp.astype(scale, x.dtype)
+    return x * scale, DropoutCache(scale)
+
+
+def dropout_backward(dout, cache: DropoutCache):
+    check_upstream(dout, cache.scale.shape, cache.scale, cache.scale.dtype)
+    return dout * cache.scale
