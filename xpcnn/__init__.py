@@ -1,10 +1,16 @@
 """xpcnn: CNN layers with explicit, readable backpropagation, written once on the Python array API.
 
 The same code runs on NumPy arrays (CPU), CuPy arrays (GPU) and any other array API library; the namespace is
-chosen by the input's type. See :mod:`xpcnn.functional` for the forward/backward pairs.
+chosen by the input's type.
+
+* :mod:`xpcnn.functional`: the forward/backward pairs of every layer;
+* :mod:`xpcnn.nn`: layer objects, ``Sequential`` and losses; :mod:`xpcnn.optim`: SGD, Adam, AdamW;
+* :func:`fit`, :func:`evaluate`, :func:`predict`; :func:`save`, :func:`load`.
 """
 
-from . import functional
+from . import functional, nn, optim
+from .serialization import load, save
+from .training import evaluate, fit, predict
 
 __version__ = "0.1.0"
-__all__ = ["functional"]
+__all__ = ["functional", "nn", "optim", "fit", "evaluate", "predict", "save", "load"]

@@ -1,0 +1,45 @@
+"""Seeded parameter initialisation, made directly in the chosen namespace, device and dtype.
+
+Every layer draws its parameters from xpcnn's counter-based generator: ``(seed, stream)`` where the seed is the
+layer's ``seed=`` argument or, by default, the global seed (:func:`manual_seed`) with a fresh stream per layer.
+The same seed gives the same parameters on every backend.
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+import array_api_compat.numpy as default_namespace
+
+from .._random import uniform
+
+_global = {"seed": 0, "streams": 0}
+
+
+def manual_seed(seed: int) -> None:
+    """Reset the global seed: layers built after it get the same parameters every time."""
+    _global.update(seed=int(seed), streams=0)
+
+
+def next_seed() -> int:
+    """A fresh seed from the global one, for a layer built without ``seed=``."""
+    seed = (_global["seed"] << 20) + _global["streams"]
+    _global["streams"] += 1
+    return seed
+
+
+def resolve(xp=None, device=None, dtype=None):
+    """The (namespace, device, dtype) a layer's arrays are made in; NumPy, CPU and float32 by default.
+
+    ``xp`` is an array library or namespace (``numpy``, ``cupy``, ``torch``, ``array_api_strict``...)."""
+    xp = default_namespace if xp is None else array_api_compat.array_namespace(xp.empty(0))
+    if dtype is None:
+        dtype = xp.float32
+    if device is None:
+        device = array_api_compat.device(xp.empty(0, dtype=dtype))
+    return xp, device, dtype
+
+
+def uniform_parameter(shape, bound: float, *, xp, device, dtype, seed: int, stream: int):
+    """U(-bound, bound) of ``shape``: PyTorch's default for conv and linear layers uses bound = 1 / sqrt(fan_in)."""
+    u = uniform(xp, shape, seed=seed, stream=stream, dtype=dtype, device=device)
+    return (2.0 * u - 1.0) * bound
