@@ -31,8 +31,7 @@ def dropout_forward(x, p=0.5, *, seed=0, stream=0):
         scale = xp.zeros_like(x)
     else:
         keep = uniform(xp, x.shape, seed=seed, stream=stream, dtype=x.dtype, device=device) >= p
-        scale = xp.where(keep, 1.0 / (1.0 - p), 0.0)
-        scale = xp.astype(scale, x.dtype)
+        scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - p))
     return x * scale, DropoutCache(scale)
 
 

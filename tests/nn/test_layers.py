@@ -1,0 +1,250 @@
+"""Layer objects: gradients equal their functional ops, a whole CNN equals PyTorch (same weights) and finite
+differences, BatchNorm2d/Dropout train and eval behaviour, initialisation, moves between backends."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xpcnn import functional as F
+from xpcnn import nn
+from tests.helpers import assert_close, numerical_gradient
+
+RNG = np.random.default_rng(0)
+
+
+def _cnn(xp=None, device=None, dtype=None):
+    nn.manual_seed(3)
+    common = dict(xp=xp, device=device, dtype=dtype)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1, **common),
+        nn.BatchNorm2d(4, **common),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, (2, 3), stride=(1, 2), groups=2, **common),
+        nn.LeakyReLU(0.1),
+        nn.AvgPool2d(2, stride=1, padding=1),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(6 * 3 * 2, 5, **common),
+        nn.Tanh(),
+        nn.Linear(5, 3, **common),
+    )
+
+
+def _torch_cnn(torch, model):
+    tnn = torch.nn
+    net = tnn.Sequential(
+        tnn.Conv2d(2, 4, 3, padding=1), tnn.BatchNorm2d(4), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(4, 6, (2, 3), stride=(1, 2), groups=2), tnn.LeakyReLU(0.1), tnn.AvgPool2d(2, stride=1, padding=1),
+        tnn.Dropout(0.5), tnn.Flatten(), tnn.Linear(36, 5), tnn.Tanh(), tnn.Linear(5, 3),
+    ).double()
+    state = {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in _numpy_state(model).items()}
+    net.load_state_dict(state, strict=False)
+    return net
+
+
+def _numpy_state(model):
+    from xpcnn._host import to_numpy
+
+    return {k: to_numpy(v) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_cnn_matches_torch(xp, torch, mode):
+    """Loss, input gradient, every parameter gradient and BatchNorm's running statistics equal PyTorch's
+    (dropout in eval mode; in train mode without it, since the masks differ)."""
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    model = _cnn(xp.namespace, xp.device, dtype)
+    net = _torch_cnn(torch, model)
+    getattr(model, mode)()
+    getattr(net, mode)()
+    if mode == "train":
+        model.layers[7].p = 0.0
+        net[7].p = 0.0
+    x = RNG.standard_normal((4, 2, 6, 8))
+    target = RNG.integers(0, 3, 4)
+
+    xt = torch.tensor(x, requires_grad=True)
+    loss_ref = torch.nn.functional.cross_entropy(net(xt), torch.tensor(target))
+    loss_ref.backward()
+
+    criterion = nn.CrossEntropyLoss()
+    loss = criterion(model(xp.asarray(x, dtype)), xp.asarray(target, xp.int64))
+    dx = model.backward(criterion.backward())
+    assert_close(xp, loss, loss_ref.detach().numpy(), np_dtype)
+    assert_close(xp, dx, xt.grad.numpy(), np_dtype)
+    grads = model.named_gradients()
+    for name, p in net.named_parameters():
+        assert_close(xp, grads[name], p.grad.numpy(), np_dtype)
+    for name in ("1.running_mean", "1.running_var"):
+        assert_close(xp, model.state_dict()[name], net.state_dict()[name].numpy(), np_dtype)
+
+
+def test_cnn_matches_finite_differences():
+    model = _cnn(dtype=np.float64).eval()
+    x = RNG.standard_normal((2, 2, 6, 8))
+    target = RNG.integers(0, 3, 2)
+    criterion = nn.CrossEntropyLoss()
+
+    def loss_of(v):
+        return criterion(model(v), target)
+
+    loss_of(x)
+    dx = model.backward(criterion.backward())
+    np.testing.assert_allclose(dx, numerical_gradient(loss_of, x, 1.0), rtol=1e-5, atol=1e-8)
+    grads = model.named_gradients()
+    for name, p in model.named_parameters():
+        original = p.data
+
+        def loss_with(v):
+            p.data = v
+            return loss_of(x)
+
+        numeric = numerical_gradient(loss_with, original.copy(), 1.0)
+        p.data = original
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+LAYERS = [
+    (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, dtype=np.float64), F.conv2d_forward, F.conv2d_backward),
+    (lambda: nn.Linear(3 * 5 * 5, 4, dtype=np.float64), None, None),
+    (lambda: nn.MaxPool2d(3, stride=1, padding=1), F.max_pool2d_forward, F.max_pool2d_backward),
+    (lambda: nn.AvgPool2d(2, ceil_mode=True), F.avg_pool2d_forward, F.avg_pool2d_backward),
+    (lambda: nn.ReLU(), F.relu_forward, F.relu_backward),
+    (lambda: nn.Sigmoid(), F.sigmoid_forward, F.sigmoid_backward),
+    (lambda: nn.Arctan(), F.arctan_forward, F.arctan_backward),
+    (lambda: nn.Flatten(), F.flatten_forward, F.flatten_backward),
+]
+
+
+@pytest.mark.parametrize("make, forward, backward", LAYERS, ids=lambda v: getattr(v, "__name__", ""))
+def test_layer_equals_its_functional_op(make, forward, backward):
+    layer = make()
+    x = RNG.standard_normal((2, 3, 5, 5))
+    if isinstance(layer, nn.Linear):
+        x = x.reshape(2, -1)
+    out = layer(x)
+    dout = RNG.standard_normal(out.shape)
+    dx = layer.backward(dout)
+    params = [p.data for p in layer.parameters()]
+    if isinstance(layer, nn.Linear):
+        ref_out, cache = F.linear_forward(x, *params)
+        ref_dx, *ref_grads = F.linear_backward(dout, cache)
+    else:
+        kwargs = getattr(layer, "options", {})
+        ref_out, cache = forward(x, *params, **kwargs)
+        ref = backward(dout, cache)
+        ref_dx, *ref_grads = ref if isinstance(ref, tuple) else (ref,)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(dx, ref_dx)
+    for p, g in zip(layer.parameters(), ref_grads):
+        np.testing.assert_array_equal(p.grad, g)
+    layer(x)
+    layer.backward(dout)  # gradients accumulate over backward passes
+    for p, g in zip(layer.parameters(), ref_grads):
+        np.testing.assert_allclose(p.grad, 2 * g)
+
+
+def test_backward_without_forward_raises():
+    layer = nn.ReLU()
+    with pytest.raises(RuntimeError, match="without a forward pass"):
+        layer.backward(np.ones(3))
+
+
+@pytest.mark.torch_reference
+def test_batchnorm_train_then_eval_matches_torch(torch):
+    bn, ref = nn.BatchNorm2d(3, momentum=0.2, dtype=np.float64), torch.nn.BatchNorm2d(3, momentum=0.2).double()
+    for _ in range(3):
+        x = RNG.standard_normal((4, 3, 5, 5)) * 2 + 1
+        np.testing.assert_allclose(bn(x), ref(torch.tensor(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.running_mean, ref.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, ref.running_var.numpy(), rtol=1e-12)
+    bn.eval(), ref.eval()
+    x = RNG.standard_normal((2, 3, 5, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    out_ref = ref(xt)
+    dout = RNG.standard_normal(x.shape)
+    out_ref.backward(torch.tensor(dout))
+    np.testing.assert_allclose(bn(x), out_ref.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.backward(dout), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(bn.weight.grad, ref.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_dropout_train_and_eval(xp):
+    x = xp.asarray(np.ones((50, 40), dtype=np.float32))
+    drop = nn.Dropout(0.3, seed=7)
+    out = drop(x)
+    xp.assert_on_backend(out, xp.float32)
+    values = xp.to_numpy(out)
+    assert set(np.unique(values)) <= {0.0, np.float32(1 / 0.7)}
+    assert 0.25 < np.mean(values == 0) < 0.35
+    np.testing.assert_array_equal(xp.to_numpy(drop.backward(x)), values)  # the same mask
+    second = xp.to_numpy(drop(x))
+    assert not np.array_equal(second, values)  # a new mask each step...
+    again = nn.Dropout(0.3, seed=7)
+    np.testing.assert_array_equal(xp.to_numpy(again(x)), values)  # ...and the same sequence for the same seed
+    drop.eval()
+    assert drop(x) is x
+    assert drop.backward(x) is x
+
+
+def test_initialisation_follows_torch_bounds():
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, as PyTorch's defaults."""
+    conv = nn.Conv2d(6, 8, (3, 5), groups=2, seed=1)
+    bound = 1 / math.sqrt(3 * 3 * 5)
+    assert 0.95 * bound < np.abs(conv.weight.data).max() <= bound
+    assert np.abs(conv.bias.data).max() <= bound
+    assert conv.weight.data.dtype == np.float32
+    lin = nn.Linear(100, 20, seed=1)
+    assert np.abs(lin.weight.data).max() <= 0.1
+    assert abs(float(np.std(lin.weight.data)) - 0.1 / math.sqrt(3)) < 0.005  # uniform's std
+    nn.manual_seed(5)
+    a = nn.Linear(4, 4).weight.data
+    nn.manual_seed(5)
+    np.testing.assert_array_equal(a, nn.Linear(4, 4).weight.data)
+
+
+def test_parameters_are_made_on_the_chosen_backend(xp):
+    dtype = xp.float32
+    model = _cnn(xp.namespace, xp.device, dtype)
+    for name, value in model.state_dict().items():
+        xp.assert_on_backend(value, dtype)
+
+
+def test_model_moves_between_backends_explicitly():
+    strict = pytest.importorskip("array_api_strict")
+    model = _cnn()
+    before = _numpy_state(model)
+    model.to(strict, device=strict.Device("device1"))
+    assert all(v.device == strict.Device("device1") for v in model.state_dict().values())
+    x = strict.asarray(RNG.standard_normal((2, 2, 6, 8)).astype(np.float32), device=strict.Device("device1"))
+    model.eval()(x)
+    with pytest.raises(ValueError, match="x is on device"):
+        model(strict.asarray(np.zeros((2, 2, 6, 8), dtype=np.float32)))
+    with pytest.raises(ValueError, match="numpy array"):
+        model(np.zeros((2, 2, 6, 8), dtype=np.float32))
+    model.to(np)
+    for name, value in _numpy_state(model).items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize(
+    "make, error, word",
+    [
+        (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups"),
+        (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
+        (lambda: nn.Conv2d(3, 4, 0), ValueError, "kernel_size"),
+        (lambda: nn.Linear(3, -1), ValueError, "out_features"),
+        (lambda: nn.Linear(3.5, 2), TypeError, "in_features"),
+        (lambda: nn.Dropout(1.5), ValueError, "probability"),
+        (lambda: nn.BatchNorm2d(0), ValueError, "num_features"),
+        (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "Module"),
+    ],
+)
+def test_bad_constructor_arguments(make, error, word):
+    with pytest.raises(error, match=word):
+        make()

@@ -1,0 +1,85 @@
+"""fit / evaluate / predict: a short digits run learns, histories and errors are right, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import nn
+
+pytest.importorskip("sklearn")
+
+
+def _digits(n_train=600, n_test=200):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    return x[:n_train], y[:n_train], x[-n_test:], y[-n_test:]
+
+
+def _small_cnn(xp=None, device=None):
+    nn.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, xp=xp, device=device), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 16, 10, xp=xp, device=device),
+    )
+
+
+def test_short_digits_run_learns(xp):
+    x_train, y_train, x_test, y_test = (xp.asarray(a) for a in _digits())
+    model = _small_cnn(xp.namespace, xp.device)
+    history = xpcnn.fit(
+        model, nn.CrossEntropyLoss(), xpcnn.optim.Adam(model.parameters(), lr=5e-3), x_train, y_train,
+        epochs=4, batch_size=32, validation_data=(x_test, y_test), progress=False,
+    )
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 4 for v in history.values())
+    assert history["loss"][-1] < history["loss"][0] < 2.5
+    assert history["val_accuracy"][-1] > 0.6  # chance is 0.1
+    loss, accuracy = xpcnn.evaluate(model, nn.CrossEntropyLoss(), x_test, y_test)
+    assert accuracy == pytest.approx(history["val_accuracy"][-1])
+    outputs = xpcnn.predict(model, x_test, batch_size=64)
+    xp.assert_on_backend(outputs, xp.float32)
+    assert tuple(outputs.shape) == (200, 10)
+
+
+def test_fit_is_reproducible_and_shows_progress(capsys):
+    x, y, _, _ = _digits(100, 1)
+    runs = []
+    for progress in (False, True):
+        model = _small_cnn()
+        runs.append(xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y,
+                              epochs=2, batch_size=16, seed=3, progress=progress))
+    assert runs[0] == runs[1]
+    assert "epoch 2/2" in capsys.readouterr().err
+
+
+def test_regression_with_mse():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], dtype=np.float32)).astype(np.float32)
+    model = nn.Sequential(nn.Linear(3, 1, seed=0))
+    history = xpcnn.fit(model, nn.MSELoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=20,
+                        batch_size=16, progress=False)
+    assert set(history) == {"loss"}
+    assert history["loss"][-1] < 1e-3
+
+
+def test_data_on_another_backend_is_refused(torch):
+    model = _small_cnn()
+    x, y = torch.zeros((4, 1, 8, 8)), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="torch array but .*numpy array|numpy array but .*torch array"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, progress=False)
+
+
+def test_bad_data():
+    model = _small_cnn()
+    opt = xpcnn.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="same number of samples"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, np.zeros((4, 1, 8, 8), np.float32), np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="batch_size"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int64),
+                  batch_size=0)
