@@ -2,8 +2,9 @@
 
 Backends: NumPy; array-api-strict (API version pinned) on its CPU device, on ``device1`` (a stand-in for a GPU:
 it raises when an array lands on the default device or leaks through NumPy) and on ``no_float64``; PyTorch CPU
-through array-api-compat when torch is installed; CuPy when a GPU is available. Set ``XPCNN_REQUIRE_TORCH=1`` to
-make a missing torch an error instead of a skip (CI does).
+through array-api-compat when torch is installed; JAX with 64-bit enabled; Dask with the batch axis chunked; CuPy
+when a GPU is available. Set ``XPCNN_REQUIRE_TORCH=1`` to make a missing torch an error instead of a skip (CI
+does).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 import pytest
 
 API_VERSION = "2024.12"
+LAZY_BACKENDS = ("jax", "dask")
+LAZY_CONFIGS = 4  # random configurations per test on JAX and Dask, whose eager ops compile or build graphs per shape
 
 
 class Backend:
@@ -44,6 +47,9 @@ class Backend:
         if self.name.startswith("array_api_strict"):
             a = self.namespace.asarray(a, dtype=dtype)  # on the default CPU device, then moved
             return a.to_device(self.device)
+        if self.name == "dask":
+            a = self.namespace.asarray(a, dtype=dtype)
+            return a.rechunk({0: 1}) if a.ndim else a  # chunked along the batch axis only
         return self.namespace.asarray(a, dtype=dtype, device=self.device)
 
     def to_numpy(self, a):
@@ -55,6 +61,8 @@ class Backend:
             a = a.detach().cpu()
         elif self.name == "cupy":
             a = a.get()
+        elif self.name == "dask":
+            a = a.compute()
         return np.asarray(a)
 
     def assert_on_backend(self, a, dtype):
@@ -88,6 +96,23 @@ def _backends():
         params.append(pytest.param(Backend("torch", ns, torch.device("cpu")), id="torch"))
 
     try:
+        import jax
+    except ImportError:
+        params.append(pytest.param(None, id="jax", marks=pytest.mark.skip(reason="jax is not installed")))
+    else:
+        jax.config.update("jax_enable_x64", True)
+        ns = array_api_compat.array_namespace(jax.numpy.empty(0))
+        params.append(pytest.param(Backend("jax", ns, jax.devices("cpu")[0]), id="jax"))
+
+    try:
+        import dask.array as da
+    except ImportError:
+        params.append(pytest.param(None, id="dask", marks=pytest.mark.skip(reason="dask is not installed")))
+    else:
+        ns = array_api_compat.array_namespace(da.empty(0))
+        params.append(pytest.param(Backend("dask", ns, "cpu"), id="dask"))
+
+    try:
         import cupy
 
         gpu = cupy.cuda.is_available()
@@ -117,6 +142,21 @@ def pytest_configure(config):
 @pytest.fixture(params=_backends())
 def xp(request):
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """On the lazy backends (JAX, Dask) keep the first LAZY_CONFIGS random configurations of each test and drop
+    tests marked ``eager_only`` (finite differences: they test the maths, which the eager backends cover)."""
+    kept, dropped = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        backend = spec.params.get("xp") if spec else None
+        lazy = getattr(backend, "name", None) in LAZY_BACKENDS
+        too_many = spec is not None and spec.indices.get("config", 0) >= LAZY_CONFIGS
+        (dropped if lazy and (too_many or item.get_closest_marker("eager_only")) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

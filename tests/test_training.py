@@ -29,6 +29,8 @@ def _small_cnn(xp=None, device=None):
 
 
 def test_short_digits_run_learns(xp):
+    if xp.name == "dask":
+        pytest.skip("training on Dask builds one graph over all steps; Dask is for the ops, not for training loops")
     x_train, y_train, x_test, y_test = (xp.asarray(a) for a in _digits())
     model = _small_cnn(xp.namespace, xp.device)
     history = xpcnn.fit(

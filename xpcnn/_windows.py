@@ -16,9 +16,11 @@ Only basic strided slices with in-bounds stops are used, which every array API l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import array_api_extra as xpx
+from array_api_compat import device as device_of
 
 _AXES = ("height", "width")
 
@@ -80,14 +82,24 @@ def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=Fal
 
 
 def pad(xp, x, geometry: WindowGeometry, value: float):
-    """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed."""
+    """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed.
+
+    Built by concatenating constant blocks (in x's dtype, on x's device): no item assignment, so empty and lazy
+    arrays pad like any other.
+    """
     (top, _), (left, _) = geometry.padding
-    bottom = geometry.padded_size[0] - geometry.in_size[0] - top
-    right = geometry.padded_size[1] - geometry.in_size[1] - left
+    height, width = geometry.in_size
+    padded_height, padded_width = geometry.padded_size
+    bottom, right = padded_height - height - top, padded_width - width - left
     if top == bottom == left == right == 0:
         return x
-    pad_width = [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)]
-    return xpx.pad(x, pad_width, constant_values=value, xp=xp)
+    lead, device = tuple(x.shape[:-2]), device_of(x)
+
+    def block(rows, cols):
+        return xp.full((*lead, rows, cols), value, dtype=x.dtype, device=device)
+
+    x = xp.concat([block(height, left), x, block(height, right)], axis=-1)
+    return xp.concat([block(top, padded_width), x, block(bottom, padded_width)], axis=-2)
 
 
 def windows(x_padded, geometry: WindowGeometry):
@@ -104,6 +116,8 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
     Returns an array of shape ``(*leading_shape, H, W)``.
     """
     grad = xp.zeros((*leading_shape, *geometry.padded_size), dtype=dtype, device=device)
+    if math.prod(grad.shape) == 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
+        return grad[..., : geometry.in_size[0], : geometry.in_size[1]]
     for (i, j), part in zip(geometry.offsets(), parts, strict=True):
         rows, cols = geometry.slices(i, j)
         grad = xpx.at(grad)[..., rows, cols].add(part)

@@ -51,6 +51,7 @@ def test_matches_torch(xp, torch, config):
     [dict(), dict(stride=2, padding=1), dict(padding="same", dilation=2), dict(groups=2, stride=(1, 2), padding=(2, 0))],
     ids=str,
 )
+@pytest.mark.eager_only
 def test_gradients_match_finite_differences(xp, options):
     if not xp.float64:
         pytest.skip("float64 finite differences")

@@ -75,6 +75,7 @@ POOL_OPS = {
     [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2, ceil_mode=True)],
     ids=str,
 )
+@pytest.mark.eager_only
 def test_gradients_match_finite_differences(xp, op, options):
     if not xp.float64:
         pytest.skip("float64 finite differences")

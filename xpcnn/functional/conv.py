@@ -111,6 +111,8 @@ def conv2d_backward(dout, cache: Conv2dCache):
 
     dcols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, groups)), dout_mat)
     num_offsets = len(geometry.offsets())
+    # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
+    dcols = xp.reshape(dcols, (n, groups, channels // groups, num_offsets, out_h, out_w))
     dcols = xp.reshape(dcols, (n, channels, num_offsets, out_h, out_w))
     parts = (dcols[:, :, k, ...] for k in range(num_offsets))
     dx = scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
@@ -140,6 +142,8 @@ def _im2col(xp, x_padded, geometry: WindowGeometry, groups: int):
     kh, kw = geometry.kernel
     out_h, out_w = geometry.out_size
     cols = xp.stack([window for _, _, window in windows(x_padded, geometry)], axis=2)
+    # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
+    cols = xp.reshape(cols, (n, groups, channels // groups, kh * kw, out_h * out_w))
     return xp.reshape(cols, (n, groups, channels // groups * kh * kw, out_h * out_w))
 
 

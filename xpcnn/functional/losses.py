@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from array_api_compat import is_lazy_array
+
 from .._validation import (
     check_floating,
     check_ndim,
@@ -42,6 +44,7 @@ class CrossEntropyCache(NamedTuple):
     probs: Any  # (N, C) softmax of the logits
     onehot: Any  # (N, C) bool, True at each row's target class
     reduction: str
+    valid: Any  # (N,) bool, target in range; None when the range was checked eagerly
 
 
 class MSECache(NamedTuple):
@@ -53,6 +56,8 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
     """logits: (N, C) floating; target: (N,) integer class indices in [0, C).
 
     Returns ``(loss, cache)``: a 0-d array, or (N,) for ``reduction="none"``.
+    Out-of-range targets raise a ValueError. On lazy arrays (JAX, also under ``jax.jit``; Dask), whose values
+    cannot be read without forcing a computation, they give a NaN loss and NaN gradients for their rows instead.
     """
     check_reduction(reduction)
     xp, device = namespace_and_device(logits=logits, target=target)
@@ -64,7 +69,10 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
     if not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     check_shape(target, "target", (n,), "one class index per row of logits")
-    if n and bool(xp.any((target < 0) | (target >= classes))):
+    valid = None
+    if is_lazy_array(target):
+        valid = (target >= 0) & (target < classes)
+    elif n and bool(xp.any((target < 0) | (target >= classes))):
         raise ValueError(
             f"target must hold class indices in [0, {classes - 1}], "
             f"got values in [{int(xp.min(target))}, {int(xp.max(target))}]"
@@ -73,17 +81,20 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
     log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
     onehot = xp.arange(classes, dtype=target.dtype, device=device)[None, :] == target[:, None]
     losses = -xp.sum(xp.where(onehot, log_probs, 0.0), axis=1)
-    return _reduce(xp, losses, reduction), CrossEntropyCache(xp.exp(log_probs), onehot, reduction)
+    if valid is not None:
+        losses = xp.where(valid, losses, math.nan)
+    return _reduce(xp, losses, reduction), CrossEntropyCache(xp.exp(log_probs), onehot, reduction, valid)
 
 
 def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
     """Returns dlogits (N, C)."""
-    probs, onehot, reduction = cache
+    probs, onehot, reduction, valid = cache
     xp, _ = namespace_and_device(probs=probs)
     scale = _upstream_scale(xp, dloss, probs, reduction, (probs.shape[0],), probs.shape[0])
     if reduction == "none":
         scale = scale[:, None]
-    return (probs - xp.astype(onehot, probs.dtype)) * scale
+    dlogits = (probs - xp.astype(onehot, probs.dtype)) * scale
+    return dlogits if valid is None else xp.where(valid[:, None], dlogits, math.nan)
 
 
 def mse_loss_forward(pred, target, *, reduction="mean"):
