@@ -68,19 +68,6 @@ def test_gradient_matches_finite_differences(name):
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_read_only_input_is_not_written(name):
-    (forward, backward), kwargs, _ = ACTIVATIONS[name]
-    x = np.linspace(-2, 2, 12).reshape(3, 4)
-    x.flags.writeable = False
-    out, cache = forward(x, **kwargs)
-    dout = np.ones_like(out)
-    dout.flags.writeable = False
-    backward(dout, cache)
-    np.testing.assert_array_equal(x, np.linspace(-2, 2, 12).reshape(3, 4))
-    np.testing.assert_array_equal(dout, 1.0)
-
-
-@pytest.mark.parametrize("name", ACTIVATIONS)
 def test_bad_input(name):
     (forward, backward), kwargs, _ = ACTIVATIONS[name]
     with pytest.raises(TypeError, match="floating"):

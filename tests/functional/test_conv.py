@@ -89,21 +89,6 @@ def test_empty_batch(xp):
     np.testing.assert_array_equal(xp.to_numpy(dw), np.zeros((3, 2, 3, 3)))
 
 
-def test_read_only_inputs_are_not_written():
-    rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((2, 2, 3, 3)), rng.standard_normal(2)]
-    copies = [a.copy() for a in arrays]
-    for a in arrays:
-        a.flags.writeable = False
-    out, cache = conv2d_forward(*arrays, padding=1)
-    dout = np.ones_like(out)
-    dout.flags.writeable = False
-    conv2d_backward(dout, cache)
-    for a, c in zip(arrays, copies):
-        np.testing.assert_array_equal(a, c)
-    np.testing.assert_array_equal(dout, 1.0)
-
-
 X = np.zeros((1, 4, 6, 6))
 W = np.zeros((2, 4, 3, 3))
 

@@ -94,15 +94,6 @@ def test_gradients_match_finite_differences(reduction):
     np.testing.assert_allclose(grad, numerical_gradient(mse, pred, dloss), rtol=1e-6, atol=1e-9)
 
 
-def test_read_only_inputs_are_not_written():
-    logits, target = np.ones((2, 3)), np.array([0, 2])
-    for a in (logits, target):
-        a.flags.writeable = False
-    softmax_cross_entropy_backward(1.0, softmax_cross_entropy_forward(logits, target)[1])
-    mse_loss_backward(1.0, mse_loss_forward(logits, logits * 2)[1])
-    assert (logits == 1).all() and list(target) == [0, 2]
-
-
 L = np.zeros((3, 4))
 
 

@@ -142,20 +142,6 @@ def test_keeps_backend_device_and_dtype(xp, op):
         xp.assert_on_backend(backward(out, cache), dtype)
 
 
-@pytest.mark.parametrize("op", POOL_OPS)
-def test_read_only_inputs_are_not_written(op):
-    forward, backward = POOL_OPS[op]
-    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
-    x.flags.writeable = False
-    copy = x.copy()
-    out, cache = forward(x, 3, stride=1, padding=1)
-    dout = np.ones_like(out)
-    dout.flags.writeable = False
-    backward(dout, cache)
-    np.testing.assert_array_equal(x, copy)
-    np.testing.assert_array_equal(dout, 1.0)
-
-
 X = np.zeros((1, 2, 5, 5))
 
 

@@ -1,0 +1,70 @@
+"""Every public forward/backward pair of xpcnn.functional, with inputs that exercise it (padding, overlapping
+windows, groups, bias...). Shared by the tests that must cover all ops: read-only inputs, determinism, jax.jit,
+Dask laziness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import xpcnn.functional as F
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    forward: object
+    backward: object
+    make_inputs: object  # rng -> {argument: NumPy array} (floating arrays get the test's dtype)
+    options: dict = field(default_factory=dict)
+    scalar_dloss: bool = False  # the backward takes a number (a reduced loss), not an array of out's shape
+
+    def inputs(self, rng):
+        return self.make_inputs(rng)
+
+
+def _x(shape):
+    return lambda rng: {"x": rng.standard_normal(shape)}
+
+
+OPS = [
+    Op("conv2d", F.conv2d_forward, F.conv2d_backward,
+       lambda rng: {"x": rng.standard_normal((2, 4, 7, 6)), "weight": rng.standard_normal((6, 2, 3, 2)),
+                    "bias": rng.standard_normal(6)},
+       dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)),
+    Op("max_pool2d", F.max_pool2d_forward, F.max_pool2d_backward,
+       lambda rng: {"x": rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)},  # ties
+       dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)),
+    Op("avg_pool2d", F.avg_pool2d_forward, F.avg_pool2d_backward, _x((2, 3, 7, 6)),
+       dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    Op("relu", F.relu_forward, F.relu_backward, _x((2, 3, 4))),
+    Op("leaky_relu", F.leaky_relu_forward, F.leaky_relu_backward, _x((2, 3, 4)), dict(negative_slope=0.1)),
+    Op("sigmoid", F.sigmoid_forward, F.sigmoid_backward, _x((2, 3, 4))),
+    Op("tanh", F.tanh_forward, F.tanh_backward, _x((2, 3, 4))),
+    Op("arctan", F.arctan_forward, F.arctan_backward, _x((2, 3, 4))),
+    Op("linear", F.linear_forward, F.linear_backward,
+       lambda rng: {"x": rng.standard_normal((2, 3, 5)), "weight": rng.standard_normal((4, 5)),
+                    "bias": rng.standard_normal(4)}),
+    Op("flatten", F.flatten_forward, F.flatten_backward, _x((2, 3, 4, 5)), dict(start_dim=1)),
+    Op("batch_norm2d", F.batch_norm2d_forward, F.batch_norm2d_backward,
+       lambda rng: {"x": rng.standard_normal((3, 2, 4, 5)), "weight": rng.standard_normal(2),
+                    "bias": rng.standard_normal(2)}),
+    Op("dropout", F.dropout_forward, F.dropout_backward, _x((3, 4, 5)), dict(p=0.3, seed=1, stream=2)),
+    Op("softmax_cross_entropy", F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward,
+       lambda rng: {"logits": rng.standard_normal((5, 4)) * 3, "target": rng.integers(0, 4, 5)},
+       scalar_dloss=True),
+    Op("mse_loss", F.mse_loss_forward, F.mse_loss_backward,
+       lambda rng: {"pred": rng.standard_normal((3, 4)), "target": rng.standard_normal((3, 4))},
+       dict(reduction="sum"), scalar_dloss=True),
+]
+
+
+def run(op, arrays, dout_from):
+    """Forward then backward; ``dout_from(out)`` makes the upstream gradient. Returns every array produced
+    (out, the backward's outputs, and max pooling's indices)."""
+    out, cache = op.forward(**arrays, **op.options)
+    grads = op.backward(0.7 if op.scalar_dloss else dout_from(out), cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    extra = (cache.indices,) if op.name == "max_pool2d" else ()
+    return (out, *[g for g in grads if g is not None], *extra)
