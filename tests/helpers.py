@@ -4,7 +4,71 @@ from __future__ import annotations
 
 import random
 
+import array_api_compat
 import numpy as np
+
+class Backend:
+    """An array namespace bound to one device. ``xp.asarray`` puts NumPy data there, ``xp.to_numpy`` brings it back;
+    every other attribute is the namespace's own."""
+
+    def __init__(self, name, namespace, device, *, float64=True):
+        self.name, self.namespace, self.device, self.float64 = name, namespace, device, float64
+
+    def __getattr__(self, attr):
+        return getattr(self.namespace, attr)
+
+    def __repr__(self):
+        return self.name
+
+    def float_dtypes(self):
+        """The floating dtypes this device supports, as (namespace dtype, NumPy dtype) pairs."""
+        pairs = [(self.namespace.float32, np.float32)]
+        if self.float64:
+            pairs.append((self.namespace.float64, np.float64))
+        return pairs
+
+    def asarray(self, a, dtype=None):
+        a = np.asarray(a)
+        if dtype is None:
+            dtype = getattr(self.namespace, str(a.dtype))
+        if self.name.startswith("array_api_strict"):
+            a = self.namespace.asarray(a, dtype=dtype)  # on the default CPU device, then moved
+            return a.to_device(self.device)
+        if self.name == "dask":
+            a = self.namespace.asarray(a, dtype=dtype)
+            return a.rechunk({0: 1}) if a.ndim else a  # chunked along the batch axis only
+        return self.namespace.asarray(a, dtype=dtype, device=self.device)
+
+    def to_numpy(self, a):
+        if self.name.startswith("array_api_strict"):
+            import array_api_strict
+
+            a = a.to_device(array_api_strict.Device("CPU_DEVICE"))
+        elif self.name == "torch":
+            a = a.detach().cpu()
+        elif self.name == "cupy":
+            a = a.get()
+        elif self.name == "dask":
+            a = a.compute()
+        return np.asarray(a)
+
+    def assert_on_backend(self, a, dtype):
+        """``a`` belongs to this backend's namespace, lives on its device and has ``dtype``."""
+        assert array_api_compat.array_namespace(a) is self.namespace, f"{type(a)} is not from {self.name}"
+        assert array_api_compat.device(a) == self.device, f"{array_api_compat.device(a)} != {self.device}"
+        assert a.dtype == dtype, f"{a.dtype} != {dtype}"
+
+
+def strict_backend(device="device1"):
+    """array-api-strict on one of its devices (its API version is pinned by conftest)."""
+    import array_api_strict
+
+    return Backend(f"array_api_strict-{device}", array_api_strict, array_api_strict.Device(device))
+
+
+def numpy_backend():
+    return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu")
+
 
 RTOL = {np.float64: 1e-9, np.float32: 2e-4}
 ATOL = {np.float64: 1e-11, np.float32: 2e-5}

@@ -1,0 +1,106 @@
+"""Slow, obviously correct references: plain loops over every window, written after PyTorch's CPU kernels.
+
+NumPy float64 only, never shipped in the library. ``padding`` is always ((top, bottom), (left, right)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def conv_out_size(n, k, s, before, after, d):
+    return (n + before + after - d * (k - 1) - 1) // s + 1
+
+
+def pool_out_size(n, k, s, p, d, ceil_mode):
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _padded(x, padding):
+    (top, bottom), (left, right) = padding
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups, dout):
+    """Returns (out, dx, dweight, dbias) of a cross-correlation, by loops over (n, o, oh, ow)."""
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    (top, bottom), (left, right) = padding
+    oh, ow = conv_out_size(h, kh, sh, top, bottom, dh), conv_out_size(w, kw, sw, left, right, dw)
+    xp = _padded(x, padding)
+    out = np.zeros((n, o, oh, ow))
+    dxp = np.zeros_like(xp)
+    dweight = np.zeros_like(weight)
+    dbias = np.zeros(o)
+    og = o // groups
+    for b in range(n):
+        for oc in range(o):
+            chans = slice(oc // og * cg, oc // og * cg + cg)
+            for i in range(oh):
+                for j in range(ow):
+                    rows = slice(i * sh, i * sh + dh * (kh - 1) + 1, dh)
+                    cols = slice(j * sw, j * sw + dw * (kw - 1) + 1, dw)
+                    window = xp[b, chans, rows, cols]
+                    out[b, oc, i, j] = np.sum(window * weight[oc]) + (0.0 if bias is None else bias[oc])
+                    g = dout[b, oc, i, j]
+                    dxp[b, chans, rows, cols] += g * weight[oc]
+                    dweight[oc] += g * window
+                    dbias[oc] += g
+    dx = dxp[:, :, top : top + h, left : left + w]
+    return out, dx, dweight, (None if bias is None else dbias)
+
+
+def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, dout):
+    """Returns (out, indices, dx). Per window, as PyTorch: start at -inf with the first in-bounds position, take
+    every later element that is greater or NaN (so the first maximum wins, and the last NaN)."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh, ow = pool_out_size(h, kh, sh, ph, dh, ceil_mode), pool_out_size(w, kw, sw, pw, dw, ceil_mode)
+    out = np.zeros((n, c, oh, ow))
+    indices = np.zeros((n, c, oh, ow), dtype=np.int64)
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    rows = [i * sh - ph + a * dh for a in range(kh)]
+                    cols = [j * sw - pw + a * dw for a in range(kw)]
+                    rows = [r for r in rows if 0 <= r < h]
+                    cols = [q for q in cols if 0 <= q < w]
+                    best, where = -math.inf, rows[0] * w + cols[0]
+                    for r in rows:
+                        for q in cols:
+                            value = x[b, ch, r, q]
+                            if value > best or math.isnan(value):
+                                best, where = value, r * w + q
+                    out[b, ch, i, j], indices[b, ch, i, j] = best, where
+                    dx[b, ch, where // w, where % w] += dout[b, ch, i, j]
+    return out, indices, dx
+
+
+def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, dout):
+    """Returns (out, dx); the divisor as PyTorch's kernel computes it."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh, ow = pool_out_size(h, kh, sh, ph, 1, ceil_mode), pool_out_size(w, kw, sw, pw, 1, ceil_mode)
+    out = np.zeros((n, c, oh, ow))
+    dx = np.zeros_like(x)
+    for i in range(oh):
+        for j in range(ow):
+            h0, w0 = i * sh - ph, j * sw - pw
+            h1, w1 = min(h0 + kh, h + ph), min(w0 + kw, w + pw)
+            pool_size = (h1 - h0) * (w1 - w0)
+            h0, w0, h1, w1 = max(h0, 0), max(w0, 0), min(h1, h), min(w1, w)
+            if divisor_override is not None:
+                divisor = divisor_override
+            else:
+                divisor = pool_size if count_include_pad else (h1 - h0) * (w1 - w0)
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / divisor
+            dx[:, :, h0:h1, w0:w1] += (dout[:, :, i, j] / divisor)[:, :, None, None]
+    return out, dx

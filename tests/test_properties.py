@@ -1,0 +1,169 @@
+"""Hypothesis property tests: every window op's forward and backward equal the naive loops of tests/reference.py
+on random legal configurations, on NumPy and on array-api-strict's ``device1``.
+
+The default number of examples per op and backend is modest for CI; ``XPCNN_HYPOTHESIS_EXAMPLES=2000`` runs a
+deeper, randomised search (CI's runs are derandomised, so they are reproducible).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from xpcnn.functional import (
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    conv2d_backward,
+    conv2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+from tests import reference
+from tests.helpers import numpy_backend, strict_backend
+
+DEEP = "XPCNN_HYPOTHESIS_EXAMPLES" in os.environ
+EXAMPLES = int(os.environ.get("XPCNN_HYPOTHESIS_EXAMPLES", 150))
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=not DEEP,
+    database=None if not DEEP else settings.default.database,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+BACKENDS = [pytest.param(numpy_backend, id="numpy"), pytest.param(strict_backend, id="array_api_strict-device1")]
+CLOSE = dict(rtol=1e-10, atol=1e-12)
+
+pytest.importorskip("array_api_strict")
+
+
+def _span_fits(size, kernel, dilation, before, after):
+    return size + before + after >= dilation * (kernel - 1) + 1
+
+
+@st.composite
+def conv_cases(draw):
+    channels = draw(st.integers(1, 5))
+    groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    out_channels = groups * draw(st.integers(1, 2))
+    size = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    mode = draw(st.sampled_from(["int", "pair", "same", "valid"]))
+    if mode == "same":
+        stride, padding = (1, 1), "same"
+        pads = tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation))
+    else:
+        stride = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))  # larger than the kernel too
+        if mode == "valid":
+            padding, pads = "valid", ((0, 0), (0, 0))
+        elif mode == "int":
+            p = draw(st.integers(0, 3))
+            padding, pads = p, ((p, p), (p, p))
+        else:
+            ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+            padding, pads = (ph, pw), ((ph, ph), (pw, pw))
+    assume(all(_span_fits(n, k, d, *pad) for n, k, d, pad in zip(size, kernel, dilation, pads)))
+    return dict(
+        x_shape=(draw(st.integers(0, 3)), channels, *size),
+        w_shape=(out_channels, channels // groups, *kernel),
+        bias=draw(st.booleans()),
+        options=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
+        pads=pads,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+@st.composite
+def pool_cases(draw, with_dilation):
+    size = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)  # up to its upper bound
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if with_dilation else (1, 1)
+    ceil_mode = draw(st.booleans())
+    assume(all(_span_fits(n, k, d, p, p) for n, k, d, p in zip(size, kernel, dilation, padding)))
+    return dict(
+        x_shape=(draw(st.integers(0, 3)), draw(st.integers(1, 5)), *size),
+        kernel=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def _max_pool_input(kind, shape, rng):
+    """normal values; small integers (ties everywhere); ties with NaN; ties with -inf."""
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    if kind == "nan":
+        x[rng.random(shape) < 0.2] = np.nan
+    elif kind == "-inf":
+        x[rng.random(shape) < 0.5] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(case=conv_cases())
+def test_conv2d_equals_naive_loops(make_backend, case):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x, w = rng.standard_normal(case["x_shape"]), rng.standard_normal(case["w_shape"])
+    b = rng.standard_normal(case["w_shape"][0]) if case["bias"] else None
+    out, cache = conv2d_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b), **case["options"])
+    dout = rng.standard_normal(tuple(out.shape))
+    dx, dw, db = conv2d_backward(xp.asarray(dout), cache)
+    o = case["options"]
+    ref = reference.conv2d(x, w, b, _pair(o["stride"]), case["pads"], _pair(o["dilation"]), o["groups"], dout)
+    np.testing.assert_allclose(xp.to_numpy(out), ref[0], **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref[1], **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dw), ref[2], **CLOSE)
+    if b is None:
+        assert db is None
+    else:
+        np.testing.assert_allclose(xp.to_numpy(db), ref[3], **CLOSE)
+
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(case=pool_cases(with_dilation=True), kind=st.sampled_from(["normal", "ties", "nan", "-inf"]))
+def test_max_pool2d_equals_naive_loops(make_backend, case, kind):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x = _max_pool_input(kind, case["x_shape"], rng)
+    options = {k: case[k] for k in ("stride", "padding", "dilation", "ceil_mode")}
+    out, cache = max_pool2d_forward(xp.asarray(x), case["kernel"], **options)
+    dout = rng.standard_normal(tuple(out.shape))
+    dx = max_pool2d_backward(xp.asarray(dout), cache)
+    ref_out, ref_indices, ref_dx = reference.max_pool2d(x, case["kernel"], *options.values(), dout)
+    np.testing.assert_array_equal(xp.to_numpy(out), ref_out)
+    np.testing.assert_array_equal(xp.to_numpy(cache.indices), ref_indices)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(
+    case=pool_cases(with_dilation=False),
+    count_include_pad=st.booleans(),
+    divisor_override=st.one_of(st.none(), st.integers(1, 10)),
+)
+def test_avg_pool2d_equals_naive_loops(make_backend, case, count_include_pad, divisor_override):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"])
+    options = dict(stride=case["stride"], padding=case["padding"], ceil_mode=case["ceil_mode"],
+                   count_include_pad=count_include_pad, divisor_override=divisor_override)
+    out, cache = avg_pool2d_forward(xp.asarray(x), case["kernel"], **options)
+    dout = rng.standard_normal(tuple(out.shape))
+    dx = avg_pool2d_backward(xp.asarray(dout), cache)
+    ref_out, ref_dx = reference.avg_pool2d(x, case["kernel"], *options.values(), dout)
+    np.testing.assert_allclose(xp.to_numpy(out), ref_out, **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
