@@ -57,8 +57,10 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, dout):
 
 
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, dout):
-    """Returns (out, indices, dx). Per window, as PyTorch: start at -inf with the first in-bounds position, take
-    every later element that is greater or NaN (so the first maximum wins, and the last NaN)."""
+    """Returns (out, indices, dx), window by window as PyTorch's CPU kernel: start at -inf with the first
+    position past the top/left padding, then take every in-bounds element that is greater or NaN (so the first
+    maximum wins, and the last NaN). A window entirely in the padding (possible with dilation) outputs -inf and
+    its gradient goes nowhere (its index, as PyTorch's, may point outside the plane)."""
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh, ow = pool_out_size(h, kh, sh, ph, dh, ceil_mode), pool_out_size(w, kw, sw, pw, dw, ceil_mode)
@@ -69,18 +71,21 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, dout):
         for ch in range(c):
             for i in range(oh):
                 for j in range(ow):
-                    rows = [i * sh - ph + a * dh for a in range(kh)]
-                    cols = [j * sw - pw + a * dw for a in range(kw)]
-                    rows = [r for r in rows if 0 <= r < h]
-                    cols = [q for q in cols if 0 <= q < w]
-                    best, where = -math.inf, rows[0] * w + cols[0]
-                    for r in rows:
-                        for q in cols:
+                    h0, w0 = i * sh - ph, j * sw - pw
+                    h1, w1 = min(h0 + (kh - 1) * dh + 1, h), min(w0 + (kw - 1) * dw + 1, w)
+                    while h0 < 0:
+                        h0 += dh
+                    while w0 < 0:
+                        w0 += dw
+                    best, where = -math.inf, h0 * w + w0
+                    for r in range(h0, h1, dh):
+                        for q in range(w0, w1, dw):
                             value = x[b, ch, r, q]
                             if value > best or math.isnan(value):
                                 best, where = value, r * w + q
                     out[b, ch, i, j], indices[b, ch, i, j] = best, where
-                    dx[b, ch, where // w, where % w] += dout[b, ch, i, j]
+                    if h0 < h1 and w0 < w1:  # the window holds at least one input element
+                        dx[b, ch, where // w, where % w] += dout[b, ch, i, j]
     return out, indices, dx
 
 

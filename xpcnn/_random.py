@@ -36,8 +36,12 @@ def _key(seed: int, stream: int) -> int:
     return key
 
 
-def uniform(xp, shape, *, seed: int, stream: int = 0, dtype, device):
-    """Uniform numbers in [0, 1) of ``shape`` and ``dtype`` on ``device``."""
+def uniform(xp, shape, *, seed: int, stream: int = 0, device, dtype=None):
+    """Uniform numbers in [0, 1) of ``shape`` on ``device``, in float32 (or ``dtype`` float64): 24 random bits
+    need at least float32 (float16 would overflow), so callers cast the result to a smaller dtype themselves."""
+    dtype = xp.float32 if dtype is None else dtype
+    if dtype not in (xp.float32, getattr(xp, "float64", None)):
+        raise ValueError(f"uniform numbers are made in float32 or float64, got {dtype}")
     index = xp.arange(math.prod(shape), dtype=xp.int64, device=device)
     key = _key(seed, stream)
     bits = _hash32(_hash32(index ^ key) ^ _hash32(xp.full_like(index, key ^ 0x5BD1E995)))

@@ -33,7 +33,7 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
         history.update(val_loss=[], **({"val_accuracy": []} if classify else {}))
     for epoch in range(epochs):
         model.train()
-        order = xp.argsort(uniform(xp, (n,), seed=seed, stream=epoch, dtype=xp.float32, device=device)) if shuffle else None
+        order = xp.argsort(uniform(xp, (n,), seed=seed, stream=epoch, device=device)) if shuffle else None
         batches = _batches(xp, n, batch_size, order, device)
         bar = _progress(progress, len(batches), f"epoch {epoch + 1}/{epochs}")
         loss_sum, correct, seen, shown = 0.0, 0, 0, time.monotonic()

@@ -30,7 +30,7 @@ def dropout_forward(x, p=0.5, *, seed=0, stream=0):
     if p == 1.0:
         scale = xp.zeros_like(x)
     else:
-        keep = uniform(xp, x.shape, seed=seed, stream=stream, dtype=x.dtype, device=device) >= p
+        keep = uniform(xp, x.shape, seed=seed, stream=stream, device=device) >= p
         scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - p))
     return x * scale, DropoutCache(scale)
 

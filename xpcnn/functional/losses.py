@@ -130,11 +130,16 @@ def _upstream_scale(xp, dloss, ref, reduction: str, unreduced_shape: tuple, coun
     else:
         expected, allowed = (), "a number or a 0-d array"
         if isinstance(dloss, (int, float)) and not isinstance(dloss, bool):
-            return dloss / count if reduction == "mean" else dloss
+            return _mean_scale(dloss, count) if reduction == "mean" else dloss
     if isinstance(dloss, bool) or not hasattr(dloss, "shape"):
         raise TypeError(f"dloss must be {allowed} (reduction={reduction!r}), got {type(dloss).__name__}")
     namespace_and_device(dloss=dloss, **{"the forward pass's arrays": ref})
     check_floating(xp, dloss, "dloss")
     check_shape(dloss, "dloss", expected, f"the loss's shape with reduction={reduction!r}")
     check_same_dtype(dloss, "dloss", ref, "the loss")
-    return dloss / count if reduction == "mean" else dloss
+    return _mean_scale(dloss, count) if reduction == "mean" else dloss
+
+
+def _mean_scale(dloss, count: int):
+    """dloss / count; NaN for a mean over nothing (its gradient is empty anyway, as PyTorch's loss is NaN)."""
+    return dloss / count if count else math.nan

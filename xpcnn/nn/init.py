@@ -41,5 +41,5 @@ def resolve(xp=None, device=None, dtype=None):
 
 def uniform_parameter(shape, bound: float, *, xp, device, dtype, seed: int, stream: int):
     """U(-bound, bound) of ``shape``: PyTorch's default for conv and linear layers uses bound = 1 / sqrt(fan_in)."""
-    u = uniform(xp, shape, seed=seed, stream=stream, dtype=dtype, device=device)
-    return (2.0 * u - 1.0) * bound
+    u = uniform(xp, shape, seed=seed, stream=stream, device=device)
+    return xp.astype((2.0 * u - 1.0) * bound, dtype)
