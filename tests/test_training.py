@@ -85,3 +85,26 @@ def test_bad_data():
     with pytest.raises(ValueError, match="batch_size"):
         xpcnn.fit(model, nn.CrossEntropyLoss(), opt, np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int64),
                   batch_size=0)
+
+
+def test_read_only_data_through_model_fit_evaluate_predict_and_save(tmp_path):
+    x, y, _, _ = _digits(64, 1)
+    x.flags.writeable = y.flags.writeable = False
+    copies = x.copy(), y.copy()
+    model = _small_cnn()
+    out = model(x)
+    dout = np.ones_like(out)
+    dout.flags.writeable = False
+    model.backward(dout)
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+              progress=False)
+    xpcnn.evaluate(model, nn.CrossEntropyLoss(), x, y)
+    xpcnn.predict(model, x)
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    for v in state.values():
+        v.flags.writeable = False
+    xpcnn.save(state, tmp_path / "m.npz")
+    model.load_state_dict(state)
+    np.testing.assert_array_equal(x, copies[0])
+    np.testing.assert_array_equal(y, copies[1])
+    assert (dout == 1).all()
