@@ -1,0 +1,129 @@
+"""Shared benchmark plumbing: backends, device sync, interleaved timing, peak memory, machine facts."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+
+class Backend:
+    """The array library xpcnn runs on, and PyTorch on the same device as the reference."""
+
+    def __init__(self, name, device=None, dtype="float32"):
+        import array_api_compat
+
+        self.name, self.dtype_name = name, dtype
+        self.lib = importlib.import_module(name)
+        self.torch = importlib.import_module("torch")
+        if name == "torch":
+            self.device = device or "cpu"
+        elif name == "cupy":
+            self.device = None
+        else:
+            self.device = "cpu"
+        self.torch_device = self.device if name == "torch" else ("cuda" if name == "cupy" else "cpu")
+        self.xp = array_api_compat.array_namespace(self.asarray(np.zeros(1, dtype=np.float32)))
+
+    def asarray(self, a):
+        if self.name == "torch":
+            return self.lib.asarray(a, device=self.device)
+        return self.lib.asarray(a)
+
+    def torch_tensor(self, a, requires_grad=False):
+        t = self.torch.tensor(np.asarray(a), device=self.torch_device)
+        return t.requires_grad_(requires_grad)
+
+    def sync(self):
+        if self.name == "cupy":
+            self.lib.cuda.Device().synchronize()
+        if self.torch_device != "cpu" and self.torch.cuda.is_available():
+            self.torch.cuda.synchronize()
+
+    def peak_memory_mb(self, fn, library):
+        """Peak MiB allocated while ``fn`` (running on ``library``) runs: tracemalloc for NumPy (its allocator
+        reports there), the CUDA allocators' peak statistics on GPUs, None where no counter exists (PyTorch CPU)."""
+        if library == "numpy":
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            return peak / 2**20
+        if library == "cupy":
+            pool = self.lib.get_default_memory_pool()
+            pool.free_all_blocks()
+            fn()
+            self.sync()
+            return pool.total_bytes() / 2**20
+        if library == "torch" and self.torch_device != "cpu":
+            self.torch.cuda.reset_peak_memory_stats()
+            fn()
+            self.sync()
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        return None
+
+
+def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1):
+    """Median, min and max milliseconds of each callable, the contenders taking turns in every round."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    sync()
+    samples = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: dict(median_ms=statistics.median(s), min_ms=min(s), max_ms=max(s)) for name, s in samples.items()}
+
+
+def machine_info():
+    info = dict(
+        machine=platform.machine(),
+        processor=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+    )
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = ", ".join(f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
+                                 for i in threadpool_info() if i.get("user_api") == "blas")
+    except ImportError:
+        info["blas"] = "unknown (threadpoolctl not installed)"
+    for name in ("torch", "cupy", "array_api_compat", "xpcnn"):
+        try:
+            info[name] = importlib.import_module(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def write_json(path, payload):
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+def print_table(rows, columns):
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)

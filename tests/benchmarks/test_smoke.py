@@ -1,0 +1,32 @@
+"""Every benchmark script runs on tiny sizes, so they never rot (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+pytest.importorskip("torch")
+
+
+def test_bench_layers_plot_and_train(tmp_path, capsys):
+    pytest.importorskip("scipy")
+    pytest.importorskip("skimage")
+    import bench_layers
+    import bench_train
+    import plot
+
+    for dtype in ("float32", "float64"):
+        bench_layers.main(["--tiny", "--repeats", "1", "--dtype", dtype, "--json", str(tmp_path / f"{dtype}.json")])
+    bench_train.main(["--steps", "1", "--repeats", "1", "--batch-size", "4", "--json", str(tmp_path / "train.json")])
+    layers = json.loads((tmp_path / "float32.json").read_text())
+    contenders = {(r["workload"], r["contender"]) for r in layers["rows"]}
+    assert {("c", "xpcnn"), ("c", "torch"), ("c", "gemm-limit"), ("c", "seed-style"), ("d", "xpcnn")} <= contenders
+    plot.main([str(p) for p in sorted(tmp_path.glob("*.json"))] + ["--out", str(tmp_path / "ratios.png")])
+    assert (tmp_path / "ratios.png").read_bytes()[:4] == b"\x89PNG"
+    assert "vs_torch" in capsys.readouterr().out
