@@ -8,9 +8,11 @@ chosen by the input's type.
 * :func:`fit`, :func:`evaluate`, :func:`predict`; :func:`save`, :func:`load`.
 """
 
-from . import functional, nn, optim
+from . import config, functional, nn, optim
+from .config import set_workspace_limit, workspace_limit
 from .serialization import load, save
 from .training import evaluate, fit, predict
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "optim", "fit", "evaluate", "predict", "save", "load"]
+__all__ = ["config", "functional", "nn", "optim", "fit", "evaluate", "predict", "save", "load",
+           "set_workspace_limit", "workspace_limit"]

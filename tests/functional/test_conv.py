@@ -131,3 +131,54 @@ def test_bad_dout():
         conv2d_backward(np.zeros((1, 2, 3, 3)), cache)
     with pytest.raises(TypeError, match="dtype"):
         conv2d_backward(out.astype(np.float32), cache)
+
+
+@pytest.mark.parametrize("limit", [1, 20_000, 2**30])
+def test_workspace_limit_processes_pieces_with_the_same_results(xp, limit):
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((5, 4, 7, 6)), rng.standard_normal((6, 2, 3, 2)), rng.standard_normal(6)
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    args = [xp.asarray(a, dtype) for a in (x, w, b)]
+    options = dict(stride=(2, 1), padding=1, groups=2)
+    out, cache = conv2d_forward(*args, **options, workspace_limit=2**40)
+    grads = conv2d_backward(out, cache)
+    out_pieces, cache_pieces = conv2d_forward(*args, **options, workspace_limit=limit)
+    assert (cache_pieces.batch_piece == 1) if limit == 1 else cache_pieces.batch_piece > 1
+    assert_close(xp, out_pieces, xp.to_numpy(out), np_dtype)
+    for got, want in zip(conv2d_backward(out_pieces, cache_pieces), grads):
+        assert_close(xp, got, xp.to_numpy(want), np_dtype)
+
+
+def test_peak_memory_follows_the_workspace_limit():
+    """tracemalloc (NumPy reports its allocations there): forward+backward stays within 4x input + output +
+    weights under a small limit, and a small limit needs less memory than an unlimited one."""
+    import tracemalloc
+
+    from xpcnn.config import workspace_limit
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    io_bytes = 2 * x.nbytes + w.nbytes  # the output is the size of x here
+
+    def peak(limit):
+        with workspace_limit(limit):
+            tracemalloc.start()
+            try:
+                out, cache = conv2d_forward(x, w, padding=1)
+                conv2d_backward(out, cache)
+                return tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+
+    small, unlimited = peak(2**20), peak(2**31)
+    assert small <= 4 * io_bytes < unlimited
+
+
+def test_bad_workspace_limit():
+    from xpcnn.config import set_workspace_limit
+
+    with pytest.raises(ValueError, match="workspace_limit must be >= 1 byte"):
+        conv2d_forward(X, W, workspace_limit=0)
+    with pytest.raises(ValueError, match="workspace limit must be >= 1 byte"):
+        set_workspace_limit(-5)

@@ -4,6 +4,8 @@ Cross-correlation over NCHW input with ``(out_channels, in_channels // groups, k
 With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
 ``P = out_h * out_w`` output positions:
 
+The batch is processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`).
+
 Forward (im2col, one matrix product per group, the result already in NCHW order)::
 
     cols[n, g, (c, i, j), p] = x_pad[n, g*Cg + c, oh*sh + i*dh, ow*sw + j*dw]      (N, G, Cg*K, P)
@@ -32,26 +34,29 @@ from .._validation import (
     namespace_and_device,
 )
 from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
+from ..config import get_workspace_limit
 
 __all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
 
 
 class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the padded input (columns are gathered again, not stored)."""
+    """What :func:`conv2d_backward` needs: the input (its columns are gathered again, piece by piece)."""
 
-    x_padded: Any
+    x: Any
     weight: Any
     has_bias: bool
     groups: int
     geometry: WindowGeometry
+    batch_piece: int  # samples per piece of the batch
 
 
-def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1):
+def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, workspace_limit=None):
     """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
 
     x: (N, C, H, W); weight: (O, C // groups, kh, kw); bias: (O,) or None.
     padding: int, (ph, pw), ``"valid"`` or ``"same"`` (stride 1 only; an odd total pad puts the extra row/column
     at the bottom/right, as PyTorch).
+    workspace_limit: bytes for the column buffer (default: the global setting of :mod:`xpcnn.config`).
     Returns ``(out, cache)``, out: (N, O, out_h, out_w) with ``out_h = floor((H + 2ph - dh(kh-1) - 1) / sh) + 1``.
     """
     xp, device = namespace_and_device(x=x, weight=weight, bias=bias)
@@ -84,13 +89,13 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     padding = _padding_pairs(padding, (kh, kw), stride, dilation)
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
-    x_padded = pad(xp, x, geometry, 0.0)
-    cols = _im2col(xp, x_padded, geometry, groups)
-    out = xp.matmul(_weight_matrix(xp, weight, groups), cols)
+    piece = _batch_piece(x, geometry, workspace_limit)
+    w_mat = _weight_matrix(xp, weight, groups)
+    out = _concat(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in _pieces(n, piece)])
     out = xp.reshape(out, (n, out_channels, *geometry.out_size))
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out, Conv2dCache(x_padded, weight, bias is not None, groups, geometry)
+    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, piece)
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
@@ -98,25 +103,31 @@ def conv2d_backward(dout, cache: Conv2dCache):
 
     Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None.
     """
-    x_padded, weight, has_bias, groups, geometry = cache
-    n, channels = x_padded.shape[:2]
+    x, weight, has_bias, groups, geometry, piece = cache
+    n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
-
-    cols = _im2col(xp, x_padded, geometry, groups)
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
-    dweight = xp.sum(xp.matmul(dout_mat, xp.matrix_transpose(cols)), axis=0)
-    dweight = xp.reshape(dweight, weight.shape)
-
-    dcols = xp.matmul(xp.matrix_transpose(_weight_matrix(xp, weight, groups)), dout_mat)
+    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups))
     num_offsets = len(geometry.offsets())
-    # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
-    dcols = xp.reshape(dcols, (n, groups, channels // groups, num_offsets, out_h, out_w))
-    dcols = xp.reshape(dcols, (n, channels, num_offsets, out_h, out_w))
-    parts = (dcols[:, :, k, ...] for k in range(num_offsets))
-    dx = scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
 
+    dweight, dx_parts = None, []
+    for part in _pieces(n, piece):
+        cols = _im2col(xp, x[part, ...], geometry, groups)
+        dout_part = dout_mat[part, ...]
+        dweight_part = xp.sum(xp.matmul(dout_part, xp.matrix_transpose(cols)), axis=0)
+        dweight = dweight_part if dweight is None else dweight + dweight_part
+        dcols = xp.matmul(w_mat_t, dout_part)
+        m = dcols.shape[0]
+        # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
+        dcols = xp.reshape(dcols, (m, groups, channels // groups, num_offsets, out_h, out_w))
+        dcols = xp.reshape(dcols, (m, channels, num_offsets, out_h, out_w))
+        offsets = (dcols[:, :, k, ...] for k in range(num_offsets))
+        dx_parts.append(scatter_windows(xp, offsets, geometry, (m, channels), dtype=dout.dtype, device=device))
+
+    dx = _concat(xp, dx_parts)
+    dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
 
@@ -136,8 +147,33 @@ def _padding_pairs(padding, kernel, stride, dilation):
     return ((ph, ph), (pw, pw))
 
 
-def _im2col(xp, x_padded, geometry: WindowGeometry, groups: int):
-    """Columns (N, G, Cg*kh*kw, out_h*out_w) of the padded input, ordered (channel, i, j) as the weights are."""
+def _batch_piece(x, geometry: WindowGeometry, workspace_limit) -> int:
+    """Samples per piece: as many as keep one piece's column buffer within the workspace limit (at least one)."""
+    limit = get_workspace_limit() if workspace_limit is None else as_int(workspace_limit, "workspace_limit")
+    if limit < 1:
+        raise ValueError(f"workspace_limit must be >= 1 byte, got {limit}")
+    kh, kw = geometry.kernel
+    padded_h, padded_w = geometry.padded_size
+    per_sample = x.shape[1] * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
+    return max(1, limit // max(1, per_sample * _itemsize(x.dtype)))
+
+
+def _itemsize(dtype) -> int:
+    return 8 if "64" in str(dtype) else 2 if "16" in str(dtype) else 4
+
+
+def _pieces(n: int, piece: int):
+    """Batch slices of at most ``piece`` samples (one empty slice for an empty batch)."""
+    return [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
+
+
+def _concat(xp, arrays):
+    return arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
+
+
+def _im2col(xp, x, geometry: WindowGeometry, groups: int):
+    """Columns (N, G, Cg*kh*kw, out_h*out_w) of x padded, ordered (channel, i, j) as the weights are."""
+    x_padded = pad(xp, x, geometry, 0.0)
     n, channels = x_padded.shape[:2]
     kh, kw = geometry.kernel
     out_h, out_w = geometry.out_size

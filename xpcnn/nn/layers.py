@@ -58,7 +58,7 @@ class _Affine(Module):
 
 class Conv2d(_Affine):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 *, xp=None, device=None, dtype=None, seed=None):
+                 *, xp=None, device=None, dtype=None, seed=None, workspace_limit=None):
         super().__init__()
         in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
         groups = _positive(groups, "groups")
@@ -66,11 +66,13 @@ class Conv2d(_Affine):
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         kh, kw = int_pair(kernel_size, "kernel_size", minimum=1)
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        self.workspace_limit = workspace_limit
         shape = (out_channels, in_channels // groups, kh, kw)
         self._init_parameters(shape, in_channels // groups * kh * kw, bias, xp, device, dtype, seed)
 
     def forward(self, x):
-        out, self._cache = F.conv2d_forward(x, self.weight.data, self._bias_data(), **self.options)
+        out, self._cache = F.conv2d_forward(x, self.weight.data, self._bias_data(), **self.options,
+                                            workspace_limit=self.workspace_limit)
         return out
 
     def backward(self, dout):

@@ -1,0 +1,41 @@
+"""Global settings.
+
+``workspace_limit``: the most bytes a convolution may spend on its column buffer (the im2col matrix of the
+kernel-offset slices, ``kh * kw`` times the size of the input it covers). Larger batches are processed in pieces
+of whole samples that fit (at least one sample at a time); results are the same. Small pieces also stay in the
+CPU's caches, which makes them faster than one large buffer. Set it globally with :func:`set_workspace_limit` (or
+the :func:`workspace_limit` context manager), or per call with ``conv2d_forward(..., workspace_limit=...)``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+DEFAULT_WORKSPACE_LIMIT = 8 * 2**20
+
+_settings = {"workspace_limit": DEFAULT_WORKSPACE_LIMIT}
+
+
+def get_workspace_limit() -> int:
+    return _settings["workspace_limit"]
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least)."""
+    from ._validation import as_int
+
+    nbytes = as_int(nbytes, "nbytes")
+    if nbytes < 1:
+        raise ValueError(f"the workspace limit must be >= 1 byte, got {nbytes}")
+    _settings["workspace_limit"] = nbytes
+
+
+@contextmanager
+def workspace_limit(nbytes: int):
+    """Temporarily set the workspace limit."""
+    previous = get_workspace_limit()
+    set_workspace_limit(nbytes)
+    try:
+        yield
+    finally:
+        _settings["workspace_limit"] = previous
