@@ -133,6 +133,7 @@ def test_bad_dout():
         conv2d_backward(out.astype(np.float32), cache)
 
 
+@pytest.mark.eager_only
 @pytest.mark.parametrize("limit", [1, 20_000, 2**30])
 def test_workspace_limit_processes_pieces_with_the_same_results(xp, limit):
     rng = np.random.default_rng(4)

@@ -35,11 +35,23 @@ __all__ = [
 
 
 class MaxPool2dCache(NamedTuple):
-    """indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each output's maximum."""
+    """offsets: (N, C, out_h, out_w) int16, the kernel offset ``i * kw + j`` that won each window (-1: none, for a
+    window entirely in the padding). ``indices`` gives them as PyTorch's ``return_indices``."""
 
-    indices: Any
+    offsets: Any
     geometry: WindowGeometry
     dtype: Any
+
+    @property
+    def indices(self):
+        """(N, C, out_h, out_w) int64: the flat position ``row * W + col`` in x of each output's maximum."""
+        xp, device = namespace_and_device(offsets=self.offsets)
+        g, offsets = self.geometry, xp.astype(self.offsets, xp.int64)
+        rows = xp.asarray(_window_starts(g, 0), dtype=xp.int64, device=device)[:, None]
+        cols = xp.asarray(_window_starts(g, 1), dtype=xp.int64, device=device)[None, :]
+        kw, (dh, dw) = g.kernel[1], g.dilation
+        flat = (rows + (offsets // kw) * dh) * g.in_size[1] + cols + (offsets % kw) * dw
+        return xp.where(offsets >= 0, flat, _first_in_bounds_index(xp, g, device))
 
 
 class AvgPool2dCache(NamedTuple):
@@ -59,22 +71,22 @@ def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ce
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
     x_padded = pad(xp, x, geometry, -math.inf)
     out = xp.full((*x.shape[:2], *geometry.out_size), -math.inf, dtype=x.dtype, device=device)
-    indices = _first_in_bounds_index(xp, geometry, device)
-    for i, j, window in windows(x_padded, geometry):
-        take = (window > out) | xp.isnan(window)
-        out = xp.where(take, window, out)
-        indices = xp.where(take, _flat_index(xp, geometry, i, j, device), indices)
-    return out, MaxPool2dCache(indices, geometry, x.dtype)
+    offsets = _first_in_bounds_offset(xp, geometry, device)
+    for k, (_, _, window) in enumerate(windows(x_padded, geometry)):
+        # PyTorch's rule: take a strictly greater element, or a NaN. Written without ``where`` (a slow, branchy
+        # select on NumPy): ``maximum`` propagates NaN as the rule does, and the offset update is exact arithmetic.
+        take = xp.astype((window > out) | xp.isnan(window), xp.int16)
+        out = xp.maximum(out, window)
+        offsets = offsets + take * (k - offsets)
+    return out, MaxPool2dCache(offsets, geometry, x.dtype)
 
 
 def max_pool2d_backward(dout, cache: MaxPool2dCache):
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element."""
-    indices, geometry, dtype = cache
-    n, channels = indices.shape[:2]
-    xp, device = check_upstream(dout, indices.shape, indices, dtype)
-    parts = (
-        xp.where(indices == _flat_index(xp, geometry, i, j, device), dout, 0.0) for i, j in geometry.offsets()
-    )
+    offsets, geometry, dtype = cache
+    n, channels = offsets.shape[:2]
+    xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
+    parts = (xp.where(offsets == k, dout, 0.0) for k in range(len(geometry.offsets())))
     return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
 
 
@@ -118,6 +130,8 @@ def _check_input(x):
 
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> WindowGeometry:
     kernel = int_pair(kernel_size, "kernel_size", minimum=1)
+    if kernel[0] * kernel[1] > 2**15 - 1:
+        raise ValueError(f"kernel_size may have at most 32767 elements (int16 offsets), got {kernel_size!r}")
     stride = kernel if stride is None else int_pair(stride, "stride", minimum=1)
     dilation = int_pair(dilation, "dilation", minimum=1)
     pads = int_pair(padding, "padding", minimum=0)
@@ -137,13 +151,6 @@ def _window_starts(geometry: WindowGeometry, axis: int) -> list[int]:
     return [o * geometry.stride[axis] - before for o in range(geometry.out_size[axis])]
 
 
-def _flat_index(xp, geometry: WindowGeometry, i: int, j: int, device):
-    """(out_h, out_w) int64: flat position ``row * W + col`` in x of kernel element (i, j) of every window."""
-    rows = [start + i * geometry.dilation[0] for start in _window_starts(geometry, 0)]
-    cols = [start + j * geometry.dilation[1] for start in _window_starts(geometry, 1)]
-    return _outer_flat(xp, rows, cols, geometry.in_size[1], device)
-
-
 def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
     """(out_h, out_w) int64: flat position of each window's first element inside x (what PyTorch reports when
     nothing beats ``-inf``)."""
@@ -152,6 +159,23 @@ def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
         d = geometry.dilation[axis]
         firsts.append([start + -(-max(0, -start) // d) * d for start in _window_starts(geometry, axis)])
     return _outer_flat(xp, *firsts, geometry.in_size[1], device)
+
+
+def _first_in_bounds_offset(xp, geometry: WindowGeometry, device):
+    """(out_h, out_w) int16: the kernel offset of each window's first element inside x, -1 when the window lies
+    entirely in the padding (the gradient of an all ``-inf`` window goes there, as PyTorch's)."""
+    firsts = []
+    for axis in (0, 1):
+        d, k, size = geometry.dilation[axis], geometry.kernel[axis], geometry.in_size[axis]
+        axis_firsts = []
+        for start in _window_starts(geometry, axis):
+            step = -(-max(0, -start) // d)
+            axis_firsts.append(step if step < k and start + step * d < size else -1)
+        firsts.append(axis_firsts)
+    kw = geometry.kernel[1]
+    rows = xp.asarray(firsts[0], dtype=xp.int16, device=device)[:, None]
+    cols = xp.asarray(firsts[1], dtype=xp.int16, device=device)[None, :]
+    return xp.where((rows >= 0) & (cols >= 0), rows * kw + cols, xp.asarray(-1, dtype=xp.int16, device=device))
 
 
 def _outer_flat(xp, rows: list[int], cols: list[int], width: int, device):
