@@ -17,6 +17,12 @@ Backward::
     dcols[n, g] = weight[g]^T @ dout[n, g]                                         (N, G, Cg*K, P)
     dx          = col2im(dcols)   (each column added back where it was gathered)
     dbias       = dout summed over N, out_h and out_w
+
+With stride 1, dx is itself a convolution: of dout, padded by ``d(k-1) - p`` on each side, with the kernel
+flipped and its in/out channels swapped (per group). That path gathers and multiplies like the forward pass
+instead of adding K strided slices back. It is taken when the padding allows (``p <= d(k-1)``) and when it is the
+cheaper one: it gathers ``O * H * W`` values per kernel offset where col2im adds ``C * out_h * out_w`` (an add
+costing about two copies), so layers that expand the channels (1 -> 32, say) keep col2im.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class Conv2dCache(NamedTuple):
     has_bias: bool
     groups: int
     geometry: WindowGeometry
-    batch_piece: int  # samples per piece of the batch
+    workspace_limit: int  # bytes for one piece's column buffer
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, workspace_limit=None):
@@ -89,13 +95,13 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     padding = _padding_pairs(padding, (kh, kw), stride, dilation)
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
-    piece = _batch_piece(x, geometry, workspace_limit)
-    w_mat = _weight_matrix(xp, weight, groups)
-    out = _concat(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in _pieces(n, piece)])
-    out = xp.reshape(out, (n, out_channels, *geometry.out_size))
+    limit = get_workspace_limit() if workspace_limit is None else as_int(workspace_limit, "workspace_limit")
+    if limit < 1:
+        raise ValueError(f"workspace_limit must be >= 1 byte, got {limit}")
+    out = _correlate(xp, x, weight, geometry, groups, limit)
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, piece)
+    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit)
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
@@ -103,21 +109,24 @@ def conv2d_backward(dout, cache: Conv2dCache):
 
     Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None.
     """
-    x, weight, has_bias, groups, geometry, piece = cache
+    x, weight, has_bias, groups, geometry, limit = cache
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
+    transposed = _transposed_geometry(geometry, channels, out_channels)
     w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups))
     num_offsets = len(geometry.offsets())
 
     dweight, dx_parts = None, []
-    for part in _pieces(n, piece):
+    for part in _pieces(n, _batch_piece(x, geometry, limit)):
         cols = _im2col(xp, x[part, ...], geometry, groups)
         dout_part = dout_mat[part, ...]
         dweight_part = xp.sum(xp.matmul(dout_part, xp.matrix_transpose(cols)), axis=0)
         dweight = dweight_part if dweight is None else dweight + dweight_part
+        if transposed is not None:
+            continue
         dcols = xp.matmul(w_mat_t, dout_part)
         m = dcols.shape[0]
         # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
@@ -126,7 +135,10 @@ def conv2d_backward(dout, cache: Conv2dCache):
         offsets = (dcols[:, :, k, ...] for k in range(num_offsets))
         dx_parts.append(scatter_windows(xp, offsets, geometry, (m, channels), dtype=dout.dtype, device=device))
 
-    dx = _concat(xp, dx_parts)
+    if transposed is None:
+        dx = _concat(xp, dx_parts)
+    else:
+        dx = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
     dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
@@ -147,11 +159,40 @@ def _padding_pairs(padding, kernel, stride, dilation):
     return ((ph, ph), (pw, pw))
 
 
-def _batch_piece(x, geometry: WindowGeometry, workspace_limit) -> int:
+def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int):
+    """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w)."""
+    w_mat = _weight_matrix(xp, weight, groups)
+    pieces = _pieces(x.shape[0], _batch_piece(x, geometry, limit))
+    out = _concat(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in pieces])
+    return xp.reshape(out, (x.shape[0], weight.shape[0], *geometry.out_size))
+
+
+def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int):
+    """The geometry of dx as a correlation of dout (stride 1, padding ``d(k-1) - p``) when that path applies and
+    is the cheaper one; None for col2im."""
+    (height, width), (out_h, out_w) = geometry.in_size, geometry.out_size
+    if geometry.stride != (1, 1) or out_channels * height * width > 2 * in_channels * out_h * out_w:
+        return None
+    pads = tuple(
+        (d * (k - 1) - before, d * (k - 1) - after)
+        for k, d, (before, after) in zip(geometry.kernel, geometry.dilation, geometry.padding)
+    )
+    if min(min(p) for p in pads) < 0:
+        return None
+    return window_geometry(geometry.out_size, geometry.kernel, (1, 1), geometry.dilation, pads)
+
+
+def _flipped_transpose(xp, weight, groups: int):
+    """(O, Cg, kh, kw) -> (C, Og, kh, kw): in and out channels swapped within each group, the kernel flipped."""
+    out_channels, group_channels, kh, kw = weight.shape
+    w = xp.reshape(weight, (groups, out_channels // groups, group_channels, kh, kw))
+    w = xp.permute_dims(w, (0, 2, 1, 3, 4))
+    w = xp.reshape(w, (groups * group_channels, out_channels // groups, kh, kw))
+    return xp.flip(w, axis=(2, 3))
+
+
+def _batch_piece(x, geometry: WindowGeometry, limit: int) -> int:
     """Samples per piece: as many as keep one piece's column buffer within the workspace limit (at least one)."""
-    limit = get_workspace_limit() if workspace_limit is None else as_int(workspace_limit, "workspace_limit")
-    if limit < 1:
-        raise ValueError(f"workspace_limit must be >= 1 byte, got {limit}")
     kh, kw = geometry.kernel
     padded_h, padded_w = geometry.padded_size
     per_sample = x.shape[1] * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
