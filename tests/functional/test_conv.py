@@ -193,7 +193,8 @@ def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
 
     rng = np.random.default_rng(5)
     dtype, np_dtype = xp.float_dtypes()[-1]
-    x, w = xp.asarray(rng.standard_normal((2, 4, 6, 7)), dtype), xp.asarray(rng.standard_normal((4, 4 // options.get("groups", 1), 3, 3)), dtype)
+    x = xp.asarray(rng.standard_normal((2, 4, 6, 7)), dtype)
+    w = xp.asarray(rng.standard_normal((4, 4 // options.get("groups", 1), 3, 3)), dtype)
     out, cache = conv2d_forward(x, w, **options)
     dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
     geometry = cache.geometry
@@ -201,5 +202,6 @@ def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
     by_convolution = conv2d_backward(dout, cache)
     monkeypatch.setattr(conv, "_transposed_geometry", lambda *args: None)
     by_col2im = conv2d_backward(dout, cache)
-    for a, b in zip(by_convolution, by_col2im):
+    assert by_convolution[2] is None and by_col2im[2] is None
+    for a, b in zip(by_convolution[:2], by_col2im[:2]):
         assert_close(xp, a, xp.to_numpy(b), np_dtype)
