@@ -27,7 +27,3 @@ def to_numpy(a) -> np.ndarray:  # host: the explicit copy to host memory
 def from_numpy(host, xp, device):
     """Copy a host NumPy array into namespace ``xp`` on ``device``."""
     return xp.asarray(host, device=device, copy=True)
-
-
-def is_host_array(a) -> bool:
-    return isinstance(a, np.ndarray)  # host: type check only
