@@ -1,6 +1,7 @@
-"""A PNG of the xpcnn / PyTorch time ratios in the JSON files written by bench_layers.py and bench_train.py.
+"""A PNG of the xpcnn / PyTorch time ratios in the JSON files written by bench_layers.py and bench_train.py,
+and, with ``--markdown``, the same results as a Markdown table (the one in benchmarks/README.md).
 
-    python benchmarks/plot.py f32.json f64.json train.json --out ratios.png
+    python benchmarks/plot.py f32.json f64.json train.json --out ratios.png --markdown table.md
 """
 
 from __future__ import annotations
@@ -22,12 +23,52 @@ def ratios(payload):
     ]
 
 
+def markdown(payloads):
+    """One row per layer case (xpcnn, PyTorch, seed-style and GEMM-limit medians side by side) and per training run."""
+    lines = []
+    if any(p["benchmark"] == "layers" for p in payloads):
+        lines += ["| workload | op | pass | dtype | xpcnn ms (min-max) | PyTorch ms | ratio | seed-style ms "
+                  "| xpcnn speed-up vs seed | GFLOP/s | GEMM share | peak MiB (x in+out+w) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for payload in payloads:
+        if payload["benchmark"] == "layers":
+            cases = {}
+            for r in payload["rows"]:
+                cases.setdefault((r["workload"], r["op"], r["pass"]), {})[r["contender"]] = r
+            for (workload, op, passes), by in cases.items():
+                lines.append(_layer_row(workload, op, passes, payload["dtype"], by))
+        else:
+            ours = next(r for r in payload["rows"] if r["contender"] == "xpcnn")
+            torch = next(r for r in payload["rows"] if r["contender"] == "torch")
+            lines += ["", f"| training step (digits LeNet, batch {ours['batch_size']}) | xpcnn images/s "
+                      "| PyTorch images/s | ratio |", "|---|---|---|---|",
+                      f"| {payload['backend']} | {ours['images_per_s']:.0f} | {torch['images_per_s']:.0f} "
+                      f"| **{ours['vs_torch']:.2f}** |"]
+    return "\n".join(lines) + "\n"
+
+
+def _layer_row(workload, op, passes, dtype, by):
+    ours, torch, seed = by["xpcnn"], by.get("torch"), by.get("seed-style")
+    cells = [workload, op, passes, dtype, f"{ours['median_ms']:.3g} ({ours['min_ms']:.3g}-{ours['max_ms']:.3g})"]
+    cells += [f"{torch['median_ms']:.3g}", f"**{ours['median_ms'] / torch['median_ms']:.2f}**"] if torch else ["-", "-"]
+    cells += [f"{seed['median_ms']:.4g}", f"{seed['median_ms'] / ours['median_ms']:.0f}x"] if seed else ["-", "-"]
+    cells += [f"{ours['gflops']:.3g}", f"{ours['gemm_share']:.2f}"] if ours.get("gflops") else ["-", "-"]
+    peak = ours.get("peak_mb")
+    cells.append(f"{peak:.3g} ({ours['peak_vs_io']:.2f}x)" if peak is not None else "-")
+    return "| " + " | ".join(cells) + " |"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("ratios.png"))
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the results as a Markdown table")
     args = parser.parse_args(argv)
-    pairs = [p for path in args.json for p in ratios(json.loads(path.read_text()))]
+    payloads = [json.loads(path.read_text()) for path in args.json]
+    if args.markdown:
+        args.markdown.write_text(markdown(payloads))
+        print(f"wrote {args.markdown}")
+    pairs = [p for payload in payloads for p in ratios(payload)]
 
     import matplotlib
 

@@ -27,6 +27,8 @@ def test_bench_layers_plot_and_train(tmp_path, capsys):
     layers = json.loads((tmp_path / "float32.json").read_text())
     contenders = {(r["workload"], r["contender"]) for r in layers["rows"]}
     assert {("c", "xpcnn"), ("c", "torch"), ("c", "gemm-limit"), ("c", "seed-style"), ("d", "xpcnn")} <= contenders
-    plot.main([str(p) for p in sorted(tmp_path.glob("*.json"))] + ["--out", str(tmp_path / "ratios.png")])
+    plot.main([str(p) for p in sorted(tmp_path.glob("*.json"))]
+              + ["--out", str(tmp_path / "ratios.png"), "--markdown", str(tmp_path / "table.md")])
     assert (tmp_path / "ratios.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| c | conv2d | fwd+bwd | float32 |" in (tmp_path / "table.md").read_text()
     assert "vs_torch" in capsys.readouterr().out
