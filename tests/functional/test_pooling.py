@@ -190,3 +190,22 @@ def test_bad_dout(op):
         backward(out.astype(np.float32), cache)
     with pytest.raises(TypeError, match="dout must be an array"):
         backward(out.tolist(), cache)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 9), (0, 2, 4, 4)], ids=str)
+@pytest.mark.parametrize("kernel", [2, (3, 2)], ids=str)
+def test_avg_pool_tiles_equal_the_general_path(xp, monkeypatch, shape, kernel):
+    """Windows that tile x take the broadcast backward; adding back offset by offset gives the same gradients."""
+    from xpcnn.functional import pooling
+
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    rng = np.random.default_rng(6)
+    x = xp.asarray(rng.standard_normal(shape), dtype)
+    out, cache = avg_pool2d_forward(x, kernel)
+    assert pooling._tiles_input(cache.geometry)
+    dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
+    dx = avg_pool2d_backward(dout, cache)
+    monkeypatch.setattr(pooling, "_tiles_input", lambda geometry: False)
+    out_general, cache_general = avg_pool2d_forward(x, kernel)
+    assert_close(xp, out, xp.to_numpy(out_general), np_dtype)
+    assert_close(xp, dx, xp.to_numpy(avg_pool2d_backward(dout, cache_general)), np_dtype)

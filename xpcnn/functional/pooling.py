@@ -13,7 +13,10 @@ PyTorch's ``return_indices``: a flat index into each unpadded ``H * W`` plane.
 
 Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
 (``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
-``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted.
+``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted. When the windows tile
+the input (stride = kernel, no padding, no overhang: the usual 2x2 pooling) the backward pass repeats each share
+over its ``kh x kw`` tile instead of adding it back offset by offset. (The forward pass keeps the walk
+over offsets: summing strided slices is about ten times faster on NumPy than reducing over the tiles' small axes.)
 """
 
 from __future__ import annotations
@@ -103,9 +106,8 @@ def avg_pool2d_forward(
         divisor_override = as_int(divisor_override, "divisor_override")
         if divisor_override <= 0:
             raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
-    x_padded = pad(xp, x, geometry, 0.0)
     total = None
-    for _, _, window in windows(x_padded, geometry):
+    for _, _, window in windows(pad(xp, x, geometry, 0.0), geometry):
         total = window if total is None else total + window
     divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
     return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape))
@@ -117,8 +119,32 @@ def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     n, channels = x_shape[:2]
     xp, device = check_upstream(dout, (n, channels, *geometry.out_size), divisor, divisor.dtype)
     share = dout / divisor
+    if _tiles_input(geometry):
+        return _from_tiles(xp, share, geometry, device)
     parts = (share for _ in geometry.offsets())
     return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+
+
+def _tiles_input(geometry: WindowGeometry) -> bool:
+    """The windows are disjoint, unpadded and inside x: stride = kernel, no padding, dilation 1, no overhang."""
+    return (
+        geometry.stride == geometry.kernel
+        and geometry.dilation == (1, 1)
+        and geometry.padding == ((0, 0), (0, 0))
+        and geometry.padded_size == geometry.in_size
+    )
+
+
+def _from_tiles(xp, share, geometry: WindowGeometry, device):
+    """Each (N, C, out_h, out_w) value repeated over its tile; zeros for the rows and columns no window covers."""
+    (out_h, out_w), (kh, kw), (height, width) = geometry.out_size, geometry.kernel, geometry.in_size
+    lead = tuple(share.shape[:2])
+    grad = xp.repeat(xp.repeat(share, kh, axis=2), kw, axis=3)
+    if out_w * kw < width:
+        grad = xp.concat([grad, xp.zeros((*lead, out_h * kh, width - out_w * kw), dtype=share.dtype, device=device)], axis=-1)
+    if out_h * kh < height:
+        grad = xp.concat([grad, xp.zeros((*lead, height - out_h * kh, width), dtype=share.dtype, device=device)], axis=-2)
+    return grad
 
 
 def _check_input(x):
