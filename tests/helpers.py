@@ -111,6 +111,21 @@ def torch_reference(torch, fn, inputs: dict, rng):
     return out.detach().numpy(), grads, dout
 
 
+def max_pool_input(kind, shape, rng):
+    """Max-pool test input: "normal" values, or small integers (ties everywhere) alone ("ties"), with NaN ("nan")
+    or with -inf ("-inf": the first plane entirely)."""
+    if kind == "normal":
+        return rng.standard_normal(shape)
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    if kind == "nan":
+        x[rng.random(shape) < 0.15] = np.nan
+    elif kind == "-inf":
+        x[rng.random(shape) < 0.4] = -np.inf
+        if x.size:
+            x[0, 0] = -np.inf
+    return x
+
+
 def out_size(n, k, s, p, d=1, ceil_mode=False, pad_after=None):
     """PyTorch's output size (pooling's ceil rule included); < 1 means illegal."""
     pad_after = p if pad_after is None else pad_after

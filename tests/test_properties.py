@@ -23,7 +23,7 @@ from xpcnn.functional import (
     max_pool2d_forward,
 )
 from tests import reference
-from tests.helpers import numpy_backend, strict_backend
+from tests.helpers import max_pool_input, numpy_backend, strict_backend
 
 DEEP = "XPCNN_HYPOTHESIS_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("XPCNN_HYPOTHESIS_EXAMPLES", 150))
@@ -93,18 +93,6 @@ def pool_cases(draw, with_dilation):
     )
 
 
-def _max_pool_input(kind, shape, rng):
-    """normal values; small integers (ties everywhere); ties with NaN; ties with -inf."""
-    if kind == "normal":
-        return rng.standard_normal(shape)
-    x = rng.integers(0, 3, shape).astype(np.float64)
-    if kind == "nan":
-        x[rng.random(shape) < 0.2] = np.nan
-    elif kind == "-inf":
-        x[rng.random(shape) < 0.5] = -np.inf
-    return x
-
-
 @pytest.mark.parametrize("make_backend", BACKENDS)
 @PROPERTY
 @given(case=conv_cases())
@@ -133,7 +121,7 @@ def test_conv2d_equals_naive_loops(make_backend, case):
 def test_max_pool2d_equals_naive_loops(make_backend, case, kind):
     xp = make_backend()
     rng = np.random.default_rng(case["seed"])
-    x = _max_pool_input(kind, case["x_shape"], rng)
+    x = max_pool_input(kind, case["x_shape"], rng)
     options = {k: case[k] for k in ("stride", "padding", "dilation", "ceil_mode")}
     out, cache = max_pool2d_forward(xp.asarray(x), case["kernel"], **options)
     dout = rng.standard_normal(tuple(out.shape))

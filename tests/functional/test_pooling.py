@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from xpcnn.functional import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
-from tests.helpers import assert_close, config_id, numerical_gradient, pool_configs, torch_reference
+from tests.helpers import assert_close, config_id, max_pool_input, numerical_gradient, pool_configs, torch_reference
 
 MAX_CONFIGS = pool_configs(50, seed=2)
 AVG_CONFIGS = [
@@ -16,26 +16,13 @@ AVG_CONFIGS = [
 ]
 
 
-def _max_pool_input(kind, shape, rng):
-    """normal values; small integers (many ties); ties with NaN; ties with -inf (whole planes too)."""
-    if kind == "normal":
-        return rng.standard_normal(shape)
-    x = rng.integers(0, 3, shape).astype(np.float64)
-    if kind == "nan":
-        x[rng.random(shape) < 0.15] = np.nan
-    if kind == "-inf":
-        x[rng.random(shape) < 0.4] = -np.inf
-        x[0, 0] = -np.inf
-    return x
-
-
 @pytest.mark.torch_reference
 @pytest.mark.parametrize("kind", ["normal", "ties", "nan", "-inf"])
 @pytest.mark.parametrize("config", MAX_CONFIGS, ids=config_id)
 def test_max_pool_matches_torch(xp, torch, config, kind):
     rng = np.random.default_rng(MAX_CONFIGS.index(config))
     options = {k: v for k, v in config.items() if k != "x_shape"}
-    x = _max_pool_input(kind, config["x_shape"], rng)
+    x = max_pool_input(kind, config["x_shape"], rng)
     out_ref, grads, dout = torch_reference(
         torch, lambda x: torch.nn.functional.max_pool2d(x, **options), dict(x=x), rng
     )
