@@ -22,12 +22,19 @@ def get_workspace_limit() -> int:
 
 def set_workspace_limit(nbytes: int) -> None:
     """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least)."""
+    _settings["workspace_limit"] = resolve_workspace_limit(nbytes)
+
+
+def resolve_workspace_limit(nbytes=None) -> int:
+    """``nbytes`` checked (an int >= 1), or the global setting when None."""
     from ._validation import as_int
 
-    nbytes = as_int(nbytes, "nbytes")
+    if nbytes is None:
+        return get_workspace_limit()
+    nbytes = as_int(nbytes, "workspace_limit")
     if nbytes < 1:
-        raise ValueError(f"the workspace limit must be >= 1 byte, got {nbytes}")
-    _settings["workspace_limit"] = nbytes
+        raise ValueError(f"workspace_limit must be >= 1 byte, got {nbytes}")
+    return nbytes
 
 
 @contextmanager

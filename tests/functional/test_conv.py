@@ -181,7 +181,7 @@ def test_bad_workspace_limit():
 
     with pytest.raises(ValueError, match="workspace_limit must be >= 1 byte"):
         conv2d_forward(X, W, workspace_limit=0)
-    with pytest.raises(ValueError, match="workspace limit must be >= 1 byte"):
+    with pytest.raises(ValueError, match="workspace_limit must be >= 1 byte"):
         set_workspace_limit(-5)
 
 

@@ -40,7 +40,7 @@ from .._validation import (
     namespace_and_device,
 )
 from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
-from ..config import get_workspace_limit
+from ..config import resolve_workspace_limit
 
 __all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
 
@@ -95,9 +95,7 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     padding = _padding_pairs(padding, (kh, kw), stride, dilation)
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
-    limit = get_workspace_limit() if workspace_limit is None else as_int(workspace_limit, "workspace_limit")
-    if limit < 1:
-        raise ValueError(f"workspace_limit must be >= 1 byte, got {limit}")
+    limit = resolve_workspace_limit(workspace_limit)
     out = _correlate(xp, x, weight, geometry, groups, limit)
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
@@ -120,7 +118,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
     num_offsets = len(geometry.offsets())
 
     dweight, dx_parts = None, []
-    for part in _pieces(n, _batch_piece(x, geometry, limit)):
+    for part in _pieces(n, _batch_piece(xp, x, geometry, limit)):
         cols = _im2col(xp, x[part, ...], geometry, groups)
         dout_part = dout_mat[part, ...]
         dweight_part = xp.sum(xp.matmul(dout_part, xp.matrix_transpose(cols)), axis=0)
@@ -162,7 +160,7 @@ def _padding_pairs(padding, kernel, stride, dilation):
 def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int):
     """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w)."""
     w_mat = _weight_matrix(xp, weight, groups)
-    pieces = _pieces(x.shape[0], _batch_piece(x, geometry, limit))
+    pieces = _pieces(x.shape[0], _batch_piece(xp, x, geometry, limit))
     out = _concat(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in pieces])
     return xp.reshape(out, (x.shape[0], weight.shape[0], *geometry.out_size))
 
@@ -191,16 +189,13 @@ def _flipped_transpose(xp, weight, groups: int):
     return xp.flip(w, axis=(2, 3))
 
 
-def _batch_piece(x, geometry: WindowGeometry, limit: int) -> int:
-    """Samples per piece: as many as keep one piece's column buffer within the workspace limit (at least one)."""
+def _batch_piece(xp, x, geometry: WindowGeometry, limit: int) -> int:
+    """Samples per piece: as many as keep one piece's column buffer (and padded input) within the workspace
+    limit, at least one."""
     kh, kw = geometry.kernel
     padded_h, padded_w = geometry.padded_size
     per_sample = x.shape[1] * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
-    return max(1, limit // max(1, per_sample * _itemsize(x.dtype)))
-
-
-def _itemsize(dtype) -> int:
-    return 8 if "64" in str(dtype) else 2 if "16" in str(dtype) else 4
+    return max(1, limit // max(1, per_sample * xp.finfo(x.dtype).bits // 8))
 
 
 def _pieces(n: int, piece: int):
