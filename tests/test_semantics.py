@@ -122,6 +122,10 @@ def ce_inf_logit():
 
 
 def lazy_targets():
+    loss, cache = F.softmax_cross_entropy_forward(np.zeros((2, 3)), np.array([1, 5]), reduction="none",
+                                                  check_targets=False)
+    assert np.isnan(loss).tolist() == [False, True]
+    assert np.isnan(F.softmax_cross_entropy_backward(np.ones(2), cache)).all(axis=1).tolist() == [False, True]
     da = pytest.importorskip("dask.array")
     loss, cache = F.softmax_cross_entropy_forward(da.zeros((2, 3)), da.asarray(np.array([1, 5])), reduction="none")
     assert np.isnan(loss.compute()).tolist() == [False, True]

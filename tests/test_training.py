@@ -108,3 +108,24 @@ def test_read_only_data_through_model_fit_evaluate_predict_and_save(tmp_path):
     np.testing.assert_array_equal(x, copies[0])
     np.testing.assert_array_equal(y, copies[1])
     assert (dout == 1).all()
+
+
+def test_targets_are_checked_once_not_at_every_step(monkeypatch):
+    """fit reads the targets' range once (a GPU sync), then trains with an unchecked loss; bad targets still raise."""
+    from xpcnn import training
+
+    calls = []
+    real = training.check_class_range
+    monkeypatch.setattr(training, "check_class_range", lambda *a: calls.append(1) or real(*a))
+    x, y, _, _ = _digits(64, 1)
+    model = _small_cnn()
+    loss_fn = nn.CrossEntropyLoss()
+    xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=2, batch_size=8,
+              progress=False)
+    assert len(calls) == 1 and loss_fn.check_targets
+    y_bad = y.copy()
+    y_bad[-1] = 10
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\], got values in \[0, 10\]"):
+        xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y_bad, progress=False)
+    with pytest.raises(ValueError, match="class indices"):
+        xpcnn.evaluate(model, loss_fn, x, y_bad)

@@ -12,6 +12,7 @@ import time
 
 from ._random import uniform
 from ._validation import namespace_and_device
+from .functional.losses import check_class_range
 from .nn.losses import CrossEntropyLoss
 
 __all__ = ["fit", "evaluate", "predict"]
@@ -28,6 +29,7 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
     xp, device = _check_data(model, x, y, batch_size)
     n = x.shape[0]
     classify = isinstance(loss_fn, CrossEntropyLoss)
+    loss_fn, targets_to_check = _checking_targets_once(loss_fn)
     history = {"loss": [], **({"accuracy": []} if classify else {})}
     if validation_data is not None:
         history.update(val_loss=[], **({"val_accuracy": []} if classify else {}))
@@ -41,6 +43,9 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
             xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
             optimizer.zero_grad()
             out = model.forward(xb)
+            if targets_to_check:  # all of y, once: reading targets syncs a GPU, so not at every step
+                check_class_range(xp, y, out.shape[1])
+                targets_to_check = False
             loss = loss_fn(out, yb)
             model.backward(loss_fn.backward(1.0))
             optimizer.step()
@@ -71,14 +76,17 @@ def evaluate(model, loss_fn, x, y, *, batch_size=256):
     xp, device = _check_data(model, x, y, batch_size)
     model.eval()
     classify = isinstance(loss_fn, CrossEntropyLoss)
+    loss_fn, targets_to_check = _checking_targets_once(loss_fn)
     loss_sum, correct = 0.0, 0
     for index in _batches(xp, x.shape[0], batch_size, None, device):
         yb = xp.take(y, index, axis=0)
         out = model.forward(xp.take(x, index, axis=0))
+        if targets_to_check:
+            check_class_range(xp, y, out.shape[1])
+            targets_to_check = False
         loss_sum = loss_sum + loss_fn(out, yb) * index.shape[0]
         if classify:
             correct = correct + xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64))
-    loss_fn._cache = None
     n = x.shape[0]
     return float(loss_sum) / n, (int(correct) / n if classify else None)
 
@@ -90,6 +98,14 @@ def predict(model, x, *, batch_size=256):
     model.check_input(x)
     outs = [model.forward(xp.take(x, index, axis=0)) for index in _batches(xp, x.shape[0], batch_size, None, device)]
     return xp.concat(outs, axis=0)
+
+
+def _checking_targets_once(loss_fn):
+    """(the loss to call at every step, whether the caller checks all targets once): a checking cross-entropy is
+    replaced by one that does not check (its check reads the targets, a device sync on a GPU)."""
+    if isinstance(loss_fn, CrossEntropyLoss) and loss_fn.check_targets:
+        return CrossEntropyLoss(loss_fn.reduction, check_targets=False), True
+    return loss_fn, False
 
 
 def _check_data(model, x, y, batch_size):

@@ -52,12 +52,14 @@ class MSECache(NamedTuple):
     reduction: str
 
 
-def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
+def softmax_cross_entropy_forward(logits, target, *, reduction="mean", check_targets=True):
     """logits: (N, C) floating; target: (N,) integer class indices in [0, C).
 
     Returns ``(loss, cache)``: a 0-d array, or (N,) for ``reduction="none"``.
-    Out-of-range targets raise a ValueError. On lazy arrays (JAX, also under ``jax.jit``; Dask), whose values
-    cannot be read without forcing a computation, they give a NaN loss and NaN gradients for their rows instead.
+    Out-of-range targets raise a ValueError. Checking reads the targets (a device sync on a GPU):
+    ``check_targets=False`` skips it, and on lazy arrays (JAX, also under ``jax.jit``; Dask), whose values cannot
+    be read without forcing a computation, it is skipped too; out-of-range targets then give a NaN loss and NaN
+    gradients for their rows.
     """
     check_reduction(reduction)
     xp, device = namespace_and_device(logits=logits, target=target)
@@ -70,13 +72,10 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     check_shape(target, "target", (n,), "one class index per row of logits")
     valid = None
-    if is_lazy_array(target):
+    if not check_targets or is_lazy_array(target):
         valid = (target >= 0) & (target < classes)
-    elif n and bool(xp.any((target < 0) | (target >= classes))):
-        raise ValueError(
-            f"target must hold class indices in [0, {classes - 1}], "
-            f"got values in [{int(xp.min(target))}, {int(xp.max(target))}]"
-        )
+    else:
+        check_class_range(xp, target, classes)
     shifted = logits - xp.max(logits, axis=1, keepdims=True)
     log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
     onehot = xp.arange(classes, dtype=target.dtype, device=device)[None, :] == target[:, None]
@@ -84,6 +83,15 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean"):
     if valid is not None:
         losses = xp.where(valid, losses, math.nan)
     return _reduce(xp, losses, reduction), CrossEntropyCache(xp.exp(log_probs), onehot, reduction, valid)
+
+
+def check_class_range(xp, target, classes: int) -> None:
+    """A ValueError when an integer target lies outside [0, classes); reads the values (a device sync on a GPU)."""
+    if target.shape[0] and bool(xp.any((target < 0) | (target >= classes))):
+        raise ValueError(
+            f"target must hold class indices in [0, {classes - 1}], "
+            f"got values in [{int(xp.min(target))}, {int(xp.max(target))}]"
+        )
 
 
 def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):

@@ -14,8 +14,11 @@ class _Loss:
         self.reduction = reduction
         self._cache = None
 
+    def _options(self):
+        return {"reduction": self.reduction}
+
     def __call__(self, output, target):
-        loss, self._cache = type(self).forward_fn(output, target, reduction=self.reduction)
+        loss, self._cache = type(self).forward_fn(output, target, **self._options())
         return loss
 
     def backward(self, dloss=1.0):
@@ -26,9 +29,20 @@ class _Loss:
 
 
 class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets."""
+    """Softmax cross-entropy of (N, C) logits against (N,) integer class targets.
+
+    ``check_targets=False`` skips the range check of every call (a device sync on a GPU; out-of-range targets
+    then give NaN): :func:`xpcnn.fit` checks the whole target array once instead.
+    """
 
     forward_fn, backward_fn = F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward
+
+    def __init__(self, reduction="mean", check_targets=True):
+        super().__init__(reduction)
+        self.check_targets = bool(check_targets)
+
+    def _options(self):
+        return {"reduction": self.reduction, "check_targets": self.check_targets}
 
 
 class MSELoss(_Loss):
