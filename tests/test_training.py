@@ -46,6 +46,7 @@ def test_short_digits_run_learns(xp):
     outputs = xpcnn.predict(model, x_test, batch_size=64)
     xp.assert_on_backend(outputs, xp.float32)
     assert tuple(outputs.shape) == (200, 10)
+    assert tuple(xpcnn.predict(model, x_test[:0, ...]).shape) == (0, 10)
 
 
 def test_fit_is_reproducible_and_shows_progress(capsys):

@@ -96,6 +96,8 @@ def predict(model, x, *, batch_size=256):
     xp, device = namespace_and_device(x=x)
     model.eval()
     model.check_input(x)
+    if x.shape[0] == 0:
+        return model.forward(x)
     outs = [model.forward(xp.take(x, index, axis=0)) for index in _batches(xp, x.shape[0], batch_size, None, device)]
     return xp.concat(outs, axis=0)
 
