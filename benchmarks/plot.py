@@ -51,7 +51,7 @@ def _layer_row(workload, op, passes, dtype, by):
     ours, torch, seed = by["xpcnn"], by.get("torch"), by.get("seed-style")
     cells = [workload, op, passes, dtype, f"{ours['median_ms']:.3g} ({ours['min_ms']:.3g}-{ours['max_ms']:.3g})"]
     cells += [f"{torch['median_ms']:.3g}", f"**{ours['median_ms'] / torch['median_ms']:.2f}**"] if torch else ["-", "-"]
-    cells += [f"{seed['median_ms']:.4g}", f"{seed['median_ms'] / ours['median_ms']:.0f}x"] if seed else ["-", "-"]
+    cells += [f"{seed['median_ms']:.4g}", f"{seed['median_ms'] / ours['median_ms']:.3g}x"] if seed else ["-", "-"]
     cells += [f"{ours['gflops']:.3g}", f"{ours['gemm_share']:.2f}"] if ours.get("gflops") else ["-", "-"]
     peak = ours.get("peak_mb")
     cells.append(f"{peak:.3g} ({ours['peak_vs_io']:.2f}x)" if peak is not None else "-")
