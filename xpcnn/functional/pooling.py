@@ -177,14 +177,23 @@ def _window_starts(geometry: WindowGeometry, axis: int) -> list[int]:
     return [o * geometry.stride[axis] - before for o in range(geometry.out_size[axis])]
 
 
+def _first_steps(geometry: WindowGeometry, axis: int) -> list[int]:
+    """For every window along one axis, the kernel steps from its start to its first position past the top/left
+    padding (PyTorch's ``while start < 0: start += dilation``); that position may still lie past x's end."""
+    d = geometry.dilation[axis]
+    return [-(-max(0, -start) // d) for start in _window_starts(geometry, axis)]
+
+
 def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
-    """(out_h, out_w) int64: flat position of each window's first element inside x (what PyTorch reports when
-    nothing beats ``-inf``)."""
-    firsts = []
-    for axis in (0, 1):
-        d = geometry.dilation[axis]
-        firsts.append([start + -(-max(0, -start) // d) * d for start in _window_starts(geometry, axis)])
-    return _outer_flat(xp, *firsts, geometry.in_size[1], device)
+    """(out_h, out_w) int64: PyTorch's index for a window where nothing beats ``-inf``: the flat position of its
+    first element past the padding (outside the plane when the window lies entirely in the padding)."""
+    rows, cols = (
+        xp.asarray([start + step * geometry.dilation[axis]
+                    for start, step in zip(_window_starts(geometry, axis), _first_steps(geometry, axis))],
+                   dtype=xp.int64, device=device)
+        for axis in (0, 1)
+    )
+    return rows[:, None] * geometry.in_size[1] + cols[None, :]
 
 
 def _first_in_bounds_offset(xp, geometry: WindowGeometry, device):
@@ -193,21 +202,12 @@ def _first_in_bounds_offset(xp, geometry: WindowGeometry, device):
     firsts = []
     for axis in (0, 1):
         d, k, size = geometry.dilation[axis], geometry.kernel[axis], geometry.in_size[axis]
-        axis_firsts = []
-        for start in _window_starts(geometry, axis):
-            step = -(-max(0, -start) // d)
-            axis_firsts.append(step if step < k and start + step * d < size else -1)
-        firsts.append(axis_firsts)
+        starts, steps = _window_starts(geometry, axis), _first_steps(geometry, axis)
+        firsts.append([step if step < k and start + step * d < size else -1 for start, step in zip(starts, steps)])
     kw = geometry.kernel[1]
     rows = xp.asarray(firsts[0], dtype=xp.int16, device=device)[:, None]
     cols = xp.asarray(firsts[1], dtype=xp.int16, device=device)[None, :]
     return xp.where((rows >= 0) & (cols >= 0), rows * kw + cols, xp.asarray(-1, dtype=xp.int16, device=device))
-
-
-def _outer_flat(xp, rows: list[int], cols: list[int], width: int, device):
-    rows = xp.asarray(rows, dtype=xp.int64, device=device)
-    cols = xp.asarray(cols, dtype=xp.int64, device=device)
-    return rows[:, None] * width + cols[None, :]
 
 
 def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device):
