@@ -130,3 +130,13 @@ def test_targets_are_checked_once_not_at_every_step(monkeypatch):
         xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y_bad, progress=False)
     with pytest.raises(ValueError, match="class indices"):
         xpcnn.evaluate(model, loss_fn, x, y_bad)
+
+
+def test_validation_targets_are_checked_too():
+    x, y, _, _ = _digits(32, 1)
+    model = _small_cnn()
+    y_bad = y.copy()
+    y_bad[0] = -1
+    with pytest.raises(ValueError, match="class indices"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+                  validation_data=(x, y_bad), progress=False)

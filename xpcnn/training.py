@@ -29,7 +29,7 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
     xp, device = _check_data(model, x, y, batch_size)
     n = x.shape[0]
     classify = isinstance(loss_fn, CrossEntropyLoss)
-    loss_fn, targets_to_check = _checking_targets_once(loss_fn)
+    step_loss, check_targets = _checking_targets_once(xp, loss_fn, y)
     history = {"loss": [], **({"accuracy": []} if classify else {})}
     if validation_data is not None:
         history.update(val_loss=[], **({"val_accuracy": []} if classify else {}))
@@ -43,15 +43,13 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
             xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
             optimizer.zero_grad()
             out = model.forward(xb)
-            if targets_to_check:  # all of y, once: reading targets syncs a GPU, so not at every step
-                check_class_range(xp, y, out.shape[1])
-                targets_to_check = False
-            loss = loss_fn(out, yb)
-            model.backward(loss_fn.backward(1.0))
+            check_targets(out)
+            loss = step_loss(out, yb)
+            model.backward(step_loss.backward(1.0))
             optimizer.step()
             loss_sum = loss_sum + loss * index.shape[0]
             if classify:
-                correct = correct + xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64))
+                correct = correct + _correct(xp, out, yb)
             seen += index.shape[0]
             if bar is not None:
                 bar.update(1)
@@ -76,17 +74,15 @@ def evaluate(model, loss_fn, x, y, *, batch_size=256):
     xp, device = _check_data(model, x, y, batch_size)
     model.eval()
     classify = isinstance(loss_fn, CrossEntropyLoss)
-    loss_fn, targets_to_check = _checking_targets_once(loss_fn)
+    step_loss, check_targets = _checking_targets_once(xp, loss_fn, y)
     loss_sum, correct = 0.0, 0
     for index in _batches(xp, x.shape[0], batch_size, None, device):
         yb = xp.take(y, index, axis=0)
         out = model.forward(xp.take(x, index, axis=0))
-        if targets_to_check:
-            check_class_range(xp, y, out.shape[1])
-            targets_to_check = False
-        loss_sum = loss_sum + loss_fn(out, yb) * index.shape[0]
+        check_targets(out)
+        loss_sum = loss_sum + step_loss(out, yb) * index.shape[0]
         if classify:
-            correct = correct + xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64))
+            correct = correct + _correct(xp, out, yb)
     n = x.shape[0]
     return float(loss_sum) / n, (int(correct) / n if classify else None)
 
@@ -102,12 +98,25 @@ def predict(model, x, *, batch_size=256):
     return xp.concat(outs, axis=0)
 
 
-def _checking_targets_once(loss_fn):
-    """(the loss to call at every step, whether the caller checks all targets once): a checking cross-entropy is
-    replaced by one that does not check (its check reads the targets, a device sync on a GPU)."""
-    if isinstance(loss_fn, CrossEntropyLoss) and loss_fn.check_targets:
-        return CrossEntropyLoss(loss_fn.reduction, check_targets=False), True
-    return loss_fn, False
+def _checking_targets_once(xp, loss_fn, y):
+    """(the loss to call at every step, a function to call with each step's output). A checking cross-entropy
+    becomes one that does not check (its check reads the targets, a device sync on a GPU), and the function checks
+    all of y against the output's class count on its first call; other losses are used as they are."""
+    if not (isinstance(loss_fn, CrossEntropyLoss) and loss_fn.check_targets):
+        return loss_fn, lambda out: None
+    pending = [True]
+
+    def check_targets(out):
+        if pending:
+            check_class_range(xp, y, out.shape[1])
+            pending.clear()
+
+    return CrossEntropyLoss(loss_fn.reduction, check_targets=False), check_targets
+
+
+def _correct(xp, out, y):
+    """Number of rows whose highest score is at the target class (a 0-d device array: no sync)."""
+    return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
 
 
 def _check_data(model, x, y, batch_size):
