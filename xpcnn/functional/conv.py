@@ -114,7 +114,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
     transposed = _transposed_geometry(geometry, channels, out_channels)
-    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups))
+    w_mat_t = None if transposed is not None else xp.matrix_transpose(_weight_matrix(xp, weight, groups))
     num_offsets = len(geometry.offsets())
 
     dweight, dx_parts = None, []
