@@ -121,6 +121,42 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
     for (i, j), part in zip(geometry.offsets(), parts, strict=True):
         rows, cols = geometry.slices(i, j)
         grad = xpx.at(grad)[..., rows, cols].add(part)
+    return crop(grad, geometry)
+
+
+def crop(x_padded, geometry: WindowGeometry):
+    """The input's own (H, W) region of a padded array: the inverse of :func:`pad`."""
     (top, _), (left, _) = geometry.padding
     height, width = geometry.in_size
-    return grad[..., top : top + height, left : left + width]
+    return x_padded[..., top : top + height, left : left + width]
+
+
+def by_axis(geometry: WindowGeometry) -> tuple[WindowGeometry, WindowGeometry]:
+    """The windows of ``geometry`` split into a pass over rows and a pass over columns, for reductions that
+    separate (a sum over a window is the sum over its rows of the sums along them).
+
+    The first geometry runs over the padded input, (Hp, Wp) -> (out_h, Wp), with (kh x 1) windows; the second over
+    its result, (out_h, Wp) -> (out_h, out_w), with (1 x kw) windows. Neither pads: pad once for the whole op.
+    ``kh + kw`` slices instead of ``kh * kw``.
+    """
+    (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
+    none = ((0, 0), (0, 0))
+    rows = WindowGeometry((padded_h, padded_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, padded_w))
+    cols = WindowGeometry((out_h, padded_w), (1, kw), (1, sw), (1, dw), none, (out_h, out_w))
+    return rows, cols
+
+
+def samples_per_piece(bytes_per_sample: int, limit: int) -> int:
+    """How many samples of ``bytes_per_sample`` working memory fit into ``limit`` bytes, at least one."""
+    return max(1, limit // max(1, bytes_per_sample))
+
+
+def batch_pieces(n: int, piece: int) -> list[slice]:
+    """Batch slices of at most ``piece`` samples (one empty slice for an empty batch)."""
+    return [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
+
+
+def concat_pieces(xp, arrays):
+    """The pieces' results joined along the batch axis."""
+    return arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-DEFAULT_WORKSPACE_LIMIT = 8 * 2**20
+DEFAULT_WORKSPACE_LIMIT = 2 * 2**20
 
 _settings = {"workspace_limit": DEFAULT_WORKSPACE_LIMIT}
 

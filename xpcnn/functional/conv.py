@@ -39,7 +39,16 @@ from .._validation import (
     int_pair,
     namespace_and_device,
 )
-from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
+from .._windows import (
+    WindowGeometry,
+    batch_pieces,
+    concat_pieces,
+    pad,
+    samples_per_piece,
+    scatter_windows,
+    window_geometry,
+    windows,
+)
 from ..config import resolve_workspace_limit
 
 __all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
@@ -118,7 +127,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
     num_offsets = len(geometry.offsets())
 
     dweight, dx_parts = None, []
-    for part in _pieces(n, _batch_piece(xp, x, geometry, limit)):
+    for part in batch_pieces(n, _batch_piece(xp, x, geometry, limit)):
         cols = _im2col(xp, x[part, ...], geometry, groups)
         dout_part = dout_mat[part, ...]
         dweight_part = xp.sum(xp.matmul(dout_part, xp.matrix_transpose(cols)), axis=0)
@@ -134,7 +143,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
         dx_parts.append(scatter_windows(xp, offsets, geometry, (m, channels), dtype=dout.dtype, device=device))
 
     if transposed is None:
-        dx = _concat(xp, dx_parts)
+        dx = concat_pieces(xp, dx_parts)
     else:
         dx = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
     dweight = xp.reshape(dweight, weight.shape)
@@ -160,8 +169,8 @@ def _padding_pairs(padding, kernel, stride, dilation):
 def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int):
     """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w)."""
     w_mat = _weight_matrix(xp, weight, groups)
-    pieces = _pieces(x.shape[0], _batch_piece(xp, x, geometry, limit))
-    out = _concat(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in pieces])
+    pieces = batch_pieces(x.shape[0], _batch_piece(xp, x, geometry, limit))
+    out = concat_pieces(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in pieces])
     return xp.reshape(out, (x.shape[0], weight.shape[0], *geometry.out_size))
 
 
@@ -195,16 +204,7 @@ def _batch_piece(xp, x, geometry: WindowGeometry, limit: int) -> int:
     kh, kw = geometry.kernel
     padded_h, padded_w = geometry.padded_size
     per_sample = x.shape[1] * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
-    return max(1, limit // max(1, per_sample * xp.finfo(x.dtype).bits // 8))
-
-
-def _pieces(n: int, piece: int):
-    """Batch slices of at most ``piece`` samples (one empty slice for an empty batch)."""
-    return [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
-
-
-def _concat(xp, arrays):
-    return arrays[0] if len(arrays) == 1 else xp.concat(arrays, axis=0)
+    return samples_per_piece(per_sample * xp.finfo(x.dtype).bits // 8, limit)
 
 
 def _im2col(xp, x, geometry: WindowGeometry, groups: int):

@@ -25,7 +25,19 @@ import math
 from typing import Any, NamedTuple
 
 from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
-from .._windows import WindowGeometry, pad, scatter_windows, window_geometry, windows
+from .._windows import (
+    WindowGeometry,
+    batch_pieces,
+    by_axis,
+    concat_pieces,
+    crop,
+    pad,
+    samples_per_piece,
+    scatter_windows,
+    window_geometry,
+    windows,
+)
+from ..config import resolve_workspace_limit
 
 __all__ = [
     "MaxPool2dCache",
@@ -65,23 +77,41 @@ class AvgPool2dCache(NamedTuple):
     x_shape: tuple
 
 
-def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False):
+def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False, workspace_limit=None):
     """Max pooling as ``torch.nn.functional.max_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
 
+    workspace_limit: bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
     Returns ``(out, cache)``; out: (N, C, out_h, out_w); ``cache.indices`` holds the argmax positions.
     """
     xp, device = _check_input(x)
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    x_padded = pad(xp, x, geometry, -math.inf)
-    out = xp.full((*x.shape[:2], *geometry.out_size), -math.inf, dtype=x.dtype, device=device)
-    offsets = _first_in_bounds_offset(xp, geometry, device)
-    for k, (_, _, window) in enumerate(windows(x_padded, geometry)):
-        # PyTorch's rule: take a strictly greater element, or a NaN. Written without ``where`` (a slow, branchy
-        # select on NumPy): ``maximum`` propagates NaN as the rule does, and the offset update is exact arithmetic.
-        take = xp.astype((window > out) | xp.isnan(window), xp.int16)
-        out = xp.maximum(out, window)
-        offsets = offsets + take * (k - offsets)
+    first = _first_in_bounds_offset(xp, geometry, device) + 1
+    pieces = [_running_maximum(xp, x[part, ...], geometry, first) for part in _pool_pieces(xp, x, geometry, workspace_limit)]
+    out = concat_pieces(xp, [values for values, _ in pieces])
+    offsets = concat_pieces(xp, [chosen for _, chosen in pieces]) - 1
     return out, MaxPool2dCache(offsets, geometry, x.dtype)
+
+
+def _running_maximum(xp, x, geometry: WindowGeometry, first):
+    """Window maxima of one batch piece and the chosen offsets + 1 (int16; 0: none), by PyTorch's rule: in
+    row-major order take an element that is strictly greater than the maximum so far, or a NaN.
+
+    Written without ``where`` (a slow, branchy select on NumPy): ``maximum`` propagates NaN as the rule does, and
+    since the offsets only grow, taking offset ``k`` is ``maximum(chosen, take * (k + 1))``. The first offset
+    needs no update: where it can be taken at all it is the first in-bounds one, which ``first`` already holds.
+    """
+    x_padded = pad(xp, x, geometry, -math.inf)
+    is_nan = xp.isnan(x_padded)
+    out, chosen = None, first
+    for k, (rows, cols) in enumerate(geometry.slices(i, j) for i, j in geometry.offsets()):
+        window = x_padded[..., rows, cols]
+        if out is None:
+            out = window
+            continue
+        take = xp.astype((window > out) | is_nan[..., rows, cols], xp.int16)
+        out = xp.maximum(out, window)
+        chosen = xp.maximum(chosen, take * (k + 1))
+    return out, xp.broadcast_to(chosen, out.shape)
 
 
 def max_pool2d_backward(dout, cache: MaxPool2dCache):
@@ -89,15 +119,26 @@ def max_pool2d_backward(dout, cache: MaxPool2dCache):
     offsets, geometry, dtype = cache
     n, channels = offsets.shape[:2]
     xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
-    parts = (xp.where(offsets == k, dout, 0.0) for k in range(len(geometry.offsets())))
+    # select(offsets == k, dout, 0) for every offset k, written so that NumPy's ``where`` sees a mask that is
+    # almost always true (a random one makes it several times slower): the product is exact where dout is
+    # finite, and a non-finite dout (inf * 0 = NaN) is kept only at the chosen offset.
+    finite = xp.isfinite(dout)
+
+    def routed(k):
+        chosen = offsets == k
+        return xp.where(finite | chosen, dout * xp.astype(chosen, dout.dtype), 0.0)
+
+    parts = (routed(k) for k in range(len(geometry.offsets())))
     return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
 
 
 def avg_pool2d_forward(
-    x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None
+    x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,
+    workspace_limit=None,
 ):
     """Average pooling as ``torch.nn.functional.avg_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
 
+    workspace_limit: bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
     Returns ``(out, cache)``; out: (N, C, out_h, out_w).
     """
     xp, device = _check_input(x)
@@ -106,9 +147,9 @@ def avg_pool2d_forward(
         divisor_override = as_int(divisor_override, "divisor_override")
         if divisor_override <= 0:
             raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
-    total = None
-    for _, _, window in windows(pad(xp, x, geometry, 0.0), geometry):
-        total = window if total is None else total + window
+    rows, cols = by_axis(geometry)
+    pieces = _pool_pieces(xp, x, geometry, workspace_limit)
+    total = concat_pieces(xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), rows), cols) for part in pieces])
     divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
     return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape))
 
@@ -116,13 +157,27 @@ def avg_pool2d_forward(
 def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window."""
     divisor, geometry, x_shape = cache
-    n, channels = x_shape[:2]
-    xp, device = check_upstream(dout, (n, channels, *geometry.out_size), divisor, divisor.dtype)
+    lead = tuple(x_shape[:2])
+    xp, device = check_upstream(dout, (*lead, *geometry.out_size), divisor, divisor.dtype)
     share = dout / divisor
     if _tiles_input(geometry):
         return _from_tiles(xp, share, geometry, device)
-    parts = (share for _ in geometry.offsets())
-    return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+    rows, cols = by_axis(geometry)
+    along_rows = scatter_windows(xp, _repeated(share, cols), cols, lead, dtype=dout.dtype, device=device)
+    grad = scatter_windows(xp, _repeated(along_rows, rows), rows, lead, dtype=dout.dtype, device=device)
+    return crop(grad, geometry)
+
+
+def _sum(x, geometry: WindowGeometry):
+    """The sum over each window of ``geometry``, slice by slice."""
+    total = None
+    for _, _, window in windows(x, geometry):
+        total = window if total is None else total + window
+    return total
+
+
+def _repeated(array, geometry: WindowGeometry):
+    return (array for _ in geometry.offsets())
 
 
 def _tiles_input(geometry: WindowGeometry) -> bool:
@@ -145,6 +200,14 @@ def _from_tiles(xp, share, geometry: WindowGeometry, device):
     if out_h * kh < height:
         grad = xp.concat([grad, xp.zeros((*lead, height - out_h * kh, width), dtype=share.dtype, device=device)], axis=-2)
     return grad
+
+
+def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit) -> list[slice]:
+    """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays) fit the
+    workspace limit. Small pieces stay in the CPU's caches while the kernel offsets are walked."""
+    (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
+    per_sample = x.shape[1] * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
+    return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit)))
 
 
 def _check_input(x):
