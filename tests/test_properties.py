@@ -89,6 +89,7 @@ def pool_cases(draw, with_dilation):
     return dict(
         x_shape=(draw(st.integers(0, 3)), draw(st.integers(1, 5)), *size),
         kernel=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode,
+        workspace_limit=draw(st.sampled_from([None, 1])),  # 1: one sample per piece
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -123,7 +124,7 @@ def test_max_pool2d_equals_naive_loops(make_backend, case, kind):
     rng = np.random.default_rng(case["seed"])
     x = max_pool_input(kind, case["x_shape"], rng)
     options = {k: case[k] for k in ("stride", "padding", "dilation", "ceil_mode")}
-    out, cache = max_pool2d_forward(xp.asarray(x), case["kernel"], **options)
+    out, cache = max_pool2d_forward(xp.asarray(x), case["kernel"], **options, workspace_limit=case["workspace_limit"])
     dout = rng.standard_normal(tuple(out.shape))
     dx = max_pool2d_backward(xp.asarray(dout), cache)
     ref_out, ref_indices, ref_dx = reference.max_pool2d(x, case["kernel"], *options.values(), dout)
@@ -145,7 +146,7 @@ def test_avg_pool2d_equals_naive_loops(make_backend, case, count_include_pad, di
     x = rng.standard_normal(case["x_shape"])
     options = dict(stride=case["stride"], padding=case["padding"], ceil_mode=case["ceil_mode"],
                    count_include_pad=count_include_pad, divisor_override=divisor_override)
-    out, cache = avg_pool2d_forward(xp.asarray(x), case["kernel"], **options)
+    out, cache = avg_pool2d_forward(xp.asarray(x), case["kernel"], **options, workspace_limit=case["workspace_limit"])
     dout = rng.standard_normal(tuple(out.shape))
     dx = avg_pool2d_backward(xp.asarray(dout), cache)
     ref_out, ref_dx = reference.avg_pool2d(x, case["kernel"], *options.values(), dout)

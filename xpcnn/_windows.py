@@ -132,19 +132,19 @@ def crop(x_padded, geometry: WindowGeometry):
 
 
 def by_axis(geometry: WindowGeometry) -> tuple[WindowGeometry, WindowGeometry]:
-    """The windows of ``geometry`` split into a pass over rows and a pass over columns, for reductions that
-    separate (a sum over a window is the sum over its rows of the sums along them).
+    """The windows of ``geometry`` split into a pass along the rows and a pass across them, for reductions that
+    separate (a window's sum is the sum of its rows' sums; likewise its maximum).
 
-    The first geometry runs over the padded input, (Hp, Wp) -> (out_h, Wp), with (kh x 1) windows; the second over
-    its result, (out_h, Wp) -> (out_h, out_w), with (1 x kw) windows. Neither pads: pad once for the whole op.
-    ``kh + kw`` slices instead of ``kh * kw``.
+    Returns ``(along_rows, across_rows)``: the first runs over the padded input, (Hp, Wp) -> (Hp, out_w), with
+    (1 x kw) windows; the second over its result, (Hp, out_w) -> (out_h, out_w), with (kh x 1) windows. Neither
+    pads: pad once for the whole op. ``kh + kw`` slices instead of ``kh * kw``.
     """
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     none = ((0, 0), (0, 0))
-    rows = WindowGeometry((padded_h, padded_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, padded_w))
-    cols = WindowGeometry((out_h, padded_w), (1, kw), (1, sw), (1, dw), none, (out_h, out_w))
-    return rows, cols
+    along_rows = WindowGeometry((padded_h, padded_w), (1, kw), (1, sw), (1, dw), none, (padded_h, out_w))
+    across_rows = WindowGeometry((padded_h, out_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, out_w))
+    return along_rows, across_rows
 
 
 def samples_per_piece(bytes_per_sample: int, limit: int) -> int:

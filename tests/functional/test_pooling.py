@@ -115,6 +115,32 @@ def test_overlapping_windows_accumulate():
     )
 
 
+def test_max_pool_configurations_cover_both_passes():
+    """The PyTorch comparisons above run both max-pool algorithms: the kh * kw slices directly, and the
+    separable passes (along the rows, then across them)."""
+    separable = {
+        max_pool2d_forward(np.zeros(c["x_shape"]), **{k: v for k, v in c.items() if k != "x_shape"})[1].column_choices
+        is not None
+        for c in MAX_CONFIGS
+    }
+    assert separable == {True, False}
+
+
+@pytest.mark.eager_only
+@pytest.mark.parametrize("op", POOL_OPS)
+@pytest.mark.parametrize("options", [dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1)], ids=str)
+def test_workspace_limit_processes_pieces_with_the_same_results(xp, op, options):
+    forward, backward = POOL_OPS[op]
+    x = max_pool_input("ties", (5, 3, 7, 6), np.random.default_rng(0))
+    dtype, _ = xp.float_dtypes()[-1]
+    out, cache = forward(xp.asarray(x, dtype), **options, workspace_limit=2**40)
+    dx = backward(out, cache)
+    for limit in (1, 2000):
+        out_pieces, cache_pieces = forward(xp.asarray(x, dtype), **options, workspace_limit=limit)
+        np.testing.assert_array_equal(xp.to_numpy(out_pieces), xp.to_numpy(out))
+        np.testing.assert_array_equal(xp.to_numpy(backward(out, cache_pieces)), xp.to_numpy(dx))
+
+
 @pytest.mark.parametrize("op", POOL_OPS)
 def test_keeps_backend_device_and_dtype(xp, op):
     forward, backward = POOL_OPS[op]

@@ -1,8 +1,12 @@
 """2-D max and average pooling and their backward passes, with PyTorch's semantics.
 
-Both walk the ``kh * kw`` kernel offsets of the shared window primitive and reduce one strided slice at a time
-(a running maximum or a running sum), so no ``kh * kw`` times larger temporary is built. Both backward passes add
-each upstream gradient back through the same slices; overlapping windows (stride < kernel) accumulate.
+Both reduce strided slices of the shared window primitive one at a time (a running maximum or a running sum), so no
+``kh * kw`` times larger temporary is built, and both go through the batch in pieces that fit the workspace limit
+(:mod:`xpcnn.config`), so the temporaries stay in the CPU's caches. Windows separate into a pass along the rows
+and a pass across them (:func:`xpcnn._windows.by_axis`: ``kh + kw`` slices instead of ``kh * kw``); average
+pooling always takes it, max pooling where it walks fewer elements (3x3 windows with stride 1, not 2x2 with
+stride 2). The backward passes add each upstream gradient back through the same slices; overlapping windows
+accumulate.
 
 Max pooling routes each upstream gradient to exactly ONE input element: the first maximum of its window in
 row-major order. It is NOT an equality mask (which would send the full gradient to every tied element). NaN
@@ -13,10 +17,10 @@ PyTorch's ``return_indices``: a flat index into each unpadded ``H * W`` plane.
 
 Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
 (``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
-``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted. When the windows tile
-the input (stride = kernel, no padding, no overhang: the usual 2x2 pooling) the backward pass repeats each share
-over its ``kh x kw`` tile instead of adding it back offset by offset. (The forward pass keeps the walk
-over offsets: summing strided slices is about ten times faster on NumPy than reducing over the tiles' small axes.)
+``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted. The separable sums
+add in another order than PyTorch's row-major loop (equal up to rounding). When the windows tile the input
+(stride = kernel, no padding, no overhang: the usual 2x2 pooling) the backward pass repeats each share over its
+``kh x kw`` tile.
 """
 
 from __future__ import annotations
@@ -51,11 +55,15 @@ __all__ = [
 
 class MaxPool2dCache(NamedTuple):
     """offsets: (N, C, out_h, out_w) int16, the kernel offset ``i * kw + j`` that won each window (-1: none, for a
-    window entirely in the padding). ``indices`` gives them as PyTorch's ``return_indices``."""
+    window entirely in the padding); ``indices`` gives them as PyTorch's ``return_indices``.
+    column_choices: (N, C, Hp, out_w) int16, ``j + 1`` of the winner along each padded row's column window (the
+    first pass), by which the backward pass routes a row's gradient to its column."""
 
     offsets: Any
+    column_choices: Any  # None: the forward pass walked the kh * kw slices directly
     geometry: WindowGeometry
     dtype: Any
+    workspace_limit: Any
 
     @property
     def indices(self):
@@ -85,51 +93,98 @@ def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ce
     """
     xp, device = _check_input(x)
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    first = _first_in_bounds_offset(xp, geometry, device) + 1
-    pieces = [_running_maximum(xp, x[part, ...], geometry, first) for part in _pool_pieces(xp, x, geometry, workspace_limit)]
-    out = concat_pieces(xp, [values for values, _ in pieces])
-    offsets = concat_pieces(xp, [chosen for _, chosen in pieces]) - 1
-    return out, MaxPool2dCache(offsets, geometry, x.dtype)
+    first_row, first_col = (_first_in_bounds_step(xp, geometry, axis, device) for axis in (0, 1))
+    first = xp.where((first_row >= 0) & (first_col >= 0), first_row * geometry.kernel[1] + first_col + 1, 0)
+    separable = _separable_is_cheaper(geometry)
+    along_rows, across_rows = by_axis(geometry)
+    pieces = []
+    for part in _pool_pieces(xp, x, geometry, workspace_limit):
+        x_padded = pad(xp, x[part, ...], geometry, -math.inf)
+        if not separable:
+            out, chosen = _running_maximum(xp, x_padded, geometry, first)
+            pieces.append((out, chosen - 1))
+            continue
+        # Along each padded row first (column choice j + 1), then across the rows: a window's first maximum in
+        # row-major order is the first row maximum that beats the earlier rows' (NaN: the last NaN of the last
+        # row holding one), as the scan over all kh * kw elements finds it.
+        row_maxima, column_choices = _running_maximum(xp, x_padded, along_rows, first_col + 1)
+        candidates = (column_choices[..., r, :] + i * geometry.kernel[1] for (i, _), (r, _) in _slices(across_rows))
+        out, chosen = _running_maximum(xp, row_maxima, across_rows, first, candidates)
+        pieces.append((out, chosen - 1, column_choices))
+    out, offsets, *column_choices = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
+    column_choices = column_choices[0] if column_choices else None
+    return out, MaxPool2dCache(offsets, column_choices, geometry, x.dtype, workspace_limit)
 
 
-def _running_maximum(xp, x, geometry: WindowGeometry, first):
-    """Window maxima of one batch piece and the chosen offsets + 1 (int16; 0: none), by PyTorch's rule: in
-    row-major order take an element that is strictly greater than the maximum so far, or a NaN.
+def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
+    """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the choice of each: ``k + 1`` for
+    the k-th slice (or ``candidates``' k-th array), ``first`` where nothing beats ``-inf`` (0: no element in
+    bounds). PyTorch's rule: in order, take an element strictly greater than the maximum so far, or a NaN.
 
     Written without ``where`` (a slow, branchy select on NumPy): ``maximum`` propagates NaN as the rule does, and
-    since the offsets only grow, taking offset ``k`` is ``maximum(chosen, take * (k + 1))``. The first offset
-    needs no update: where it can be taken at all it is the first in-bounds one, which ``first`` already holds.
+    the choices grow with k, so taking the k-th is ``maximum(chosen, take * candidate_k)``. The first slice is
+    taken unless it lies in the padding (then its candidate is below ``first``) or the window has no element
+    in bounds.
     """
-    x_padded = pad(xp, x, geometry, -math.inf)
-    is_nan = xp.isnan(x_padded)
-    out, chosen = None, first
-    for k, (rows, cols) in enumerate(geometry.slices(i, j) for i, j in geometry.offsets()):
-        window = x_padded[..., rows, cols]
+    is_nan = xp.isnan(x)
+    out, chosen = None, None
+    candidates = candidates if candidates is not None else (k + 1 for k in range(len(geometry.offsets())))
+    for (_, (rows, cols)), candidate in zip(_slices(geometry), candidates, strict=True):
+        window = x[..., rows, cols]
         if out is None:
-            out = window
+            out, chosen = window, xp.maximum(first, candidate) * xp.astype(first > 0, xp.int16)
             continue
         take = xp.astype((window > out) | is_nan[..., rows, cols], xp.int16)
         out = xp.maximum(out, window)
-        chosen = xp.maximum(chosen, take * (k + 1))
+        chosen = xp.maximum(chosen, take * candidate)
     return out, xp.broadcast_to(chosen, out.shape)
 
 
+def _slices(geometry: WindowGeometry):
+    return [((i, j), geometry.slices(i, j)) for i, j in geometry.offsets()]
+
+
 def max_pool2d_backward(dout, cache: MaxPool2dCache):
-    """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element."""
-    offsets, geometry, dtype = cache
+    """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
+    (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
+    the chosen column, piece by piece so that the intermediate stays in cache)."""
+    offsets, column_choices, geometry, dtype, limit = cache
     n, channels = offsets.shape[:2]
     xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
-    # select(offsets == k, dout, 0) for every offset k, written so that NumPy's ``where`` sees a mask that is
-    # almost always true (a random one makes it several times slower): the product is exact where dout is
-    # finite, and a non-finite dout (inf * 0 = NaN) is kept only at the chosen offset.
-    finite = xp.isfinite(dout)
+    if column_choices is None:
+        parts = _routed(xp, dout, offsets + 1, geometry)
+        return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+    along_rows, across_rows = by_axis(geometry)
+    row_choices = offsets // geometry.kernel[1] + 1  # 0: none
+    pieces = []
+    for part in _pool_pieces(xp, dout, geometry, limit):
+        lead = (len(range(n)[part]), channels)
+        to_rows = _routed(xp, dout[part, ...], row_choices[part, ...], across_rows)
+        to_rows = scatter_windows(xp, to_rows, across_rows, lead, dtype=dout.dtype, device=device)
+        to_columns = _routed(xp, to_rows, column_choices[part, ...], along_rows)
+        grad = scatter_windows(xp, to_columns, along_rows, lead, dtype=dout.dtype, device=device)
+        pieces.append(crop(grad, geometry))
+    return concat_pieces(xp, pieces)
 
-    def routed(k):
-        chosen = offsets == k
-        return xp.where(finite | chosen, dout * xp.astype(chosen, dout.dtype), 0.0)
 
-    parts = (routed(k) for k in range(len(geometry.offsets())))
-    return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+def _separable_is_cheaper(geometry: WindowGeometry) -> bool:
+    """Whether the two passes of :func:`by_axis` walk fewer elements than the ``kh * kw`` slices (3x3 windows
+    with stride 1: 6336 against 9216 per 32x32 plane; 2x2 windows with stride 2: 1536 against 1024)."""
+    (kh, kw), (padded_h, _), (out_h, out_w) = geometry.kernel, geometry.padded_size, geometry.out_size
+    return kw * padded_h * out_w + kh * out_h * out_w < kh * kw * out_h * out_w
+
+
+def _routed(xp, grad, choices, geometry: WindowGeometry):
+    """For each slice k of ``geometry``: ``grad`` where ``choices == k + 1``, else 0.
+
+    Written so that NumPy's ``where`` sees a mask that is almost always true (a random one makes it several times
+    slower): the product is exact where grad is finite, and a non-finite grad (inf * 0 = NaN) is kept only where
+    chosen.
+    """
+    finite = xp.isfinite(grad)
+    for k in range(len(geometry.offsets())):
+        chosen = choices == k + 1
+        yield xp.where(finite | chosen, grad * xp.astype(chosen, grad.dtype), 0.0)
 
 
 def avg_pool2d_forward(
@@ -147,9 +202,11 @@ def avg_pool2d_forward(
         divisor_override = as_int(divisor_override, "divisor_override")
         if divisor_override <= 0:
             raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
-    rows, cols = by_axis(geometry)
+    along_rows, across_rows = by_axis(geometry)
     pieces = _pool_pieces(xp, x, geometry, workspace_limit)
-    total = concat_pieces(xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), rows), cols) for part in pieces])
+    total = concat_pieces(
+        xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), along_rows), across_rows) for part in pieces]
+    )
     divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
     return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape))
 
@@ -162,9 +219,9 @@ def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     share = dout / divisor
     if _tiles_input(geometry):
         return _from_tiles(xp, share, geometry, device)
-    rows, cols = by_axis(geometry)
-    along_rows = scatter_windows(xp, _repeated(share, cols), cols, lead, dtype=dout.dtype, device=device)
-    grad = scatter_windows(xp, _repeated(along_rows, rows), rows, lead, dtype=dout.dtype, device=device)
+    along_rows, across_rows = by_axis(geometry)
+    row_sums = scatter_windows(xp, _repeated(share, across_rows), across_rows, lead, dtype=dout.dtype, device=device)
+    grad = scatter_windows(xp, _repeated(row_sums, along_rows), along_rows, lead, dtype=dout.dtype, device=device)
     return crop(grad, geometry)
 
 
@@ -259,18 +316,14 @@ def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
     return rows[:, None] * geometry.in_size[1] + cols[None, :]
 
 
-def _first_in_bounds_offset(xp, geometry: WindowGeometry, device):
-    """(out_h, out_w) int16: the kernel offset of each window's first element inside x, -1 when the window lies
-    entirely in the padding (the gradient of an all ``-inf`` window goes there, as PyTorch's)."""
-    firsts = []
-    for axis in (0, 1):
-        d, k, size = geometry.dilation[axis], geometry.kernel[axis], geometry.in_size[axis]
-        starts, steps = _window_starts(geometry, axis), _first_steps(geometry, axis)
-        firsts.append([step if step < k and start + step * d < size else -1 for start, step in zip(starts, steps)])
-    kw = geometry.kernel[1]
-    rows = xp.asarray(firsts[0], dtype=xp.int16, device=device)[:, None]
-    cols = xp.asarray(firsts[1], dtype=xp.int16, device=device)[None, :]
-    return xp.where((rows >= 0) & (cols >= 0), rows * kw + cols, xp.asarray(-1, dtype=xp.int16, device=device))
+def _first_in_bounds_step(xp, geometry: WindowGeometry, axis: int, device):
+    """(out_h, 1) or (1, out_w) int16: along one axis, the kernel step of each window's first element inside x,
+    -1 when there is none (the window lies entirely in the padding)."""
+    d, k, size = geometry.dilation[axis], geometry.kernel[axis], geometry.in_size[axis]
+    starts, steps = _window_starts(geometry, axis), _first_steps(geometry, axis)
+    firsts = [step if step < k and start + step * d < size else -1 for start, step in zip(starts, steps)]
+    firsts = xp.asarray(firsts, dtype=xp.int16, device=device)
+    return firsts[:, None] if axis == 0 else firsts[None, :]
 
 
 def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device):

@@ -129,18 +129,19 @@ class _Stateless(Module):
 class MaxPool2d(_Stateless):
     forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, workspace_limit=None):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         ceil_mode=ceil_mode)
+                         ceil_mode=ceil_mode, workspace_limit=workspace_limit)
 
 
 class AvgPool2d(_Stateless):
     forward_fn, backward_fn = F.avg_pool2d_forward, F.avg_pool2d_backward
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None):
+                 divisor_override=None, *, workspace_limit=None):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                         count_include_pad=count_include_pad, divisor_override=divisor_override)
+                         count_include_pad=count_include_pad, divisor_override=divisor_override,
+                         workspace_limit=workspace_limit)
 
 
 class ReLU(_Stateless):
