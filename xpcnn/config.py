@@ -1,10 +1,12 @@
 """Global settings.
 
 ``workspace_limit``: the most bytes a convolution may spend on its column buffer (the im2col matrix of the
-kernel-offset slices, ``kh * kw`` times the size of the input it covers). Larger batches are processed in pieces
-of whole samples that fit (at least one sample at a time); results are the same. Small pieces also stay in the
-CPU's caches, which makes them faster than one large buffer. Set it globally with :func:`set_workspace_limit` (or
-the :func:`workspace_limit` context manager), or per call with ``conv2d_forward(..., workspace_limit=...)``.
+kernel-offset slices, ``kh * kw`` times the size of the input it covers), and a pooling op on its temporaries.
+Larger batches are processed in pieces of whole samples that fit (at least one sample at a time); results are the
+same. Small pieces also stay in the CPU's caches, which makes them faster than one large buffer: the default,
+2 MiB, is about one core's L2 cache. Set it globally with :func:`set_workspace_limit` (or the
+:func:`workspace_limit` context manager), or per call with ``conv2d_forward(..., workspace_limit=...)`` and the
+pooling functions' ``workspace_limit=``.
 """
 
 from __future__ import annotations
