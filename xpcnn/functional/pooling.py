@@ -108,7 +108,10 @@ def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ce
         # row-major order is the first row maximum that beats the earlier rows' (NaN: the last NaN of the last
         # row holding one), as the scan over all kh * kw elements finds it.
         row_maxima, column_choices = _running_maximum(xp, x_padded, along_rows, first_col + 1)
-        candidates = (column_choices[..., r, :] + i * geometry.kernel[1] for (i, _), (r, _) in _slices(across_rows))
+        candidates = (
+            column_choices[..., across_rows.slices(i, 0)[0], :] + i * geometry.kernel[1]
+            for i, _ in across_rows.offsets()
+        )
         out, chosen = _running_maximum(xp, row_maxima, across_rows, first, candidates)
         pieces.append((out, chosen - 1, column_choices))
     out, offsets, *column_choices = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
@@ -129,7 +132,8 @@ def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
     is_nan = xp.isnan(x)
     out, chosen = None, None
     candidates = candidates if candidates is not None else (k + 1 for k in range(len(geometry.offsets())))
-    for (_, (rows, cols)), candidate in zip(_slices(geometry), candidates, strict=True):
+    for (i, j), candidate in zip(geometry.offsets(), candidates, strict=True):
+        rows, cols = geometry.slices(i, j)
         window = x[..., rows, cols]
         if out is None:
             out, chosen = window, xp.maximum(first, candidate) * xp.astype(first > 0, xp.int16)
@@ -138,10 +142,6 @@ def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
         out = xp.maximum(out, window)
         chosen = xp.maximum(chosen, take * candidate)
     return out, xp.broadcast_to(chosen, out.shape)
-
-
-def _slices(geometry: WindowGeometry):
-    return [((i, j), geometry.slices(i, j)) for i, j in geometry.offsets()]
 
 
 def max_pool2d_backward(dout, cache: MaxPool2dCache):
