@@ -55,3 +55,19 @@ def test_ceil_mode_drops_a_window_that_starts_in_the_padding():
     assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((1, 1), (1, 1)), ceil_mode=True).out_size == (3, 3)
     assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (2, 2)
     assert window_geometry((5, 5), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (3, 3)
+
+
+@pytest.mark.parametrize("spec", GEOMETRIES[:3], ids=str)
+def test_in_place_and_standard_updates_agree(xp, monkeypatch, spec):
+    """The dispatch point: ``+=`` where the library allows it (NumPy, CuPy, PyTorch) and ``array_api_extra.at``
+    elsewhere add the same values bitwise; the standard path is also run here on the mutable backends."""
+    from xpcnn import _windows
+
+    geometry = window_geometry(**spec)
+    rng = np.random.default_rng(2)
+    parts = [xp.asarray(rng.standard_normal((2, 3, *geometry.out_size)).astype(np.float32)) for _ in geometry.offsets()]
+    dispatched = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
+    monkeypatch.setattr(_windows, "_mutable", lambda array: False)
+    standard = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
+    xp.assert_on_backend(standard, xp.float32)
+    np.testing.assert_array_equal(xp.to_numpy(dispatched), xp.to_numpy(standard))
