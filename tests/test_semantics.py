@@ -56,6 +56,21 @@ def maxpool_overlap():
     assert F.max_pool2d_backward(np.ones_like(out), cache)[0, 0, 1, 1] == 4.0
 
 
+
+def maxpool_nonfinite_dout():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 7))
+    for options in (dict(stride=1, padding=1), dict(stride=2, padding=1)):  # separable passes; direct slices
+        out, cache = F.max_pool2d_forward(x, 3, **options)
+        dout = rng.integers(-3, 4, out.shape).astype(np.float64)
+        dout.flat[rng.choice(dout.size, 12, replace=False)] = [np.inf, -np.inf, np.nan] * 4
+        expected = np.zeros((2 * 3, 7 * 7))
+        planes = np.arange(6)[:, None]
+        np.add.at(expected, (planes, cache.indices.reshape(6, -1)), dout.reshape(6, -1))  # one window at a time
+        dx = F.max_pool2d_backward(dout, cache)
+        np.testing.assert_array_equal(dx, expected.reshape(x.shape))
+        assert np.isfinite(dx).sum() == np.isfinite(expected).sum() > 0
+
 def avgpool_ceil():
     x = np.ones((1, 1, 5, 5))
     for count_include_pad in (True, False):

@@ -67,7 +67,7 @@ def test_in_place_and_standard_updates_agree(xp, monkeypatch, spec):
     rng = np.random.default_rng(2)
     parts = [xp.asarray(rng.standard_normal((2, 3, *geometry.out_size)).astype(np.float32)) for _ in geometry.offsets()]
     dispatched = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
-    monkeypatch.setattr(_windows, "_mutable", lambda array: False)
+    monkeypatch.setattr(_windows, "updates_in_place", lambda array: False)
     standard = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
     xp.assert_on_backend(standard, xp.float32)
     np.testing.assert_array_equal(xp.to_numpy(dispatched), xp.to_numpy(standard))

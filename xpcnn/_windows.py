@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import array_api_extra as xpx
 from array_api_compat import device as device_of
-from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
+
+from ._dispatch import updates_in_place
 
 _AXES = ("height", "width")
 
@@ -119,17 +120,10 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
     grad = xp.zeros((*leading_shape, *geometry.padded_size), dtype=dtype, device=device)
     if math.prod(grad.shape) == 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
         return grad[..., : geometry.in_size[0], : geometry.in_size[1]]
-    add = _add_in_place if _mutable(grad) else _add_at
+    add = _add_in_place if updates_in_place(grad) else _add_at
     for (i, j), part in zip(geometry.offsets(), parts, strict=True):
         grad = add(grad, (..., *geometry.slices(i, j)), part)
     return crop(grad, geometry)
-
-
-def _mutable(array) -> bool:
-    """Whether ``array`` (always one this module made) may be updated in place: the dispatch point between
-    ``+=`` on NumPy, CuPy and PyTorch and the standard ``array_api_extra.at`` everywhere else (JAX's immutable
-    arrays, Dask, array-api-strict), which does the same with a few microseconds more per call."""
-    return is_numpy_array(array) or is_cupy_array(array) or is_torch_array(array)
 
 
 def _add_in_place(grad, index, part):

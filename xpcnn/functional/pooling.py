@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .._dispatch import known_finite
 from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
 from .._windows import (
     WindowGeometry,
@@ -177,14 +178,16 @@ def _separable_is_cheaper(geometry: WindowGeometry) -> bool:
 def _routed(xp, grad, choices, geometry: WindowGeometry):
     """For each slice k of ``geometry``: ``grad`` where ``choices == k + 1``, else 0.
 
-    Written so that NumPy's ``where`` sees a mask that is almost always true (a random one makes it several times
-    slower): the product is exact where grad is finite, and a non-finite grad (inf * 0 = NaN) is kept only where
-    chosen.
+    A product with the 0/1 mask, exact where grad is finite. A non-finite grad (inf * 0 = NaN) must be kept only
+    where chosen: unless grad is known to be finite (:func:`xpcnn._dispatch.known_finite`), a ``where`` does that,
+    written so that NumPy's ``where`` sees a mask that is almost always true (a random one is several times
+    slower).
     """
-    finite = xp.isfinite(grad)
+    finite = None if known_finite(xp, grad) else xp.isfinite(grad)
     for k in range(len(geometry.offsets())):
         chosen = choices == k + 1
-        yield xp.where(finite | chosen, grad * xp.astype(chosen, grad.dtype), 0.0)
+        product = grad * xp.astype(chosen, grad.dtype)
+        yield product if finite is None else xp.where(finite | chosen, product, 0.0)
 
 
 def avg_pool2d_forward(

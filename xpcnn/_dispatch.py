@@ -1,0 +1,21 @@
+"""The one dispatch point for backend-specific fast paths. Every op is written on the array API standard; the
+questions below let it take a shortcut where one library allows it, and each shortcut has a standard fallback
+that the tests run too (on array-api-strict, JAX and Dask, and on every backend by switching the shortcut off).
+"""
+
+from __future__ import annotations
+
+from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
+
+
+def updates_in_place(array) -> bool:
+    """Whether ``array`` (always one that xpcnn itself made) may be updated with ``+=``: NumPy, CuPy and PyTorch.
+    Elsewhere ``array_api_extra.at`` does the same (JAX's arrays are immutable), with a few microseconds more per
+    call."""
+    return is_numpy_array(array) or is_cupy_array(array) or is_torch_array(array)
+
+
+def known_finite(xp, array) -> bool:
+    """True when ``array`` is known to hold no inf or NaN, found out for free: only NumPy's host arrays are
+    checked (elsewhere the answer would cost a device sync or force a lazy computation, so it is False)."""
+    return is_numpy_array(array) and bool(xp.all(xp.isfinite(array)))
