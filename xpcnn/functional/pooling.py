@@ -84,6 +84,7 @@ class AvgPool2dCache(NamedTuple):
     divisor: Any
     geometry: WindowGeometry
     x_shape: tuple
+    workspace_limit: Any
 
 
 def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False, workspace_limit=None):
@@ -211,21 +212,28 @@ def avg_pool2d_forward(
         xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), along_rows), across_rows) for part in pieces]
     )
     divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
-    return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape))
+    return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape), workspace_limit)
 
 
 def avg_pool2d_backward(dout, cache: AvgPool2dCache):
-    """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window."""
-    divisor, geometry, x_shape = cache
+    """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
+    across the rows, then along them, piece by piece so that the intermediate stays in cache)."""
+    divisor, geometry, x_shape, limit = cache
     lead = tuple(x_shape[:2])
     xp, device = check_upstream(dout, (*lead, *geometry.out_size), divisor, divisor.dtype)
     share = dout / divisor
     if _tiles_input(geometry):
         return _from_tiles(xp, share, geometry, device)
     along_rows, across_rows = by_axis(geometry)
-    row_sums = scatter_windows(xp, _repeated(share, across_rows), across_rows, lead, dtype=dout.dtype, device=device)
-    grad = scatter_windows(xp, _repeated(row_sums, along_rows), along_rows, lead, dtype=dout.dtype, device=device)
-    return crop(grad, geometry)
+    pieces = []
+    for part in _pool_pieces(xp, dout, geometry, limit):
+        piece_lead = (len(range(lead[0])[part]), lead[1])
+        row_sums = scatter_windows(
+            xp, _repeated(share[part, ...], across_rows), across_rows, piece_lead, dtype=dout.dtype, device=device
+        )
+        grad = scatter_windows(xp, _repeated(row_sums, along_rows), along_rows, piece_lead, dtype=dout.dtype, device=device)
+        pieces.append(crop(grad, geometry))
+    return concat_pieces(xp, pieces)
 
 
 def _sum(x, geometry: WindowGeometry):
