@@ -179,16 +179,14 @@ def _separable_is_cheaper(geometry: WindowGeometry) -> bool:
 def _routed(xp, grad, choices, geometry: WindowGeometry):
     """For each slice k of ``geometry``: ``grad`` where ``choices == k + 1``, else 0.
 
-    A product with the 0/1 mask, exact where grad is finite. A non-finite grad (inf * 0 = NaN) must be kept only
-    where chosen: unless grad is known to be finite (:func:`xpcnn._dispatch.known_finite`), a ``where`` does that,
-    written so that NumPy's ``where`` sees a mask that is almost always true (a random one is several times
-    slower).
+    Where grad is known to be finite (:func:`xpcnn._dispatch.known_finite`: NumPy, checked for free) a product
+    with the 0/1 mask, several times faster on NumPy than a ``where`` on a random mask. Otherwise the ``where``:
+    a non-finite grad must reach only the chosen element (``inf * 0`` would put NaN on the others).
     """
-    finite = None if known_finite(xp, grad) else xp.isfinite(grad)
+    fast = known_finite(xp, grad)
     for k in range(len(geometry.offsets())):
         chosen = choices == k + 1
-        product = grad * xp.astype(chosen, grad.dtype)
-        yield product if finite is None else xp.where(finite | chosen, product, 0.0)
+        yield grad * xp.astype(chosen, grad.dtype) if fast else xp.where(chosen, grad, 0.0)
 
 
 def avg_pool2d_forward(
