@@ -6,7 +6,8 @@
     python benchmarks/bench_layers.py --workload c --repeats 15
 
 For each workload, op and pass (forward, forward+backward) it prints the median time with min and max over
-``--repeats`` rounds (contenders interleaved in every round, after a warm-up), the ratio to PyTorch, GFLOP/s, the
+``--repeats`` rounds (contenders interleaved in every round, after a warm-up), the ratio to PyTorch (of the medians,
+and the median of the ratios within each round), GFLOP/s, the
 share of the GEMM limit (the matrix products an im2col convolution of that shape needs, timed alone) and peak
 memory (NumPy: tracemalloc; CUDA: the allocators' peaks), also as a multiple of input + output + weights.
 """
@@ -208,6 +209,8 @@ def bench(args):
                 row = dict(workload=name, op=op, **{"pass": "fwd+bwd" if with_backward else "fwd"},
                            contender=contender, **t)
                 row["vs_torch"] = t["median_ms"] / reference if reference else None
+                paired = reference and contender in fast  # timed in the same rounds as PyTorch
+                row["vs_torch_rounds"] = common.paired_ratio(t, timings["torch"]) if paired else None
                 row["gflops"] = flops / t["median_ms"] / 1e6 if flops else None
                 if contender == "xpcnn" and limit:
                     row["gemm_share"] = limit / t["median_ms"]
@@ -257,7 +260,7 @@ def main(argv=None):
     info = common.machine_info()
     print(f"# {args.backend} {args.dtype}; {info['cores']} cores; BLAS {info['blas']}; torch {info.get('torch')}")
     common.print_table(rows, ["workload", "op", "pass", "contender", "median_ms", "min_ms", "max_ms", "vs_torch",
-                              "gflops", "gemm_share", "peak_mb", "peak_vs_io"])
+                              "vs_torch_rounds", "gflops", "gemm_share", "peak_mb", "peak_vs_io"])
     if args.json:
         common.write_json(args.json, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
                                           machine=info, rows=rows))

@@ -71,7 +71,8 @@ class Backend:
 
 
 def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1):
-    """Median, min and max milliseconds of each callable, the contenders taking turns in every round."""
+    """Median, min and max milliseconds of each callable, the contenders taking turns in every round, and the
+    rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
@@ -83,7 +84,15 @@ def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1):
             fn()
             sync()
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: dict(median_ms=statistics.median(s), min_ms=min(s), max_ms=max(s)) for name, s in samples.items()}
+    return {name: dict(median_ms=statistics.median(s), min_ms=min(s), max_ms=max(s), samples_ms=s)
+            for name, s in samples.items()}
+
+
+def paired_ratio(ours: dict, reference: dict):
+    """The median over rounds of ours / reference within each round: on a shared machine a slow spell tends to
+    hit both contenders of one round, so this moves less than the ratio of the medians. None without rounds."""
+    pairs = [a / b for a, b in zip(ours.get("samples_ms", ()), reference.get("samples_ms", ())) if b > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 def machine_info():

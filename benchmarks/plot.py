@@ -27,9 +27,9 @@ def markdown(payloads):
     """One row per layer case (xpcnn, PyTorch, seed-style and GEMM-limit medians side by side) and per training run."""
     lines = []
     if any(p["benchmark"] == "layers" for p in payloads):
-        lines += ["| workload | op | pass | dtype | xpcnn ms (min-max) | PyTorch ms | ratio | seed-style ms "
-                  "| xpcnn speed-up vs seed | GFLOP/s | GEMM share | peak MiB (x in+out+w) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| workload | op | pass | dtype | xpcnn ms (min-max) | PyTorch ms | ratio | ratio per round "
+                  "| seed-style ms | xpcnn speed-up vs seed | GFLOP/s | GEMM share | peak MiB (x in+out+w) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for payload in payloads:
         if payload["benchmark"] == "layers":
             cases = {}
@@ -40,22 +40,28 @@ def markdown(payloads):
         else:
             ours = next(r for r in payload["rows"] if r["contender"] == "xpcnn")
             torch = next(r for r in payload["rows"] if r["contender"] == "torch")
+            per_round = ours.get("vs_torch_rounds")
             lines += ["", f"| training step (digits LeNet, batch {ours['batch_size']}) | xpcnn images/s "
-                      "| PyTorch images/s | ratio |", "|---|---|---|---|",
+                      "| PyTorch images/s | ratio | ratio per round |", "|---|---|---|---|---|",
                       f"| {payload['backend']} | {ours['images_per_s']:.0f} | {torch['images_per_s']:.0f} "
-                      f"| **{ours['vs_torch']:.2f}** |"]
+                      f"| **{ours['vs_torch']:.2f}** | {_number(per_round)} |"]
     return "\n".join(lines) + "\n"
 
 
 def _layer_row(workload, op, passes, dtype, by):
     ours, torch, seed = by["xpcnn"], by.get("torch"), by.get("seed-style")
     cells = [workload, op, passes, dtype, f"{ours['median_ms']:.3g} ({ours['min_ms']:.3g}-{ours['max_ms']:.3g})"]
-    cells += [f"{torch['median_ms']:.3g}", f"**{ours['median_ms'] / torch['median_ms']:.2f}**"] if torch else ["-", "-"]
+    cells += ([f"{torch['median_ms']:.3g}", f"**{ours['median_ms'] / torch['median_ms']:.2f}**",
+               _number(ours.get("vs_torch_rounds"))] if torch else ["-", "-", "-"])
     cells += [f"{seed['median_ms']:.4g}", f"{seed['median_ms'] / ours['median_ms']:.3g}x"] if seed else ["-", "-"]
     cells += [f"{ours['gflops']:.3g}", f"{ours['gemm_share']:.2f}"] if ours.get("gflops") else ["-", "-"]
     peak = ours.get("peak_mb")
     cells.append(f"{peak:.3g} ({ours['peak_vs_io']:.2f}x)" if peak is not None else "-")
     return "| " + " | ".join(cells) + " |"
+
+
+def _number(value):
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None):
