@@ -131,16 +131,14 @@ def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
     taken unless it lies in the padding (then its candidate is below ``first``) or the window has no element
     in bounds.
     """
-    is_nan = xp.isnan(x)
     out, chosen = None, None
     candidates = candidates if candidates is not None else (k + 1 for k in range(len(geometry.offsets())))
-    for (i, j), candidate in zip(geometry.offsets(), candidates, strict=True):
-        rows, cols = geometry.slices(i, j)
-        window = x[..., rows, cols]
+    for (_, _, window), candidate in zip(windows(x, geometry), candidates, strict=True):
+        window = xp.asarray(window, copy=True)  # one strided read; the comparisons then run on contiguous memory
         if out is None:
             out, chosen = window, xp.maximum(first, candidate) * xp.astype(first > 0, xp.int16)
             continue
-        take = xp.astype((window > out) | is_nan[..., rows, cols], xp.int16)
+        take = xp.astype((window > out) | xp.isnan(window), xp.int16)
         out = xp.maximum(out, window)
         chosen = xp.maximum(chosen, take * candidate)
     return out, xp.broadcast_to(chosen, out.shape)
