@@ -142,20 +142,27 @@ def crop(x_padded, geometry: WindowGeometry):
     return x_padded[..., top : top + height, left : left + width]
 
 
-def by_axis(geometry: WindowGeometry) -> tuple[WindowGeometry, WindowGeometry]:
+def by_axis(geometry: WindowGeometry, *, rows_first=True) -> tuple[WindowGeometry, WindowGeometry]:
     """The windows of ``geometry`` split into a pass along the rows and a pass across them, for reductions that
     separate (a window's sum is the sum of its rows' sums; likewise its maximum).
 
-    Returns ``(along_rows, across_rows)``: the first runs over the padded input, (Hp, Wp) -> (Hp, out_w), with
-    (1 x kw) windows; the second over its result, (Hp, out_w) -> (out_h, out_w), with (kh x 1) windows. Neither
-    pads: pad once for the whole op. ``kh + kw`` slices instead of ``kh * kw``.
+    Returns ``(first, second)``. With ``rows_first`` the first pass runs along the rows of the padded input,
+    (Hp, Wp) -> (Hp, out_w), with (1 x kw) windows, and the second across them, (Hp, out_w) -> (out_h, out_w),
+    with (kh x 1) windows: the order in which a row-major first maximum can be found. Otherwise the first pass
+    runs across the rows, (Hp, Wp) -> (out_h, Wp), and the second along them: with a row stride above 1 the first
+    pass then walks whole padded rows (long contiguous runs) and the second fewer rows. Neither pads: pad once for
+    the whole op. ``kh + kw`` slices instead of ``kh * kw``.
     """
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     none = ((0, 0), (0, 0))
-    along_rows = WindowGeometry((padded_h, padded_w), (1, kw), (1, sw), (1, dw), none, (padded_h, out_w))
-    across_rows = WindowGeometry((padded_h, out_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, out_w))
-    return along_rows, across_rows
+    if rows_first:
+        along_rows = WindowGeometry((padded_h, padded_w), (1, kw), (1, sw), (1, dw), none, (padded_h, out_w))
+        across_rows = WindowGeometry((padded_h, out_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, out_w))
+        return along_rows, across_rows
+    across_rows = WindowGeometry((padded_h, padded_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, padded_w))
+    along_rows = WindowGeometry((out_h, padded_w), (1, kw), (1, sw), (1, dw), none, (out_h, out_w))
+    return across_rows, along_rows
 
 
 def samples_per_piece(bytes_per_sample: int, limit: int) -> int:

@@ -202,11 +202,9 @@ def avg_pool2d_forward(
         divisor_override = as_int(divisor_override, "divisor_override")
         if divisor_override <= 0:
             raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
-    along_rows, across_rows = by_axis(geometry)
+    first, second = by_axis(geometry, rows_first=False)
     pieces = _pool_pieces(xp, x, geometry, workspace_limit)
-    total = concat_pieces(
-        xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), along_rows), across_rows) for part in pieces]
-    )
+    total = concat_pieces(xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), first), second) for part in pieces])
     divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
     return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape), workspace_limit)
 
@@ -220,14 +218,12 @@ def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     share = dout / divisor
     if _tiles_input(geometry):
         return _from_tiles(xp, share, geometry, device)
-    along_rows, across_rows = by_axis(geometry)
+    first, second = by_axis(geometry, rows_first=False)
     pieces = []
     for part in _pool_pieces(xp, dout, geometry, limit):
         piece_lead = (len(range(lead[0])[part]), lead[1])
-        row_sums = scatter_windows(
-            xp, _repeated(share[part, ...], across_rows), across_rows, piece_lead, dtype=dout.dtype, device=device
-        )
-        grad = scatter_windows(xp, _repeated(row_sums, along_rows), along_rows, piece_lead, dtype=dout.dtype, device=device)
+        sums = scatter_windows(xp, _repeated(share[part, ...], second), second, piece_lead, dtype=dout.dtype, device=device)
+        grad = scatter_windows(xp, _repeated(sums, first), first, piece_lead, dtype=dout.dtype, device=device)
         pieces.append(crop(grad, geometry))
     return concat_pieces(xp, pieces)
 
