@@ -197,11 +197,11 @@ def bench(args):
         for op, with_backward, contenders, flops in cases:
             slow = {k: v for k, v in contenders.items() if k == "seed-style"}
             fast = {k: v for k, v in contenders.items() if k != "seed-style"}
-            timings = common.time_interleaved(fast, args.repeats, backend.sync)
+            timings = common.time_interleaved(fast, args.repeats, backend.sync, settle_s=args.settle)
             if slow:  # the tutorials' loops: one cold run on the large workload (c), else as the others
                 large = name == "c" and not args.tiny
                 timings.update(common.time_interleaved(slow, 1 if large else args.repeats, backend.sync,
-                                                       warmup=0 if large else 1))
+                                                       warmup=0 if large else 1, settle_s=args.settle))
             reference = timings["torch"]["median_ms"] if "torch" in timings else None
             limit = timings.get("gemm-limit", {}).get("median_ms")
             base = _base_bytes(work, op)
@@ -252,6 +252,8 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds each contender runs untimed before its timed call in every round")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (smoke test)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json", type=Path, default=None)

@@ -63,7 +63,8 @@ def bench(args):
             torch.nn.functional.cross_entropy(net(xt), yt).backward()
             torch_optimizer.step()
 
-    timings = common.time_interleaved({"xpcnn": ours, "torch": theirs}, args.repeats, backend.sync)
+    timings = common.time_interleaved({"xpcnn": ours, "torch": theirs}, args.repeats, backend.sync,
+                                      settle_s=args.settle)
     rows = []
     for name, t in timings.items():
         images = args.steps * args.batch_size
@@ -83,6 +84,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds each contender runs untimed before its timed call in every round")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     rows = bench(args)

@@ -70,16 +70,26 @@ class Backend:
         return None
 
 
-def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1):
+def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, settle_s: float = 0.2):
     """Median, min and max milliseconds of each callable, the contenders taking turns in every round, and the
-    rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`)."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    sync()
+    rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`).
+
+    In every round each contender first runs untimed, ``warmup`` calls and at least ``settle_s`` seconds, right
+    before its timed call. The first calls after another library has run pay for the switch: that library's
+    worker threads go on spinning for work for a while (OpenBLAS's for about 0.1 s) on the same cores, and the
+    contender's own threads have to wake up. Measured on a 2-core machine: PyTorch's conv (c) forward +
+    backward took 90-112 ms straight after xpcnn's and 55-60 ms when run alone, and its digits training step 2.4-3.7
+    ms alone against 5-6 ms interleaved; timed straight after the other, each library looked faster than it is
+    against the other. Settled, each is timed in its steady state, as in a training loop of its own.
+    """
     samples = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            start, calls = time.perf_counter(), 0
+            while calls < warmup or (calls and time.perf_counter() - start < settle_s):
+                fn()
+                sync()
+                calls += 1
             start = time.perf_counter()
             fn()
             sync()

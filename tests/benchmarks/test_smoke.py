@@ -22,8 +22,10 @@ def test_bench_layers_plot_and_train(tmp_path, capsys):
     import plot
 
     for dtype in ("float32", "float64"):
-        bench_layers.main(["--tiny", "--repeats", "1", "--dtype", dtype, "--json", str(tmp_path / f"{dtype}.json")])
-    bench_train.main(["--steps", "1", "--repeats", "1", "--batch-size", "4", "--json", str(tmp_path / "train.json")])
+        bench_layers.main(["--tiny", "--repeats", "1", "--settle", "0", "--dtype", dtype,
+                           "--json", str(tmp_path / f"{dtype}.json")])
+    bench_train.main(["--steps", "1", "--repeats", "1", "--settle", "0", "--batch-size", "4",
+                      "--json", str(tmp_path / "train.json")])
     layers = json.loads((tmp_path / "float32.json").read_text())
     contenders = {(r["workload"], r["contender"]) for r in layers["rows"]}
     assert {("c", "xpcnn"), ("c", "torch"), ("c", "gemm-limit"), ("c", "seed-style"), ("d", "xpcnn")} <= contenders
