@@ -56,7 +56,6 @@ def maxpool_overlap():
     assert F.max_pool2d_backward(np.ones_like(out), cache)[0, 0, 1, 1] == 4.0
 
 
-
 def maxpool_nonfinite_dout():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 7, 7))
@@ -70,6 +69,7 @@ def maxpool_nonfinite_dout():
         dx = F.max_pool2d_backward(dout, cache)
         np.testing.assert_array_equal(dx, expected.reshape(x.shape))
         assert np.isfinite(dx).sum() == np.isfinite(expected).sum() > 0
+
 
 def avgpool_ceil():
     x = np.ones((1, 1, 5, 5))

@@ -156,13 +156,14 @@ def by_axis(geometry: WindowGeometry, *, rows_first=True) -> tuple[WindowGeometr
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.stride, geometry.dilation
     none = ((0, 0), (0, 0))
-    if rows_first:
-        along_rows = WindowGeometry((padded_h, padded_w), (1, kw), (1, sw), (1, dw), none, (padded_h, out_w))
-        across_rows = WindowGeometry((padded_h, out_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, out_w))
-        return along_rows, across_rows
-    across_rows = WindowGeometry((padded_h, padded_w), (kh, 1), (sh, 1), (dh, 1), none, (out_h, padded_w))
-    along_rows = WindowGeometry((out_h, padded_w), (1, kw), (1, sw), (1, dw), none, (out_h, out_w))
-    return across_rows, along_rows
+
+    def along_rows(rows):
+        return WindowGeometry((rows, padded_w), (1, kw), (1, sw), (1, dw), none, (rows, out_w))
+
+    def across_rows(cols):
+        return WindowGeometry((padded_h, cols), (kh, 1), (sh, 1), (dh, 1), none, (out_h, cols))
+
+    return (along_rows(padded_h), across_rows(out_w)) if rows_first else (across_rows(padded_w), along_rows(out_h))
 
 
 def samples_per_piece(bytes_per_sample: int, limit: int) -> int:

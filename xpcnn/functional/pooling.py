@@ -222,8 +222,9 @@ def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     pieces = []
     for part in _pool_pieces(xp, dout, geometry, limit):
         piece_lead = (len(range(lead[0])[part]), lead[1])
-        sums = scatter_windows(xp, _repeated(share[part, ...], second), second, piece_lead, dtype=dout.dtype, device=device)
-        grad = scatter_windows(xp, _repeated(sums, first), first, piece_lead, dtype=dout.dtype, device=device)
+        like = dict(dtype=dout.dtype, device=device)
+        sums = scatter_windows(xp, _repeated(share[part, ...], second), second, piece_lead, **like)
+        grad = scatter_windows(xp, _repeated(sums, first), first, piece_lead, **like)
         pieces.append(crop(grad, geometry))
     return concat_pieces(xp, pieces)
 
