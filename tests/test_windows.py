@@ -71,3 +71,30 @@ def test_in_place_and_standard_updates_agree(xp, monkeypatch, spec):
     standard = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
     xp.assert_on_backend(standard, xp.float32)
     np.testing.assert_array_equal(xp.to_numpy(dispatched), xp.to_numpy(standard))
+
+
+@pytest.mark.parametrize("fill", [0.0, -np.inf])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        *GEOMETRIES,
+        dict(in_size=(3, 20), kernel=(2, 3), stride=(1, 1), dilation=(1, 1), padding=((0, 0), (0, 0))),
+        dict(in_size=(5, 9), kernel=(2, 2), stride=(3, 2), dilation=(2, 3), padding=((1, 0), (2, 1)), ceil_mode=True),
+    ],
+    ids=str,
+)
+def test_stacked_windows_by_take_equal_stacked_slices(xp, spec, fill):
+    """Both ways of gathering every window (im2col) give the same array: the stacked strided slices of the
+    padded input, and one ``take`` from the flattened planes with ``fill`` at the padding's positions."""
+    from xpcnn._windows import stacked_windows
+
+    geometry = window_geometry(**spec)
+    x = xp.asarray(np.random.default_rng(3).standard_normal((2, 3, *spec["in_size"])).astype(np.float32))
+    by_slices = stacked_windows(xp.namespace, x, geometry, fill, by_take=False)
+    by_take = stacked_windows(xp.namespace, x, geometry, fill, by_take=True)
+    for stacked in (by_slices, by_take):
+        xp.assert_on_backend(stacked, xp.float32)
+        assert tuple(stacked.shape) == (2, 3, len(geometry.offsets()), *geometry.out_size)
+    np.testing.assert_array_equal(xp.to_numpy(by_take), xp.to_numpy(by_slices))
+    for k, (_, _, window) in enumerate(windows(pad(xp.namespace, x, geometry, fill), geometry)):
+        np.testing.assert_array_equal(xp.to_numpy(by_take)[:, :, k], xp.to_numpy(window))

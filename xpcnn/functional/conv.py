@@ -43,11 +43,10 @@ from .._windows import (
     WindowGeometry,
     batch_pieces,
     concat_pieces,
-    pad,
     samples_per_piece,
     scatter_windows,
+    stacked_windows,
     window_geometry,
-    windows,
 )
 from ..config import resolve_workspace_limit
 
@@ -209,11 +208,10 @@ def _batch_piece(xp, x, geometry: WindowGeometry, limit: int) -> int:
 
 def _im2col(xp, x, geometry: WindowGeometry, groups: int):
     """Columns (N, G, Cg*kh*kw, out_h*out_w) of x padded, ordered (channel, i, j) as the weights are."""
-    x_padded = pad(xp, x, geometry, 0.0)
-    n, channels = x_padded.shape[:2]
+    n, channels = x.shape[:2]
     kh, kw = geometry.kernel
     out_h, out_w = geometry.out_size
-    cols = xp.stack([window for _, _, window in windows(x_padded, geometry)], axis=2)
+    cols = stacked_windows(xp, x, geometry, 0.0)
     # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
     cols = xp.reshape(cols, (n, groups, channels // groups, kh * kw, out_h * out_w))
     return xp.reshape(cols, (n, groups, channels // groups * kh * kw, out_h * out_w))
