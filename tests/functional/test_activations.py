@@ -57,6 +57,34 @@ def test_edge_values_match_torch(torch, name):
     np.testing.assert_allclose(dx, x.grad.numpy(), rtol=1e-12, atol=0)
 
 
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "leaky_relu_default"])
+def test_nonfinite_upstream_matches_torch(xp, torch, name):
+    """An inf or NaN upstream gradient reaches only the elements whose derivative is not 0 (NumPy multiplies by
+    the 0/1 mask only when dout is finite), and edge inputs (0, -0, +-inf, NaN) route as PyTorch."""
+    (forward, backward), kwargs, reference = ACTIVATIONS[name]
+    x = np.concatenate([EDGE_VALUES, [-1.0, 2.0, -3.0, 0.0, -2.0]])
+    dout = np.resize([np.inf, -np.inf, np.nan, 1.0, -2.0], x.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    reference(torch, xt).backward(torch.tensor(dout))
+    for dtype, np_dtype in xp.float_dtypes():
+        out, cache = forward(xp.asarray(x, dtype), **kwargs)
+        assert_close(xp, out, reference(torch, torch.tensor(x)).numpy(), np_dtype)
+        assert_close(xp, backward(xp.asarray(dout, dtype), cache), xt.grad.numpy(), np_dtype)
+
+
+@pytest.mark.parametrize("slope", [-0.5, 0.0, 1.0, 2.5, float("inf")])
+def test_leaky_relu_every_slope_matches_the_select(slope):
+    """Each slope takes its own path (maximum for 0 < slope <= 1, else where; the backward's factor product
+    unless the slope is not finite) and all give ``where(x > 0, x, slope * x)`` and its gradient."""
+    x = np.concatenate([EDGE_VALUES, np.linspace(-3, 3, 13)])
+    dout = np.resize([np.inf, -np.inf, np.nan, 1.0, -2.0, 0.5], x.shape)
+    with np.errstate(invalid="ignore"):
+        out, cache = F.leaky_relu_forward(x, slope)
+        np.testing.assert_array_equal(out, np.where(x > 0, x, x * slope))
+        np.testing.assert_array_equal(F.leaky_relu_backward(dout, cache), np.where(x > 0, dout, dout * slope))
+
+
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_gradient_matches_finite_differences(name):
     (forward, backward), kwargs, _ = ACTIVATIONS[name]
