@@ -205,3 +205,20 @@ def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
     assert by_convolution[2] is None and by_col2im[2] is None
     for a, b in zip(by_convolution[:2], by_col2im[:2]):
         assert_close(xp, a, xp.to_numpy(b), np_dtype)
+
+
+def test_kept_columns_give_the_gradients_of_gathered_ones(xp):
+    """A batch that fits the workspace limit keeps its columns in the cache (no second gather); a larger one
+    does not. Both give the same gradients bitwise."""
+    rng = np.random.default_rng(6)
+    dtype, _ = xp.float_dtypes()[-1]
+    x = xp.asarray(rng.standard_normal((3, 4, 5, 6)), dtype)
+    w = xp.asarray(rng.standard_normal((6, 4, 3, 3)), dtype)
+    out, cache = conv2d_forward(x, w, padding=1)
+    assert cache.columns is not None
+    assert conv2d_forward(x, w, padding=1, workspace_limit=1)[1].columns is None
+    dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
+    kept = conv2d_backward(dout, cache)
+    gathered = conv2d_backward(dout, cache._replace(columns=None))
+    for a, b in zip(kept[:2], gathered[:2]):
+        np.testing.assert_array_equal(xp.to_numpy(a), xp.to_numpy(b))

@@ -4,7 +4,9 @@ Cross-correlation over NCHW input with ``(out_channels, in_channels // groups, k
 With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
 ``P = out_h * out_w`` output positions:
 
-The batch is processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`).
+The batch is processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`). When the whole
+batch fits in one piece, the cache keeps its columns for the backward pass (at most the limit's bytes);
+otherwise the backward pass gathers them again, piece by piece.
 
 Forward (im2col, one matrix product per group, the result already in NCHW order)::
 
@@ -54,7 +56,8 @@ __all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
 
 
 class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the input (its columns are gathered again, piece by piece)."""
+    """What :func:`conv2d_backward` needs: the input, and its columns when the whole batch fitted the workspace
+    limit in one piece (else None: they are gathered again, piece by piece)."""
 
     x: Any
     weight: Any
@@ -62,6 +65,7 @@ class Conv2dCache(NamedTuple):
     groups: int
     geometry: WindowGeometry
     workspace_limit: int  # bytes for one piece's column buffer
+    columns: Any = None
 
 
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, workspace_limit=None):
@@ -104,10 +108,10 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
     limit = resolve_workspace_limit(workspace_limit)
-    out = _correlate(xp, x, weight, geometry, groups, limit)
+    out, columns = _correlate(xp, x, weight, geometry, groups, limit)
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit)
+    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit, columns)
 
 
 def conv2d_backward(dout, cache: Conv2dCache):
@@ -115,7 +119,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
 
     Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None.
     """
-    x, weight, has_bias, groups, geometry, limit = cache
+    x, weight, has_bias, groups, geometry, limit, columns = cache
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
@@ -127,7 +131,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
 
     dweight, dx_parts = None, []
     for part in batch_pieces(n, _batch_piece(xp, x, geometry, limit)):
-        cols = _im2col(xp, x[part, ...], geometry, groups)
+        cols = columns if columns is not None else _im2col(xp, x[part, ...], geometry, groups)
         dout_part = dout_mat[part, ...]
         dweight_part = _weight_gradient(xp, dout_part, cols)
         dweight = dweight_part if dweight is None else dweight + dweight_part
@@ -144,7 +148,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
     if transposed is None:
         dx = concat_pieces(xp, dx_parts)
     else:
-        dx = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
+        dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
     dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
@@ -181,11 +185,16 @@ def _padding_pairs(padding, kernel, stride, dilation):
 
 
 def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int):
-    """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w)."""
+    """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w), and the
+    columns when the batch was one piece (else None)."""
     w_mat = _weight_matrix(xp, weight, groups)
     pieces = batch_pieces(x.shape[0], _batch_piece(xp, x, geometry, limit))
-    out = concat_pieces(xp, [xp.matmul(w_mat, _im2col(xp, x[part, ...], geometry, groups)) for part in pieces])
-    return xp.reshape(out, (x.shape[0], weight.shape[0], *geometry.out_size))
+    outs = []
+    for part in pieces:
+        columns = _im2col(xp, x[part, ...], geometry, groups)
+        outs.append(xp.matmul(w_mat, columns))
+    out = xp.reshape(concat_pieces(xp, outs), (x.shape[0], weight.shape[0], *geometry.out_size))
+    return out, columns if len(pieces) == 1 else None
 
 
 def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int):
