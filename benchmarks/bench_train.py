@@ -88,9 +88,12 @@ def main(argv=None):
                         help="seconds each contender runs untimed before its timed call in every round")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    state_before = common.machine_state()
     rows = bench(args)
     info = common.machine_info()
+    info["state"] = dict(before=state_before, after=common.machine_state())
     print(f"# training step, digits LeNet, {args.backend}; {info['cores']} cores; BLAS {info['blas']}")
+    print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {info['state']['before']}, after {info['state']['after']}")
     common.print_table(rows, ["contender", "batch_size", "median_ms", "min_ms", "max_ms", "images_per_s", "vs_torch",
                               "vs_torch_rounds"])
     if args.json:

@@ -105,6 +105,29 @@ def paired_ratio(ours: dict, reference: dict):
     return statistics.median(pairs) if pairs else None
 
 
+def machine_state(size_mib: int = 64, repeats: int = 5):
+    """How fast this shared machine is right now, on the host: a large float32 copy (GB/s, memory-bound) and a
+    float32 GEMM (GFLOP/s, compute-bound), medians of ``repeats``. Other tenants can halve the copy bandwidth for
+    minutes at a time while the GEMM rate barely moves; im2col and pooling are memory-bound, so their times move
+    with the copy figure. Taken before and after each run and written with the results."""
+    src = np.ones(size_mib * 2**18, dtype=np.float32)
+    dst = np.empty_like(src)
+    a = np.ones((512, 512), dtype=np.float32)
+
+    def median_s(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    copy_s = median_s(lambda: np.copyto(dst, src))
+    gemm_s = median_s(lambda: a @ a)
+    return dict(copy_gb_s=round(2 * src.nbytes / copy_s / 1e9, 2), gemm_gflop_s=round(2 * 512**3 / gemm_s / 1e9, 1))
+
+
 def machine_info():
     info = dict(
         machine=platform.machine(),
