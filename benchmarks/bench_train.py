@@ -54,7 +54,7 @@ def bench(args):
         for _ in range(args.steps):
             optimizer.zero_grad()
             loss_fn(model.forward(x), y)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)  # as PyTorch: x needs no gradient
             optimizer.step()
 
     def theirs():

@@ -45,7 +45,7 @@ def fit(model, loss_fn, optimizer, x, y, *, epochs=1, batch_size=32, validation_
             out = model.forward(xb)
             check_targets(out)
             loss = step_loss(out, yb)
-            model.backward(step_loss.backward(1.0))
+            model.backward(step_loss.backward(1.0), input_grad=False)
             optimizer.step()
             loss_sum = loss_sum + loss * index.shape[0]
             if classify:

@@ -44,6 +44,9 @@ def test_matches_torch(xp, torch, config):
             assert db is None
         else:
             assert_close(xp, db, grads["b"], np_dtype)
+        no_dx, dw_only, db_only = conv2d_backward(xp.asarray(dout, dtype), cache, input_grad=False)
+        assert no_dx is None and (db_only is None) == (b is None)
+        np.testing.assert_array_equal(xp.to_numpy(dw_only), xp.to_numpy(dw))
 
 
 @pytest.mark.parametrize(

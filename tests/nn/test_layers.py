@@ -149,6 +149,44 @@ def test_layer_equals_its_functional_op(make, forward, backward):
         np.testing.assert_allclose(p.grad, 2 * g)
 
 
+def test_backward_without_input_gradient(xp):
+    """``backward(dout, input_grad=False)`` gives every parameter the same gradient and returns None; in a
+    Sequential the layers before the first with parameters only release their caches (a flatten, say)."""
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    x = xp.asarray(RNG.standard_normal((3, 2, 6, 8)), dtype)
+    target = xp.asarray(RNG.integers(0, 3, 3), xp.int64)
+    criterion = nn.CrossEntropyLoss()
+    for model in (_cnn(xp.namespace, xp.device, dtype).eval(),
+                  nn.Sequential(nn.Flatten(), nn.Linear(96, 3, xp=xp.namespace, device=xp.device, dtype=dtype))):
+        criterion(model(x), target)
+        assert model.backward(criterion.backward()) is not None
+        expected = {name: xp.to_numpy(grad) for name, grad in model.named_gradients().items()}
+        model.zero_grad()
+        criterion(model(x), target)
+        assert model.backward(criterion.backward(), input_grad=False) is None
+        grads = model.named_gradients()
+        assert grads.keys() == expected.keys()
+        for name, grad in grads.items():
+            assert_close(xp, grad, expected[name], np_dtype)
+        with pytest.raises(RuntimeError, match="without a forward pass"):
+            model.layers[0].backward(x)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 2, 3, dtype=np.float64),
+                                  lambda: nn.Linear(5, 2, dtype=np.float64)], ids=["conv2d", "linear"])
+def test_parameter_layer_without_input_gradient(make):
+    layer = make()
+    x = RNG.standard_normal((2, 3, 5, 5) if isinstance(layer, nn.Conv2d) else (4, 5))
+    dout = RNG.standard_normal(layer(x).shape)
+    layer.backward(dout)
+    expected = [p.grad for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x)
+    assert layer.backward(dout, input_grad=False) is None
+    for p, g in zip(layer.parameters(), expected):
+        np.testing.assert_array_equal(p.grad, g)
+
+
 def test_backward_without_forward_raises():
     layer = nn.ReLU()
     with pytest.raises(RuntimeError, match="without a forward pass"):

@@ -114,10 +114,11 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit, columns)
 
 
-def conv2d_backward(dout, cache: Conv2dCache):
+def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     """Gradients of :func:`conv2d_forward`. dout: (N, O, out_h, out_w).
 
-    Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None.
+    Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None,
+    ``dx`` when not ``input_grad`` (the input needs no gradient: only dweight and dbias are computed).
     """
     x, weight, has_bias, groups, geometry, limit, columns = cache
     n, channels = x.shape[:2]
@@ -125,8 +126,9 @@ def conv2d_backward(dout, cache: Conv2dCache):
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
-    transposed = _transposed_geometry(geometry, channels, out_channels)
-    w_mat_t = None if transposed is not None else xp.matrix_transpose(_weight_matrix(xp, weight, groups))
+    transposed = _transposed_geometry(geometry, channels, out_channels) if input_grad else None
+    col2im = input_grad and transposed is None
+    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups)) if col2im else None
     num_offsets = len(geometry.offsets())
 
     dweight, dx_parts = None, []
@@ -135,7 +137,7 @@ def conv2d_backward(dout, cache: Conv2dCache):
         dout_part = dout_mat[part, ...]
         dweight_part = _weight_gradient(xp, dout_part, cols)
         dweight = dweight_part if dweight is None else dweight + dweight_part
-        if transposed is not None:
+        if not col2im:
             continue
         dcols = xp.matmul(w_mat_t, dout_part)
         m = dcols.shape[0]
@@ -145,9 +147,10 @@ def conv2d_backward(dout, cache: Conv2dCache):
         offsets = (dcols[:, :, k, ...] for k in range(num_offsets))
         dx_parts.append(scatter_windows(xp, offsets, geometry, (m, channels), dtype=dout.dtype, device=device))
 
-    if transposed is None:
+    dx = None
+    if col2im:
         dx = concat_pieces(xp, dx_parts)
-    else:
+    elif input_grad:
         dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
     dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None

@@ -53,14 +53,14 @@ def linear_forward(x, weight, bias=None):
     return out, LinearCache(x, weight, bias is not None)
 
 
-def linear_backward(dout, cache: LinearCache):
-    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None."""
+def linear_backward(dout, cache: LinearCache, *, input_grad=True):
+    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None, ``dx`` when not ``input_grad``."""
     x, weight, has_bias = cache
     out_features, in_features = weight.shape
     xp, _ = check_upstream(dout, (*x.shape[:-1], out_features), x, x.dtype)
     rows = math.prod(x.shape[:-1])
     dout2 = xp.reshape(dout, (rows, out_features))
-    dx = xp.matmul(dout, weight)
+    dx = xp.matmul(dout, weight) if input_grad else None
     dweight = xp.matmul(xp.matrix_transpose(dout2), xp.reshape(x, (rows, in_features)))
     dbias = xp.sum(dout2, axis=0) if has_bias else None
     return dx, dweight, dbias

@@ -75,8 +75,8 @@ class Conv2d(_Affine):
                                             workspace_limit=self.workspace_limit)
         return out
 
-    def backward(self, dout):
-        dx, dweight, dbias = F.conv2d_backward(dout, self._take_cache())
+    def backward(self, dout, *, input_grad=True):
+        dx, dweight, dbias = F.conv2d_backward(dout, self._take_cache(), input_grad=input_grad)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -96,8 +96,8 @@ class Linear(_Affine):
         out, self._cache = F.linear_forward(x, self.weight.data, self._bias_data())
         return out
 
-    def backward(self, dout):
-        dx, dweight, dbias = F.linear_backward(dout, self._take_cache())
+    def backward(self, dout, *, input_grad=True):
+        dx, dweight, dbias = F.linear_backward(dout, self._take_cache(), input_grad=input_grad)
         self._accumulate(dweight, dbias)
         return dx
 
@@ -119,8 +119,9 @@ class _Stateless(Module):
         out, self._cache = type(self).forward_fn(x, **self.options)
         return out
 
-    def backward(self, dout):
-        return type(self).backward_fn(dout, self._take_cache())
+    def backward(self, dout, *, input_grad=True):
+        cache = self._take_cache()
+        return type(self).backward_fn(dout, cache) if input_grad else None
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
@@ -196,8 +197,10 @@ class Dropout(Module):
         self.calls += 1
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, *, input_grad=True):
         cache = self._take_cache()
+        if not input_grad:
+            return None
         return dout if cache == "identity" else F.dropout_backward(dout, cache)
 
     def __repr__(self):
@@ -236,12 +239,12 @@ class BatchNorm2d(Module):
             self.running_var = (1.0 - m) * self.running_var + m * self._cache.batch_var
         return out
 
-    def backward(self, dout):
+    def backward(self, dout, *, input_grad=True):
         dx, dweight, dbias = F.batch_norm2d_backward(dout, self._take_cache())
         if self.weight is not None:
             self.weight.accumulate(dweight)
             self.bias.accumulate(dbias)
-        return dx
+        return dx if input_grad else None
 
     def __repr__(self):
         return f"BatchNorm2d({self.running_mean.shape[0]}, eps={self.eps}, momentum={self.momentum})"

@@ -1,7 +1,9 @@
 """Parameters, the Module base class and Sequential.
 
 A module's ``forward(x)`` keeps what its ``backward(dout)`` needs; ``backward`` returns the input gradient and
-adds the parameter gradients to each ``Parameter.grad``. Parameters and buffers are found by attribute, in the
+adds the parameter gradients to each ``Parameter.grad``. ``backward(dout, input_grad=False)`` skips the input
+gradient (and returns None) where nothing needs it, as PyTorch does for an input without ``requires_grad``: a
+Sequential model then stops at its first layer with parameters. Parameters and buffers are found by attribute, in the
 order they were set, and named as in PyTorch (``"0.weight"``, ``"3.running_mean"``).
 """
 
@@ -45,7 +47,8 @@ class Module:
     def forward(self, x):
         raise NotImplementedError
 
-    def backward(self, dout):
+    def backward(self, dout, *, input_grad=True):
+        """Add the parameter gradients to their ``grad``; return the input gradient (None if not ``input_grad``)."""
         raise NotImplementedError
 
     def _take_cache(self):
@@ -183,9 +186,12 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, dout):
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+    def backward(self, dout, *, input_grad=True):
+        """Run the layers' backward passes in reverse. Without ``input_grad``, the first layer with parameters
+        computes only their gradients and the layers before it only release their caches."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
+        for i in reversed(range(len(self.layers))):
+            dout = self.layers[i].backward(dout, input_grad=input_grad or i > first)
         return dout
 
     def __repr__(self):
