@@ -59,18 +59,23 @@ def test_ceil_mode_drops_a_window_that_starts_in_the_padding():
 
 @pytest.mark.parametrize("spec", GEOMETRIES[:3], ids=str)
 def test_in_place_and_standard_updates_agree(xp, monkeypatch, spec):
-    """The dispatch point: ``+=`` where the library allows it (NumPy, CuPy, PyTorch) and ``array_api_extra.at``
-    elsewhere add the same values bitwise; the standard path is also run here on the mutable backends."""
+    """The dispatch point: ``+=`` and slice assignment where the library allows it (NumPy, CuPy, PyTorch),
+    ``array_api_extra.at`` and concatenated blocks elsewhere give the same arrays bitwise (scatter and pad); the
+    standard paths are also run here on the mutable backends."""
     from xpcnn import _windows
 
     geometry = window_geometry(**spec)
     rng = np.random.default_rng(2)
     parts = [xp.asarray(rng.standard_normal((2, 3, *geometry.out_size)).astype(np.float32)) for _ in geometry.offsets()]
-    dispatched = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
+    x = xp.asarray(rng.standard_normal((2, 3, *geometry.in_size)).astype(np.float32))
+    dispatched = [scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)]
+    dispatched += [pad(xp.namespace, x, geometry, fill) for fill in (0.0, -np.inf)]
     monkeypatch.setattr(_windows, "updates_in_place", lambda array: False)
-    standard = scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)
-    xp.assert_on_backend(standard, xp.float32)
-    np.testing.assert_array_equal(xp.to_numpy(dispatched), xp.to_numpy(standard))
+    standard = [scatter_windows(xp, parts, geometry, (2, 3), dtype=xp.float32, device=xp.device)]
+    standard += [pad(xp.namespace, x, geometry, fill) for fill in (0.0, -np.inf)]
+    for a, b in zip(dispatched, standard, strict=True):
+        xp.assert_on_backend(b, xp.float32)
+        np.testing.assert_array_equal(xp.to_numpy(a), xp.to_numpy(b))
 
 
 @pytest.mark.parametrize("fill", [0.0, -np.inf])

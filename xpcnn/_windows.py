@@ -90,8 +90,9 @@ def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=Fal
 def pad(xp, x, geometry: WindowGeometry, value: float):
     """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed.
 
-    Built by concatenating constant blocks (in x's dtype, on x's device): no item assignment, so empty and lazy
-    arrays pad like any other.
+    Where the library updates arrays in place (:func:`xpcnn._dispatch.updates_in_place`), x is assigned into a
+    filled array (one copy). Elsewhere the padded array is concatenated from constant blocks (in x's dtype, on
+    x's device): no item assignment, so lazy and immutable arrays pad like any other.
     """
     (top, _), (left, _) = geometry.padding
     height, width = geometry.in_size
@@ -100,6 +101,10 @@ def pad(xp, x, geometry: WindowGeometry, value: float):
     if top == bottom == left == right == 0:
         return x
     lead, device = tuple(x.shape[:-2]), device_of(x)
+    if updates_in_place(x):
+        padded = xp.full((*lead, padded_height, padded_width), value, dtype=x.dtype, device=device)
+        padded[..., top : top + height, left : left + width] = x
+        return padded
 
     def block(rows, cols):
         return xp.full((*lead, rows, cols), value, dtype=x.dtype, device=device)
