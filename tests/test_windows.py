@@ -103,3 +103,36 @@ def test_stacked_windows_by_take_equal_stacked_slices(xp, spec, fill):
     np.testing.assert_array_equal(xp.to_numpy(by_take), xp.to_numpy(by_slices))
     for k, (_, _, window) in enumerate(windows(pad(xp.namespace, x, geometry, fill), geometry)):
         np.testing.assert_array_equal(xp.to_numpy(by_take)[:, :, k], xp.to_numpy(window))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        GEOMETRIES[1],
+        dict(in_size=(5, 7), kernel=(2, 3), stride=(1, 1), dilation=(2, 1), padding=((1, 0), (2, 2))),
+        dict(in_size=(3, 4), kernel=(3, 4), stride=(1, 1), dilation=(1, 1), padding=((0, 0), (0, 0))),
+    ],
+    ids=str,
+)
+def test_scatter_wide_rows_equals_scatter_windows(xp, spec):
+    """Stride-1 parts extended with zeros to the padded width, each added as one contiguous run, give what the
+    per-slice scatter gives (bitwise: every element sums the same values in the same order)."""
+    from xpcnn._windows import scatter_wide_rows
+
+    geometry = window_geometry(**spec)
+    (out_h, out_w), padded_w = geometry.out_size, geometry.padded_size[1]
+    rng = np.random.default_rng(4)
+    parts = [rng.standard_normal((2, 3, out_h, out_w)).astype(np.float32) for _ in geometry.offsets()]
+    wide = [np.concatenate([p, np.zeros((2, 3, out_h, padded_w - out_w), np.float32)], -1) for p in parts]
+    like = dict(dtype=xp.float32, device=xp.device)
+    expected = scatter_windows(xp, [xp.asarray(p) for p in parts], geometry, (2, 3), **like)
+    got = scatter_wide_rows(xp, [xp.asarray(w.reshape(2, 3, -1)) for w in wide], geometry, (2, 3), **like)
+    xp.assert_on_backend(got, xp.float32)
+    np.testing.assert_array_equal(xp.to_numpy(got), xp.to_numpy(expected))
+
+
+def test_scatter_wide_rows_needs_stride_one():
+    from xpcnn._windows import scatter_wide_rows
+
+    with pytest.raises(ValueError, match="stride 1"):
+        scatter_wide_rows(np, [], window_geometry(**GEOMETRIES[0]), (1,), dtype=np.float32, device="cpu")

@@ -11,7 +11,8 @@ A sliding 2-D window over the last two axes of an (N, C, H, W) array is describe
 * :func:`scatter_windows` is the accumulating inverse (col2im): it adds one ``(N, C, out_h, out_w)`` array per offset
   back into the slice it came from and crops the padding. Overlapping windows accumulate; within one offset every
   position is distinct, so there is no scatter-add, no integer indexing and no atomics: the result is deterministic
-  on every backend.
+  on every backend. :func:`scatter_wide_rows` does the same for stride 1 from rows padded to the full width, one
+  contiguous run per offset.
 
 Only basic strided slices with in-bounds stops and ``take`` along one axis are used, which every array API library
 supports.
@@ -175,6 +176,28 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
     add = _add_in_place if updates_in_place(grad) else _add_at
     for (i, j), part in zip(geometry.offsets(), parts, strict=True):
         grad = add(grad, (..., *geometry.slices(i, j)), part)
+    return crop(grad, geometry)
+
+
+def scatter_wide_rows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device):
+    """:func:`scatter_windows` for stride-1 windows, from parts whose rows run the whole padded width: each part
+    is ``(*leading_shape, out_h * Wp)``, every window row followed by ``Wp - out_w`` zeros.
+
+    Offset ``(i, j)`` then adds one contiguous run of the flattened padded plane, from ``i * dh * Wp + j * dw``
+    (the zeros fall on the starts of the next rows and add nothing), instead of out_h rows of out_w: NumPy pays
+    per row. The caller keeps the extension zero (it must not be ``0 * inf``).
+    """
+    (padded_h, padded_w), out_h, (dh, dw) = geometry.padded_size, geometry.out_size[0], geometry.dilation
+    if geometry.stride != (1, 1) or out_h + dh * (geometry.kernel[0] - 1) != padded_h:
+        raise ValueError(f"wide rows need stride 1 and no overhang, got {geometry}")
+    run = out_h * padded_w
+    starts = [i * dh * padded_w + j * dw for i, j in geometry.offsets()]
+    grad = xp.zeros((*leading_shape, max(starts) + run), dtype=dtype, device=device)
+    if math.prod(grad.shape) > 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
+        add = _add_in_place if updates_in_place(grad) else _add_at
+        for start, part in zip(starts, parts, strict=True):
+            grad = add(grad, (..., slice(start, start + run)), part)
+    grad = xp.reshape(grad[..., : padded_h * padded_w], (*leading_shape, padded_h, padded_w))
     return crop(grad, geometry)
 
 

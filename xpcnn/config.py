@@ -4,7 +4,8 @@
 kernel-offset slices, ``kh * kw`` times the size of the input it covers), and a pooling op on its temporaries.
 Larger batches are processed in pieces of whole samples that fit (at least one sample at a time); results are the
 same. Small pieces also stay in the CPU's caches, which makes them faster than one large buffer: the default,
-2 MiB, is about one core's L2 cache. Set it globally with :func:`set_workspace_limit` (or the
+2 MiB, was as fast as or faster than 256 KiB, 512 KiB and 1 MiB on every benchmark workload (a machine with 1 MiB
+of L2 per core and a shared 32 MiB L3). Set it globally with :func:`set_workspace_limit` (or the
 :func:`workspace_limit` context manager), or per call with ``conv2d_forward(..., workspace_limit=...)`` and the
 pooling functions' ``workspace_limit=``.
 """

@@ -225,3 +225,40 @@ def test_kept_columns_give_the_gradients_of_gathered_ones(xp):
     gathered = conv2d_backward(dout, cache._replace(columns=None))
     for a, b in zip(kept[:2], gathered[:2]):
         np.testing.assert_array_equal(xp.to_numpy(a), xp.to_numpy(b))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(padding=2, dilation=(1, 2), groups=2), dict(padding=(1, 0))],
+                         ids=str)
+def test_wide_row_col2im_equals_the_standard_one(xp, monkeypatch, options):
+    """Stride 1 with weights known finite (NumPy) adds dcols back in contiguous wide rows; the per-slice col2im
+    (every other backend, and non-finite weights) gives the same gradient."""
+    from xpcnn import _windows
+    from xpcnn.functional import conv
+
+    rng = np.random.default_rng(8)
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    x = xp.asarray(rng.standard_normal((3, 2, 7, 6)), dtype)
+    w = xp.asarray(rng.standard_normal((8, 2 // options.get("groups", 1), 3, 3)), dtype)
+    out, cache = conv2d_forward(x, w, **options)
+    assert conv._transposed_geometry(cache.geometry, 2, 8) is None  # 2 -> 8 channels: col2im
+    dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
+    calls = []
+    monkeypatch.setattr(conv, "scatter_wide_rows", lambda *args, **kw: calls.append(1) or wide(*args, **kw))
+    wide = _windows.scatter_wide_rows
+    dispatched = conv2d_backward(dout, cache)[0]
+    assert bool(calls) == (xp.name == "numpy")
+    monkeypatch.setattr(conv, "known_finite", lambda xp, array: False)
+    standard = conv2d_backward(dout, cache)[0]
+    xp.assert_on_backend(dispatched, dtype)
+    assert_close(xp, dispatched, xp.to_numpy(standard), np_dtype)
+
+
+def test_non_finite_weights_keep_the_standard_col2im():
+    """An inf weight must not meet the wide rows' zeros (inf * 0 = NaN): dx equals the per-slice col2im's."""
+    w = np.ones((4, 1, 3, 3))
+    w[0, 0, 1, 1] = np.inf
+    x = np.ones((2, 1, 5, 5))
+    with np.errstate(invalid="ignore"):  # OpenBLAS may multiply its own zero padding by inf
+        out, cache = conv2d_forward(x, w)
+        dx = conv2d_backward(np.ones(out.shape), cache)[0]
+    assert np.isinf(dx).sum() == 2 * 9 and not np.isnan(dx).any()

@@ -31,6 +31,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from array_api_compat import device as device_of
+
+from .._dispatch import known_finite
+
 from .._validation import (
     as_int,
     check_floating,
@@ -46,6 +50,7 @@ from .._windows import (
     batch_pieces,
     concat_pieces,
     samples_per_piece,
+    scatter_wide_rows,
     scatter_windows,
     stacked_windows,
     window_geometry,
@@ -129,7 +134,12 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     transposed = _transposed_geometry(geometry, channels, out_channels) if input_grad else None
     col2im = input_grad and transposed is None
     w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups)) if col2im else None
-    num_offsets = len(geometry.offsets())
+    wide_rows = (
+        col2im
+        and geometry.stride == (1, 1)
+        and out_channels <= channels * len(geometry.offsets())  # extending dout costs less than dcols' scatter
+        and known_finite(xp, weight)
+    )
 
     dweight, dx_parts = None, []
     for part in batch_pieces(n, _batch_piece(xp, x, geometry, limit)):
@@ -139,13 +149,7 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
         dweight = dweight_part if dweight is None else dweight + dweight_part
         if not col2im:
             continue
-        dcols = xp.matmul(w_mat_t, dout_part)
-        m = dcols.shape[0]
-        # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
-        dcols = xp.reshape(dcols, (m, groups, channels // groups, num_offsets, out_h, out_w))
-        dcols = xp.reshape(dcols, (m, channels, num_offsets, out_h, out_w))
-        offsets = (dcols[:, :, k, ...] for k in range(num_offsets))
-        dx_parts.append(scatter_windows(xp, offsets, geometry, (m, channels), dtype=dout.dtype, device=device))
+        dx_parts.append(_col2im(xp, w_mat_t, dout_part, geometry, channels, wide_rows))
 
     dx = None
     if col2im:
@@ -155,6 +159,33 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
+
+
+def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_rows: bool):
+    """dx (m, C, H, W) of one piece from dout (m, G, Og, P): ``dcols[n, g] = weight[g]^T @ dout[n, g]``, each
+    kernel offset's rows of dcols added back where they were gathered.
+
+    With ``wide_rows`` (stride 1, out_channels <= C * K, weights known finite) dout's rows are first extended with
+    zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous run
+    (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time: 7-19% faster forward + backward for
+    1 -> 6 channels 5x5 on 28x28, 6 -> 16 5x5 on 14x14, 3 -> 32 7x7 on 64x64. The zeros stay zeros through the
+    product only with finite weights.
+    """
+    m, groups, group_out, _ = dout.shape
+    num_offsets, (out_h, out_w) = len(geometry.offsets()), geometry.out_size
+    like = dict(dtype=dout.dtype, device=device_of(dout))
+    if wide_rows:
+        extra = geometry.padded_size[1] - out_w
+        rows = xp.reshape(dout, (m, groups, group_out, out_h, out_w))
+        rows = xp.concat([rows, xp.zeros((m, groups, group_out, out_h, extra), **like)], axis=-1)
+        dcols = xp.matmul(w_mat_t, xp.reshape(rows, (m, groups, group_out, out_h * (out_w + extra))))
+        dcols = xp.reshape(dcols, (m, channels, num_offsets, out_h * (out_w + extra)))
+        return scatter_wide_rows(xp, (dcols[:, :, k, :] for k in range(num_offsets)), geometry, (m, channels), **like)
+    dcols = xp.matmul(w_mat_t, dout)
+    # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
+    dcols = xp.reshape(dcols, (m, groups, channels // groups, num_offsets, out_h, out_w))
+    dcols = xp.reshape(dcols, (m, channels, num_offsets, out_h, out_w))
+    return scatter_windows(xp, (dcols[:, :, k, ...] for k in range(num_offsets)), geometry, (m, channels), **like)
 
 
 def _weight_gradient(xp, dout, cols):
