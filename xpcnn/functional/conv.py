@@ -151,6 +151,7 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
             continue
         dx_parts.append(_col2im(xp, w_mat_t, dout_part, geometry, channels, wide_rows))
 
+    cols = None  # the last piece's columns go before dx is assembled (a lower peak)
     dx = None
     if col2im:
         dx = concat_pieces(xp, dx_parts)
@@ -227,8 +228,10 @@ def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int)
     for part in pieces:
         columns = _im2col(xp, x[part, ...], geometry, groups)
         outs.append(xp.matmul(w_mat, columns))
+    if len(pieces) > 1:
+        columns = None  # the last piece's columns go before the pieces are joined (a lower peak)
     out = xp.reshape(concat_pieces(xp, outs), (x.shape[0], weight.shape[0], *geometry.out_size))
-    return out, columns if len(pieces) == 1 else None
+    return out, columns
 
 
 def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int):
