@@ -13,9 +13,8 @@ and in ReLU's backward where the upstream gradient is known to be finite (``0 * 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import math
+from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
 from .._validation import check_floating, check_upstream, namespace_and_device

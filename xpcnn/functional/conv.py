@@ -17,7 +17,8 @@ Backward::
 
     dweight[g]  = sum_n dout[n, g] @ cols[n, g]^T                                  (G, Og, Cg*K)
     dcols[n, g] = weight[g]^T @ dout[n, g]                                         (N, G, Cg*K, P)
-    dx          = col2im(dcols)   (each column added back where it was gathered)
+    dx          = col2im(dcols)   (each column added back where it was gathered; on NumPy, for stride 1, in rows
+                                   extended to the padded width, one contiguous run per kernel offset)
     dbias       = dout summed over N, out_h and out_w
 
 With stride 1, dx is itself a convolution: of dout, padded by ``d(k-1) - p`` on each side, with the kernel
@@ -31,10 +32,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from array_api_compat import device as device_of
-
 from .._dispatch import known_finite
-
 from .._validation import (
     as_int,
     check_floating,
@@ -149,7 +147,7 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
         dweight = dweight_part if dweight is None else dweight + dweight_part
         if not col2im:
             continue
-        dx_parts.append(_col2im(xp, w_mat_t, dout_part, geometry, channels, wide_rows))
+        dx_parts.append(_col2im(xp, w_mat_t, dout_part, geometry, channels, wide_rows, device))
 
     cols = None  # the last piece's columns go before dx is assembled (a lower peak)
     dx = None
@@ -162,7 +160,7 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     return dx, dweight, dbias
 
 
-def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_rows: bool):
+def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_rows: bool, device):
     """dx (m, C, H, W) of one piece from dout (m, G, Og, P): ``dcols[n, g] = weight[g]^T @ dout[n, g]``, each
     kernel offset's rows of dcols added back where they were gathered.
 
@@ -174,7 +172,7 @@ def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_row
     """
     m, groups, group_out, _ = dout.shape
     num_offsets, (out_h, out_w) = len(geometry.offsets()), geometry.out_size
-    like = dict(dtype=dout.dtype, device=device_of(dout))
+    like = dict(dtype=dout.dtype, device=device)
     if wide_rows:
         extra = geometry.padded_size[1] - out_w
         rows = xp.reshape(dout, (m, groups, group_out, out_h, out_w))
