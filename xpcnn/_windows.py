@@ -125,13 +125,18 @@ SHORT_ROWS = 16
 """Output rows shorter than this are gathered by ``take``: a strided copy pays a fixed cost per row (about 6 ns
 on NumPy), a ``take`` about 0.6 ns per element whatever the layout (benchmarks/README.md)."""
 
+MAX_TAKE_INDICES = 2**14
+"""``take`` also needs a plane's windows to hold at most this many elements: their indices are built in Python
+once per geometry and kept (for the last 32 geometries, up to about 0.6 MiB each)."""
+
 
 def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=None):
     """Every window of the (unpadded) ``x``, ``(..., H, W) -> (..., kh * kw, out_h, out_w)``; offsets in row-major
     order, positions in the padding hold ``fill``. ``by_take`` chooses the method (default: rows shorter than
-    :data:`SHORT_ROWS`); both give identical arrays."""
+    :data:`SHORT_ROWS`, at most :data:`MAX_TAKE_INDICES` window elements per plane); both give identical arrays."""
     if by_take is None:
-        by_take = geometry.out_size[1] < SHORT_ROWS
+        elements = len(geometry.offsets()) * math.prod(geometry.out_size)
+        by_take = geometry.out_size[1] < SHORT_ROWS and elements <= MAX_TAKE_INDICES
     if not by_take:
         return xp.stack([window for _, _, window in windows(pad(xp, x, geometry, fill), geometry)], axis=-3)
     lead, (height, width) = tuple(x.shape[:-2]), geometry.in_size
@@ -144,7 +149,7 @@ def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=Non
     return xp.reshape(xp.take(flat, indices, axis=-1), (*lead, len(geometry.offsets()), *geometry.out_size))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def _window_indices(geometry: WindowGeometry) -> tuple[tuple[int, ...], bool]:
     """The flat index ``row * W + col`` into an unpadded plane of every window element, in the order of
     :func:`stacked_windows` (``kh * kw * out_h * out_w`` Python ints, built once per geometry), ``H * W`` for
