@@ -263,7 +263,8 @@ def main(argv=None):
     info = common.machine_info()
     info["state"] = dict(before=state_before, after=common.machine_state())
     print(f"# {args.backend} {args.dtype}; {info['cores']} cores; BLAS {info['blas']}; torch {info.get('torch')}")
-    print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {info['state']['before']}, after {info['state']['after']}")
+    state = info["state"]
+    print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     common.print_table(rows, ["workload", "op", "pass", "contender", "median_ms", "min_ms", "max_ms", "vs_torch",
                               "vs_torch_rounds", "gflops", "gemm_share", "peak_mb", "peak_vs_io"])
     if args.json:

@@ -93,7 +93,8 @@ def main(argv=None):
     info = common.machine_info()
     info["state"] = dict(before=state_before, after=common.machine_state())
     print(f"# training step, digits LeNet, {args.backend}; {info['cores']} cores; BLAS {info['blas']}")
-    print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {info['state']['before']}, after {info['state']['after']}")
+    state = info["state"]
+    print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     common.print_table(rows, ["contender", "batch_size", "median_ms", "min_ms", "max_ms", "images_per_s", "vs_torch",
                               "vs_torch_rounds"])
     if args.json:

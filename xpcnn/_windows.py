@@ -193,7 +193,8 @@ def scatter_wide_rows(xp, parts, geometry: WindowGeometry, leading_shape, *, dty
     per row. The caller keeps the extension zero (it must not be ``0 * inf``).
     """
     (padded_h, padded_w), out_h, (dh, dw) = geometry.padded_size, geometry.out_size[0], geometry.dilation
-    if geometry.stride != (1, 1) or out_h + dh * (geometry.kernel[0] - 1) != padded_h:
+    spans = (o + d * (k - 1) for o, d, k in zip(geometry.out_size, geometry.dilation, geometry.kernel))
+    if geometry.stride != (1, 1) or tuple(spans) != geometry.padded_size:
         raise ValueError(f"wide rows need stride 1 and no overhang, got {geometry}")
     run = out_h * padded_w
     starts = [i * dh * padded_w + j * dw for i, j in geometry.offsets()]
