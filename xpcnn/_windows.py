@@ -175,12 +175,8 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
 
     Returns an array of shape ``(*leading_shape, H, W)``.
     """
-    grad = xp.zeros((*leading_shape, *geometry.padded_size), dtype=dtype, device=device)
-    if math.prod(grad.shape) == 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
-        return grad[..., : geometry.in_size[0], : geometry.in_size[1]]
-    add = _add_in_place if updates_in_place(grad) else _add_at
-    for (i, j), part in zip(geometry.offsets(), parts, strict=True):
-        grad = add(grad, (..., *geometry.slices(i, j)), part)
+    slices = [(..., *geometry.slices(i, j)) for i, j in geometry.offsets()]
+    grad = _accumulated(xp, (*leading_shape, *geometry.padded_size), slices, parts, dtype=dtype, device=device)
     return crop(grad, geometry)
 
 
@@ -198,13 +194,22 @@ def scatter_wide_rows(xp, parts, geometry: WindowGeometry, leading_shape, *, dty
         raise ValueError(f"wide rows need stride 1 and no overhang, got {geometry}")
     run = out_h * padded_w
     starts = [i * dh * padded_w + j * dw for i, j in geometry.offsets()]
-    grad = xp.zeros((*leading_shape, max(starts) + run), dtype=dtype, device=device)
-    if math.prod(grad.shape) > 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
-        add = _add_in_place if updates_in_place(grad) else _add_at
-        for start, part in zip(starts, parts, strict=True):
-            grad = add(grad, (..., slice(start, start + run)), part)
+    runs = [(..., slice(start, start + run)) for start in starts]
+    grad = _accumulated(xp, (*leading_shape, max(starts) + run), runs, parts, dtype=dtype, device=device)
     grad = xp.reshape(grad[..., : padded_h * padded_w], (*leading_shape, padded_h, padded_w))
     return crop(grad, geometry)
+
+
+def _accumulated(xp, shape, indices, parts, *, dtype, device):
+    """A zero array of ``shape`` with each part added at its index, in order (the indices of one call may
+    overlap; within one index every position is distinct)."""
+    grad = xp.zeros(shape, dtype=dtype, device=device)
+    if math.prod(shape) == 0:  # an empty batch: nothing to add (and Dask cannot assign to empty slices)
+        return grad
+    add = _add_in_place if updates_in_place(grad) else _add_at
+    for index, part in zip(indices, parts, strict=True):
+        grad = add(grad, index, part)
+    return grad
 
 
 def _add_in_place(grad, index, part):
