@@ -6,6 +6,8 @@ so that bad input never surfaces as an ``IndexError`` or a broadcasting error fr
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 import array_api_compat
@@ -17,15 +19,16 @@ def library_name(a) -> str:
     return type(a).__module__.split(".")[0]
 
 
-def namespace_and_device(**arrays):
-    """The array namespace and device shared by the named array arguments (``None`` values are skipped).
+def namespace_and_device(*, optional=(), **arrays):
+    """The array namespace and device shared by the named array arguments.
 
+    ``optional`` names the arguments that may be None (they are skipped then); None for any other is a TypeError.
     Raises a TypeError for a non-array and a ValueError naming both arguments when they come from different
     libraries or live on different devices: xpcnn never copies between host and device behind the user's back.
     """
     first_name = first = xp = None
     for name, a in arrays.items():
-        if a is None:
+        if a is None and name in optional:
             continue
         if not array_api_compat.is_array_api_obj(a):
             raise TypeError(f"{name} must be an array, got {type(a).__name__}")
@@ -65,13 +68,49 @@ def check_shape(a, name: str, expected: tuple, what: str) -> None:
         raise ValueError(f"{name} must have shape {tuple(expected)} ({what}), got {tuple(a.shape)}")
 
 
-def as_int(value, name: str) -> int:
-    if isinstance(value, bool):
+def as_int(value, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as a Python int (NumPy integers too; bools, floats and strings are refused), at least ``minimum``."""
+    if _is_bool(value):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def as_float(value, name: str, *, minimum: float | None = None, finite: bool = True) -> float:
+    """``value`` as a Python float: a real number (int, float, NumPy scalar or a 0-d host array is not taken:
+    strings and bools are refused), never NaN, finite unless ``finite=False``, at least ``minimum``."""
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a {'finite ' if finite else ''}number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def as_bool(value, name: str) -> bool:
+    """``value`` as a Python bool: only ``True``/``False`` (and NumPy's bools); strings, ints and None are refused."""
+    if not _is_bool(value):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
+def check_cache(cache, expected: type, op: str) -> None:
+    """A TypeError when ``cache`` is not what ``op``'s forward pass returned (a cache handed to the wrong op)."""
+    if not isinstance(cache, expected):
+        raise TypeError(
+            f"cache must be the cache that {op}_forward returned ({expected.__name__}), got {type(cache).__name__}"
+        )
 
 
 def int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:

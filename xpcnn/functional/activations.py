@@ -17,6 +17,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import check_floating, check_upstream, namespace_and_device
 
 __all__ = [
@@ -38,6 +39,7 @@ class LeakyReluCache(NamedTuple):
     negative_slope: float
 
 
+@half_in_float32
 def relu_forward(x):
     """max(x, 0); NaN stays NaN. Returns ``(out, cache)``, cache = out."""
     xp, device = _check_input(x)
@@ -45,6 +47,7 @@ def relu_forward(x):
     return out, out
 
 
+@half_in_float32_backward
 def relu_backward(dout, cache):
     """dx = dout where out > 0 or out is NaN, else 0 (0 at exactly 0)."""
     out = cache
@@ -54,6 +57,7 @@ def relu_backward(dout, cache):
     return xp.where(out <= 0, 0.0, dout)
 
 
+@half_in_float32
 def leaky_relu_forward(x, negative_slope=0.01):
     """x where x > 0, else negative_slope * x. Returns ``(out, cache)``."""
     xp, _ = _check_input(x)
@@ -65,6 +69,7 @@ def leaky_relu_forward(x, negative_slope=0.01):
     return out, LeakyReluCache(x, negative_slope)
 
 
+@half_in_float32_backward
 def leaky_relu_backward(dout, cache: LeakyReluCache):
     """dx = dout where x > 0, else negative_slope * dout."""
     x, negative_slope = cache
@@ -76,6 +81,7 @@ def leaky_relu_backward(dout, cache: LeakyReluCache):
     return dout * (positive + (1.0 - positive) * negative_slope)
 
 
+@half_in_float32
 def sigmoid_forward(x):
     """1 / (1 + exp(-x)), without overflow for large |x|. Returns ``(out, cache)``, cache = out."""
     xp, _ = _check_input(x)
@@ -85,6 +91,7 @@ def sigmoid_forward(x):
     return out, out
 
 
+@half_in_float32_backward
 def sigmoid_backward(dout, cache):
     """dx = dout * out * (1 - out)."""
     out = cache
@@ -92,6 +99,7 @@ def sigmoid_backward(dout, cache):
     return dout * out * (1.0 - out)
 
 
+@half_in_float32
 def tanh_forward(x):
     """tanh(x). Returns ``(out, cache)``, cache = out."""
     xp, _ = _check_input(x)
@@ -99,6 +107,7 @@ def tanh_forward(x):
     return out, out
 
 
+@half_in_float32_backward
 def tanh_backward(dout, cache):
     """dx = dout * (1 - out**2)."""
     out = cache
@@ -106,12 +115,14 @@ def tanh_backward(dout, cache):
     return dout * (1.0 - out * out)
 
 
+@half_in_float32
 def arctan_forward(x):
     """arctan(x). Returns ``(out, cache)``, cache = x."""
     xp, _ = _check_input(x)
     return xp.atan(x), x
 
 
+@half_in_float32_backward
 def arctan_backward(dout, cache):
     """dx = dout / (1 + x**2)."""
     x = cache

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     as_int,
     check_floating,
@@ -71,6 +72,7 @@ class Conv2dCache(NamedTuple):
     columns: Any = None
 
 
+@half_in_float32
 def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, workspace_limit=None):
     """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
 
@@ -80,7 +82,7 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     workspace_limit: bytes for the column buffer (default: the global setting of :mod:`xpcnn.config`).
     Returns ``(out, cache)``, out: (N, O, out_h, out_w) with ``out_h = floor((H + 2ph - dh(kh-1) - 1) / sh) + 1``.
     """
-    xp, device = namespace_and_device(x=x, weight=weight, bias=bias)
+    xp, device = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
     check_floating(xp, x, "x")
     check_ndim(x, "x", 4, "(N, C, H, W)")
     check_ndim(weight, "weight", 4, "(out_channels, in_channels // groups, kh, kw)")
@@ -117,6 +119,7 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit, columns)
 
 
+@half_in_float32_backward
 def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     """Gradients of :func:`conv2d_forward`. dout: (N, O, out_h, out_w).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._random import uniform
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import check_floating, check_upstream, namespace_and_device
 
 __all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
@@ -20,6 +21,7 @@ class DropoutCache(NamedTuple):
     scale: Any  # keep / (1 - p), of x's shape
 
 
+@half_in_float32
 def dropout_forward(x, p=0.5, *, seed=0, stream=0):
     """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p). Returns ``(out, cache)``."""
     xp, device = namespace_and_device(x=x)
@@ -35,6 +37,7 @@ def dropout_forward(x, p=0.5, *, seed=0, stream=0):
     return x * scale, DropoutCache(scale)
 
 
+@half_in_float32_backward
 def dropout_backward(dout, cache: DropoutCache):
     check_upstream(dout, cache.scale.shape, cache.scale, cache.scale.dtype)
     return dout * cache.scale

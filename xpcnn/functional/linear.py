@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     check_floating,
     check_ndim,
@@ -29,12 +30,13 @@ class LinearCache(NamedTuple):
     has_bias: bool
 
 
+@half_in_float32
 def linear_forward(x, weight, bias=None):
     """x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
 
     Returns ``(out, cache)``, out: (..., out_features).
     """
-    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias)
+    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
     check_floating(xp, x, "x")
     check_ndim(weight, "weight", 2, "(out_features, in_features)")
     check_same_dtype(weight, "weight", x, "x")
@@ -53,6 +55,7 @@ def linear_forward(x, weight, bias=None):
     return out, LinearCache(x, weight, bias is not None)
 
 
+@half_in_float32_backward
 def linear_backward(dout, cache: LinearCache, *, input_grad=True):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None, ``dx`` when not ``input_grad``."""
     x, weight, has_bias = cache

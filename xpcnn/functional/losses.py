@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import is_lazy_array
 
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     check_floating,
     check_ndim,
@@ -52,6 +53,7 @@ class MSECache(NamedTuple):
     reduction: str
 
 
+@half_in_float32
 def softmax_cross_entropy_forward(logits, target, *, reduction="mean", check_targets=True):
     """logits: (N, C) floating; target: (N,) integer class indices in [0, C).
 
@@ -94,6 +96,7 @@ def check_class_range(xp, target, classes: int) -> None:
         )
 
 
+@half_in_float32_backward
 def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
     """Returns dlogits (N, C)."""
     probs, onehot, reduction, valid = cache
@@ -105,6 +108,7 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
     return dlogits if valid is None else xp.where(valid[:, None], dlogits, math.nan)
 
 
+@half_in_float32
 def mse_loss_forward(pred, target, *, reduction="mean"):
     """pred, target: arrays of one shape and floating dtype. Returns ``(loss, cache)``."""
     check_reduction(reduction)
@@ -117,6 +121,7 @@ def mse_loss_forward(pred, target, *, reduction="mean"):
     return _reduce(xp, diff * diff, reduction), MSECache(diff, reduction)
 
 
+@half_in_float32_backward
 def mse_loss_backward(dloss, cache: MSECache):
     """Returns dpred, of pred's shape."""
     diff, reduction = cache

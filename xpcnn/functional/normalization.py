@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import check_floating, check_ndim, check_same_dtype, check_shape, check_upstream, namespace_and_device
 
 __all__ = ["BatchNorm2dCache", "batch_norm2d_forward", "batch_norm2d_backward"]
@@ -35,12 +36,16 @@ class BatchNorm2dCache(NamedTuple):
     batch_var: Any  # (C,) unbiased, or None in evaluation
 
 
+@half_in_float32
 def batch_norm2d_forward(x, weight=None, bias=None, *, running_mean=None, running_var=None, training=True, eps=1e-5):
     """x: (N, C, H, W); weight (gamma), bias (beta), running_mean, running_var: (C,) or None.
 
     With ``training=False`` the running statistics are used and must be given. Returns ``(out, cache)``.
     """
-    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    xp, _ = namespace_and_device(
+        x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var,
+        optional=("weight", "bias", "running_mean", "running_var"),
+    )
     check_floating(xp, x, "x")
     check_ndim(x, "x", 4, "(N, C, H, W)")
     channels = x.shape[1]
@@ -71,6 +76,7 @@ def batch_norm2d_forward(x, weight=None, bias=None, *, running_mean=None, runnin
     return out, BatchNorm2dCache(xhat, inv_std, gamma, training, batch_mean, batch_var)
 
 
+@half_in_float32_backward
 def batch_norm2d_backward(dout, cache: BatchNorm2dCache):
     """Returns ``(dx, dweight, dbias)``; dweight and dbias are (C,), None when weight/bias were None."""
     xhat, inv_std, gamma, training, _, _ = cache

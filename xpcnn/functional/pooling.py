@@ -29,6 +29,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
+from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
 from .._windows import (
     WindowGeometry,
@@ -87,6 +88,7 @@ class AvgPool2dCache(NamedTuple):
     workspace_limit: Any
 
 
+@half_in_float32
 def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False, workspace_limit=None):
     """Max pooling as ``torch.nn.functional.max_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
 
@@ -144,6 +146,7 @@ def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
     return out, xp.broadcast_to(chosen, out.shape)
 
 
+@half_in_float32_backward
 def max_pool2d_backward(dout, cache: MaxPool2dCache):
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
@@ -187,6 +190,7 @@ def _routed(xp, grad, choices, geometry: WindowGeometry):
         yield grad * xp.astype(chosen, grad.dtype) if fast else xp.where(chosen, grad, 0.0)
 
 
+@half_in_float32
 def avg_pool2d_forward(
     x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,
     workspace_limit=None,
@@ -209,6 +213,7 @@ def avg_pool2d_forward(
     return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape), workspace_limit)
 
 
+@half_in_float32_backward
 def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
     across the rows, then along them, piece by piece so that the intermediate stays in cache)."""
