@@ -132,7 +132,11 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
-    transposed = _transposed_geometry(geometry, channels, out_channels) if input_grad else None
+    # dx as a correlation of dout pads dout with zeros, which a non-finite weight would turn into NaN where
+    # PyTorch has none: that path needs weights known to be finite.
+    transposed = (
+        _transposed_geometry(geometry, channels, out_channels) if input_grad and known_finite(xp, weight) else None
+    )
     col2im = input_grad and transposed is None
     w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups)) if col2im else None
     wide_rows = (
