@@ -25,7 +25,9 @@ With stride 1, dx is itself a convolution: of dout, padded by ``d(k-1) - p`` on 
 flipped and its in/out channels swapped (per group). That path gathers and multiplies like the forward pass
 instead of adding K strided slices back. It is taken when the padding allows (``p <= d(k-1)``) and when it is the
 cheaper one: it gathers ``O * H * W`` values per kernel offset where col2im adds ``C * out_h * out_w`` (an add
-costing about two copies), so layers that expand the channels (1 -> 32, say) keep col2im.
+costing about two copies), so layers that expand the channels (1 -> 32, say) keep col2im. That path and the wide
+rows put zeros in front of the weights, so they are taken only for weights known to be finite (a NaN or inf weight
+would spread NaN where PyTorch has none).
 """
 
 from __future__ import annotations
@@ -132,48 +134,62 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
     out_h, out_w = geometry.out_size
     dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
-    # dx as a correlation of dout pads dout with zeros, which a non-finite weight would turn into NaN where
-    # PyTorch has none: that path needs weights known to be finite.
-    transposed = (
-        _transposed_geometry(geometry, channels, out_channels) if input_grad and known_finite(xp, weight) else None
-    )
-    col2im = input_grad and transposed is None
-    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups)) if col2im else None
-    wide_rows = (
-        col2im
-        and geometry.stride == (1, 1)
-        and out_channels <= channels * len(geometry.offsets())  # extending dout costs less than dcols' scatter
-        and known_finite(xp, weight)
-    )
 
-    dweight, dx_parts = None, []
-    for part in batch_pieces(n, _batch_piece(xp, x, geometry, limit)):
+    dweight = None
+    for part in batch_pieces(n, _batch_piece(xp, channels, x.dtype, geometry, limit)):
         cols = columns if columns is not None else _im2col(xp, x[part, ...], geometry, groups)
-        dout_part = dout_mat[part, ...]
-        dweight_part = _weight_gradient(xp, dout_part, cols)
+        dweight_part = _weight_gradient(xp, dout_mat[part, ...], cols)
         dweight = dweight_part if dweight is None else dweight + dweight_part
-        if not col2im:
-            continue
-        dx_parts.append(_col2im(xp, w_mat_t, dout_part, geometry, channels, wide_rows, device))
+    cols = None  # the last piece's columns go before dx is computed (a lower peak)
 
-    cols = None  # the last piece's columns go before dx is assembled (a lower peak)
-    dx = None
-    if col2im:
-        dx = concat_pieces(xp, dx_parts)
-    elif input_grad:
-        dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
+    dx = _correlate_transposed(xp, dout, weight, geometry, groups, channels, limit, device) if input_grad else None
     dweight = xp.reshape(dweight, weight.shape)
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
+
+
+def _correlate_transposed(xp, dout, weight, geometry: WindowGeometry, groups: int, channels: int, limit: int, device):
+    """The transpose of :func:`_correlate` (in x): from dout (N, O, out_h, out_w) to (N, C, H, W), C = channels.
+
+    conv2d's input gradient, and conv_transpose2d's output. ``dcols[n, g] = weight[g]^T @ dout[n, g]`` added back
+    where the forward pass gathered its columns (col2im), piece by piece; or, with stride 1, where it is the
+    cheaper path (:func:`_transposed_geometry`), a correlation of dout padded by ``d(k-1) - p`` with the kernel
+    flipped and its channels swapped. That padding, like col2im's wide rows, puts zeros in front of the weights:
+    both need weights known to be finite (:func:`xpcnn._dispatch.known_finite`), or a NaN or inf weight would
+    spread NaN where PyTorch has none.
+    """
+    n, out_channels = dout.shape[:2]
+    finite = known_finite(xp, weight)
+    transposed = _transposed_geometry(geometry, channels, out_channels) if finite else None
+    if transposed is not None:
+        dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
+        return dx
+    wide_rows = (
+        finite
+        and _windows_reach_the_far_edge(geometry)  # stride 1, no rows left below the last window
+        and out_channels <= channels * len(geometry.offsets())  # extending dout costs less than dcols' scatter
+    )
+    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups))
+    dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, geometry.out_size[0] * geometry.out_size[1]))
+    pieces = batch_pieces(n, _batch_piece(xp, channels, dout.dtype, geometry, limit))
+    return concat_pieces(xp, [_col2im(xp, w_mat_t, dout_mat[part, ...], geometry, channels, wide_rows, device)
+                              for part in pieces])
+
+
+def _windows_reach_the_far_edge(geometry: WindowGeometry) -> bool:
+    """Stride 1, and the last window ends on the padded input's last row and column: what col2im's wide rows
+    need (a transposed convolution's output_padding leaves rows and columns that no window reaches)."""
+    spans = tuple(o + d * (k - 1) for o, d, k in zip(geometry.out_size, geometry.dilation, geometry.kernel))
+    return geometry.stride == (1, 1) and spans == geometry.padded_size
 
 
 def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_rows: bool, device):
     """dx (m, C, H, W) of one piece from dout (m, G, Og, P): ``dcols[n, g] = weight[g]^T @ dout[n, g]``, each
     kernel offset's rows of dcols added back where they were gathered.
 
-    With ``wide_rows`` (stride 1, out_channels <= C * K, weights known finite) dout's rows are first extended with
-    zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous run
-    (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time: 7-19% faster forward + backward for
+    With ``wide_rows`` (stride 1 without overhang, out_channels <= C * K, weights known finite) dout's rows are
+    first extended with zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous
+    run (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time: 7-19% faster forward + backward for
     1 -> 6 channels 5x5 on 28x28, 6 -> 16 5x5 on 14x14, 3 -> 32 7x7 on 64x64. The zeros stay zeros through the
     product only with finite weights.
     """
@@ -228,7 +244,7 @@ def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int)
     """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w), and the
     columns when the batch was one piece (else None)."""
     w_mat = _weight_matrix(xp, weight, groups)
-    pieces = batch_pieces(x.shape[0], _batch_piece(xp, x, geometry, limit))
+    pieces = batch_pieces(x.shape[0], _batch_piece(xp, x.shape[1], x.dtype, geometry, limit))
     outs = []
     for part in pieces:
         columns = _im2col(xp, x[part, ...], geometry, groups)
@@ -240,14 +256,17 @@ def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int)
 
 
 def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int):
-    """The geometry of dx as a correlation of dout (stride 1, padding ``d(k-1) - p``) when that path applies and
-    is the cheaper one; None for col2im."""
+    """The geometry of dx as a correlation of dout (stride 1, padding ``d(k-1) - p`` before, and after whatever
+    gives back the input's size: ``d(k-1) - p`` too, plus a transposed convolution's output_padding) when that
+    path applies and is the cheaper one; None for col2im."""
     (height, width), (out_h, out_w) = geometry.in_size, geometry.out_size
     if geometry.stride != (1, 1) or out_channels * height * width > 2 * in_channels * out_h * out_w:
         return None
     pads = tuple(
-        (d * (k - 1) - before, d * (k - 1) - after)
-        for k, d, (before, after) in zip(geometry.kernel, geometry.dilation, geometry.padding)
+        (d * (k - 1) - before, size - out + before)
+        for k, d, (before, _), size, out in zip(
+            geometry.kernel, geometry.dilation, geometry.padding, geometry.in_size, geometry.out_size
+        )
     )
     if min(min(p) for p in pads) < 0:
         return None
@@ -263,13 +282,14 @@ def _flipped_transpose(xp, weight, groups: int):
     return xp.flip(w, axis=(2, 3))
 
 
-def _batch_piece(xp, x, geometry: WindowGeometry, limit: int) -> int:
+def _batch_piece(xp, channels: int, dtype, geometry: WindowGeometry, limit: int) -> int:
     """Samples per piece: as many as keep one piece's column buffer (and padded input) within the workspace
-    limit, at least one."""
+    limit, at least one. ``channels`` and ``dtype`` are those of the correlation's input: the array the columns
+    are gathered from (im2col) or added back into (col2im)."""
     kh, kw = geometry.kernel
     padded_h, padded_w = geometry.padded_size
-    per_sample = x.shape[1] * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
-    return samples_per_piece(per_sample * xp.finfo(x.dtype).bits // 8, limit)
+    per_sample = channels * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
+    return samples_per_piece(per_sample * xp.finfo(dtype).bits // 8, limit)
 
 
 def _im2col(xp, x, geometry: WindowGeometry, groups: int):
