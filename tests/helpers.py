@@ -175,6 +175,49 @@ def conv_configs(count, seed=0):
     return configs
 
 
+def conv_transpose_out_size(n, k, s, p, d, op):
+    """PyTorch's transposed-convolution output size; < 1 means illegal."""
+    return (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+
+
+def conv_transpose_configs(count, seed=0):
+    """Random legal conv_transpose2d configurations: non-square sizes, strides, kernels, padding and dilation,
+    output_padding up to its bound (below the stride or the dilation: rows no window reaches included), groups
+    (depthwise too), with and without bias; int and pair arguments."""
+    rng = random.Random(seed)
+    configs = []
+    while len(configs) < count:
+        groups = rng.choice([1, 1, 2, 3])
+        depthwise = groups > 1 and rng.random() < 0.3
+        cg = 1 if depthwise else rng.randint(1, 3)
+        og = rng.randint(1, 2)
+        kernel = (rng.randint(1, 4), rng.randint(1, 4))
+        size = (rng.randint(1, 7), rng.randint(1, 7))
+        stride = rng.choice([1, 2, 3, (2, 1), (1, 3)])
+        dilation = rng.choice([1, 1, 2, (1, 2), (2, 1), 3])
+        padding = rng.choice([0, 0, 1, 2, (1, 0), (0, 2)])
+        bounds = [max(s, d) for s, d in zip(_pair(stride), _pair(dilation))]
+        output_padding = tuple(rng.randint(0, b - 1) for b in bounds)
+        if output_padding[0] == output_padding[1] and rng.random() < 0.5:
+            output_padding = output_padding[0]
+        sizes = [conv_transpose_out_size(*args) for args in
+                 zip(size, kernel, _pair(stride), _pair(padding), _pair(dilation), _pair(output_padding))]
+        if min(sizes) < 1:
+            continue
+        configs.append(
+            dict(
+                x_shape=(rng.randint(1, 3), groups * cg, *size),
+                w_shape=(groups * cg, og, *kernel),
+                bias=rng.random() < 0.7,
+                stride=stride,
+                padding=padding,
+                output_padding=output_padding,
+                dilation=dilation,
+                groups=groups,
+            )
+        )
+    return configs
+
 def pool_configs(count, seed=0, *, with_dilation=True):
     """Random legal pooling configurations: kernel, stride (None too), padding up to kernel // 2, dilation,
     ceil_mode; non-square, overlapping and stride > kernel included."""

@@ -33,6 +33,10 @@ OPS = [
        lambda rng: {"x": rng.standard_normal((2, 4, 7, 6)), "weight": rng.standard_normal((6, 2, 3, 2)),
                     "bias": rng.standard_normal(6)},
        dict(stride=(2, 1), padding=1, dilation=(1, 2), groups=2)),
+    Op("conv_transpose2d", F.conv_transpose2d_forward, F.conv_transpose2d_backward,
+       lambda rng: {"x": rng.standard_normal((2, 4, 5, 6)), "weight": rng.standard_normal((4, 3, 3, 2)),
+                    "bias": rng.standard_normal(6)},
+       dict(stride=(2, 1), padding=1, output_padding=(1, 0), dilation=(1, 2), groups=2)),
     Op("max_pool2d", F.max_pool2d_forward, F.max_pool2d_backward,
        lambda rng: {"x": rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)},  # ties
        dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)),

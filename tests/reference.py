@@ -56,6 +56,35 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups, dout):
     return out, dx, dweight, (None if bias is None else dbias)
 
 
+def conv_transpose2d(x, weight, bias, stride, padding, output_padding, dilation, groups, dout):
+    """Returns (out, dx, dweight, dbias) of a transposed convolution, by loops over the input (n, c, h, w): each
+    element adds ``x * weight[c]`` into the window it reaches in the zero padded output, which is cropped."""
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding[0] + 1
+    ow = (w - 1) * sw - 2 * pw + dw * (kw - 1) + output_padding[1] + 1
+    out_padded = np.zeros((n, og * groups, oh + 2 * ph, ow + 2 * pw))
+    dout_padded = np.pad(dout, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dx = np.zeros_like(x)
+    dweight = np.zeros_like(weight)
+    cg = c // groups
+    for b in range(n):
+        for ic in range(c):
+            chans = slice(ic // cg * og, ic // cg * og + og)
+            for i in range(h):
+                for j in range(w):
+                    rows = slice(i * sh, i * sh + dh * (kh - 1) + 1, dh)
+                    cols = slice(j * sw, j * sw + dw * (kw - 1) + 1, dw)
+                    out_padded[b, chans, rows, cols] += x[b, ic, i, j] * weight[ic]
+                    window = dout_padded[b, chans, rows, cols]
+                    dx[b, ic, i, j] = np.sum(window * weight[ic])
+                    dweight[ic] += x[b, ic, i, j] * window
+    out = out_padded[:, :, ph : ph + oh, pw : pw + ow]
+    if bias is not None:
+        out = out + bias[:, None, None]
+    return out, dx, dweight, (None if bias is None else dout.sum(axis=(0, 2, 3)))
+
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, dout):
     """Returns (out, indices, dx), window by window as PyTorch's CPU kernel: start at -inf with the first
     position past the top/left padding, then take every in-bounds element that is greater or NaN (so the first

@@ -19,6 +19,8 @@ from xpcnn.functional import (
     avg_pool2d_forward,
     conv2d_backward,
     conv2d_forward,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
 )
@@ -78,6 +80,28 @@ def conv_cases(draw):
 
 
 @st.composite
+def conv_transpose_cases(draw):
+    channels = draw(st.integers(1, 5))
+    groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    size = (draw(st.integers(1, 6)), draw(st.integers(1, 6)))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    out = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1
+           for n, k, s, d, p, op in zip(size, kernel, stride, dilation, padding, output_padding)]
+    assume(min(out) >= 1)
+    return dict(
+        x_shape=(draw(st.integers(0, 3)), channels, *size),
+        w_shape=(channels, draw(st.integers(1, 2)), *kernel),
+        bias=draw(st.booleans()),
+        options=dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+                     groups=groups, workspace_limit=draw(st.sampled_from([None, 1]))),  # 1: one sample per piece
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+@st.composite
 def pool_cases(draw, with_dilation):
     size = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
@@ -115,6 +139,29 @@ def test_conv2d_equals_naive_loops(make_backend, case):
     else:
         np.testing.assert_allclose(xp.to_numpy(db), ref[3], **CLOSE)
 
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(case=conv_transpose_cases())
+def test_conv_transpose2d_equals_naive_loops(make_backend, case):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x, w = rng.standard_normal(case["x_shape"]), rng.standard_normal(case["w_shape"])
+    b = rng.standard_normal(case["w_shape"][1] * case["options"]["groups"]) if case["bias"] else None
+    out, cache = conv_transpose2d_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b),
+                                          **case["options"])
+    dout = rng.standard_normal(tuple(out.shape))
+    dx, dw, db = conv_transpose2d_backward(xp.asarray(dout), cache)
+    o = case["options"]
+    ref = reference.conv_transpose2d(x, w, b, o["stride"], o["padding"], o["output_padding"], o["dilation"],
+                                     o["groups"], dout)
+    np.testing.assert_allclose(xp.to_numpy(out), ref[0], **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref[1], **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dw), ref[2], **CLOSE)
+    if b is None:
+        assert db is None
+    else:
+        np.testing.assert_allclose(xp.to_numpy(db), ref[3], **CLOSE)
 
 @pytest.mark.parametrize("make_backend", BACKENDS)
 @PROPERTY

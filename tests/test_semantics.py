@@ -92,6 +92,35 @@ def conv_nan():
     np.testing.assert_array_equal(np.isnan(dw[0, 0]), [[True, False], [False, False]])
 
 
+def conv_transpose_nonfinite():
+    x = np.ones((1, 1, 3, 3))
+    w = np.ones((1, 1, 3, 3))
+    w[0, 0, 0, 0] = np.inf  # meets only the real x in the forward pass, dout's zero padding too in the backward
+    with np.errstate(invalid="ignore"):
+        out, cache = F.conv_transpose2d_forward(x, w, padding=1)
+        dx, dw, _ = F.conv_transpose2d_backward(np.ones_like(out), cache)
+    assert not np.isnan(out).any()
+    np.testing.assert_array_equal(np.isinf(out[0, 0]), [[True, True, False], [True, True, False], [False] * 3])
+    np.testing.assert_array_equal(np.isnan(dx[0, 0]), [[True] * 3, [True, False, False], [True, False, False]])
+    x[0, 0, 1, 1] = np.nan
+    with np.errstate(invalid="ignore"):
+        out, cache = F.conv_transpose2d_forward(x, np.ones((1, 1, 3, 3)), padding=1)
+        dx, dw, _ = F.conv_transpose2d_backward(np.ones_like(out), cache)
+    assert np.isnan(out).all() and np.isfinite(dx).all() and np.isnan(dw).all()
+
+
+def conv_transpose_output_padding():
+    x = np.ones((1, 1, 2, 2))
+    out, cache = F.conv_transpose2d_forward(x, np.ones((1, 1, 2, 2)), np.array([0.5]), stride=3, output_padding=2)
+    assert out.shape == (1, 1, 7, 7)
+    np.testing.assert_array_equal(out[0, 0, 5:], 0.5)  # rows that no window reaches: the bias alone
+    np.testing.assert_array_equal(out[0, 0, :, 5:], 0.5)
+    dout = np.zeros_like(out)
+    dout[0, 0, 5:] = dout[0, 0, :, 5:] = 7.0
+    dx, dw, db = F.conv_transpose2d_backward(dout, cache)
+    assert (dx == 0).all() and (dw == 0).all() and db[0] == 7.0 * (7 * 7 - 5 * 5)
+
+
 def relu_nan():
     x = np.array([np.nan])
     for name in ("relu", "leaky_relu", "sigmoid", "tanh", "arctan"):
@@ -160,7 +189,7 @@ def empty_batch():
         assert op.scalar_dloss or results[0].shape[0] == 0, op.name
         if op.scalar_dloss and op.options.get("reduction", "mean") == "mean":
             assert np.isnan(results[0])
-        if op.name in ("conv2d", "linear"):
+        if op.name in ("conv2d", "conv_transpose2d", "linear"):
             assert all((g == 0).all() for g in results[2:]), op.name
 
 

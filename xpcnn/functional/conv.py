@@ -1,4 +1,4 @@
-"""2-D convolution and its backward pass.
+"""2-D convolution, transposed convolution and their backward passes: one family on one window primitive.
 
 Cross-correlation over NCHW input with ``(out_channels, in_channels // groups, kh, kw)`` weights, as PyTorch.
 With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
@@ -28,6 +28,16 @@ cheaper one: it gathers ``O * H * W`` values per kernel offset where col2im adds
 costing about two copies), so layers that expand the channels (1 -> 32, say) keep col2im. That path and the wide
 rows put zeros in front of the weights, so they are taken only for weights known to be finite (a NaN or inf weight
 would spread NaN where PyTorch has none).
+
+The transposed convolution (``torch.nn.functional.conv_transpose2d``, weights ``(C_in, C_out / G, kh, kw)``) is
+the same pair read the other way round. Its forward pass is conv2d's input gradient with x in dout's place
+(:func:`_correlate_transposed`: col2im, or the correlation above); its backward pass is conv2d's forward pass
+applied to dout, and conv2d's weight gradient with x in dout's place, from one set of columns::
+
+    out         = col2im(weight^T @ x) + bias
+    cols        = im2col(dout)
+    dx          = weight @ cols
+    dweight     = sum_n x[n] @ cols[n]^T
 """
 
 from __future__ import annotations
@@ -37,7 +47,9 @@ from typing import Any, NamedTuple
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
+    as_bool,
     as_int,
+    check_cache,
     check_floating,
     check_ndim,
     check_same_dtype,
@@ -58,7 +70,14 @@ from .._windows import (
 )
 from ..config import resolve_workspace_limit
 
-__all__ = ["Conv2dCache", "conv2d_forward", "conv2d_backward"]
+__all__ = [
+    "Conv2dCache",
+    "conv2d_forward",
+    "conv2d_backward",
+    "ConvTranspose2dCache",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_backward",
+]
 
 
 class Conv2dCache(NamedTuple):
@@ -147,6 +166,187 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
     return dx, dweight, dbias
 
+
+class ConvTranspose2dCache(NamedTuple):
+    """What :func:`conv_transpose2d_backward` needs: the input and the weights. ``geometry`` is that of the
+    convolution the op transposes: from the output (Hout, Wout) to x's (H, W)."""
+
+    x: Any
+    weight: Any
+    has_bias: bool
+    groups: int
+    geometry: WindowGeometry
+    workspace_limit: int  # bytes for one piece's column buffer
+
+
+@half_in_float32
+def conv_transpose2d_forward(
+    x: Any,
+    weight: Any,
+    bias: Any | None = None,
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    output_padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+    workspace_limit: int | None = None,
+) -> tuple[Any, ConvTranspose2dCache]:
+    """2-D transposed convolution as ``torch.nn.functional.conv_transpose2d``: the input gradient of the
+    convolution with the same weights, stride, padding, dilation and groups, from x in the place of dout.
+
+    Parameters
+    ----------
+    x : array (N, C_in, H, W), real floating
+    weight : array (C_in, C_out // groups, kh, kw), x's dtype
+    bias : array (C_out,) or None
+    stride, padding, dilation : int or (height, width) pair
+        stride and dilation >= 1, padding >= 0 (removed from both sides of the output).
+    output_padding : int or (height, width) pair
+        Rows and columns added to the bottom and right of the output (reached by no window: bias only), each
+        smaller than the stride or the dilation of its axis.
+    groups : int
+        Divides C_in; ``C_out = weight.shape[1] * groups``.
+    workspace_limit : int, optional
+        Bytes for one batch piece's column buffer (default: the global setting of :mod:`xpcnn.config`).
+
+    Returns
+    -------
+    out : array (N, C_out, Hout, Wout)
+        ``Hout = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``, likewise Wout.
+    cache : ConvTranspose2dCache
+        For :func:`conv_transpose2d_backward`.
+
+    Raises
+    ------
+    TypeError
+        Non-arrays (None for x or weight), non-floating or mismatched dtypes, non-int arguments.
+    ValueError
+        Wrong ranks, channel, group or bias mismatches, empty kernels or planes, arrays from different libraries or
+        devices, bad stride, padding or dilation, output_padding not below the stride or dilation, an output
+        smaller than 1 x 1.
+    """
+    xp, device = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C_in, H, W)")
+    check_ndim(weight, "weight", 4, "(in_channels, out_channels // groups, kh, kw)")
+    check_same_dtype(weight, "weight", x, "x")
+    groups = as_int(groups, "groups", minimum=1)
+    n, channels, height, width = x.shape
+    in_channels, group_out, kh, kw = weight.shape
+    if min(in_channels, group_out, kh, kw) < 1:
+        raise ValueError(f"weight must have no empty axis, got shape {tuple(weight.shape)}")
+    if min(height, width) < 1:
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels, got weight with {in_channels} input channels")
+    if channels != in_channels:
+        raise ValueError(f"x has {channels} channels but weight expects weight.shape[0] = {in_channels}")
+    out_channels = group_out * groups
+    if bias is not None:
+        check_ndim(bias, "bias", 1, "(out_channels,)")
+        check_shape(bias, "bias", (out_channels,), "out_channels = weight.shape[1] * groups")
+        check_same_dtype(bias, "bias", x, "x")
+    geometry = _conv_transpose_geometry(
+        (height, width),
+        (kh, kw),
+        int_pair(stride, "stride", minimum=1),
+        int_pair(dilation, "dilation", minimum=1),
+        int_pair(padding, "padding", minimum=0),
+        int_pair(output_padding, "output_padding", minimum=0),
+    )
+
+    limit = resolve_workspace_limit(workspace_limit)
+    out = _correlate_transposed(xp, x, weight, geometry, groups, out_channels, limit, device)
+    if bias is not None:
+        out = out + xp.reshape(bias, (1, out_channels, 1, 1))
+    return out, ConvTranspose2dCache(x, weight, bias is not None, groups, geometry, limit)
+
+
+@half_in_float32_backward
+def conv_transpose2d_backward(
+    dout: Any, cache: ConvTranspose2dCache, *, input_grad: bool = True
+) -> tuple[Any | None, Any, Any | None]:
+    """Gradients of :func:`conv_transpose2d_forward`: a convolution of dout, and its weight gradient.
+
+    Parameters
+    ----------
+    dout : array (N, C_out, Hout, Wout), the forward output's shape and the forward input's dtype
+    cache : ConvTranspose2dCache
+        What :func:`conv_transpose2d_forward` returned.
+    input_grad : bool
+        False when x needs no gradient: only dweight and dbias are computed.
+
+    Returns
+    -------
+    dx : array (N, C_in, H, W), or None when not ``input_grad``
+    dweight : array (C_in, C_out // groups, kh, kw)
+    dbias : array (C_out,), or None when bias was None
+
+    Raises
+    ------
+    TypeError
+        A cache from another op, dout not an array or not of the forward input's dtype, a non-bool input_grad.
+    ValueError
+        dout of another shape, library or device than the forward pass's.
+
+    With ``cols`` the windows of dout (the columns conv2d gathers from its input, dout zero padded by p)::
+
+        dx[n, g]    = weight[g] @ cols[n, g]                     (conv2d of dout with the same weights)
+        dweight[g]  = sum_n x[n, g] @ cols[n, g]^T               (conv2d's weight gradient, x in dout's place)
+        dbias       = dout summed over N, Hout and Wout
+    """
+    check_cache(cache, ConvTranspose2dCache, "conv_transpose2d")
+    input_grad = as_bool(input_grad, "input_grad")
+    x, weight, has_bias, groups, geometry, limit = cache
+    n, in_channels, height, width = x.shape
+    out_channels = weight.shape[1] * groups
+    xp, _ = check_upstream(dout, (n, out_channels, *geometry.in_size), weight, weight.dtype)
+    x_mat = xp.reshape(x, (n, groups, in_channels // groups, height * width))
+    w_mat = _weight_matrix(xp, weight, groups)
+
+    dweight, dx_parts = None, []
+    for part in batch_pieces(n, _batch_piece(xp, out_channels, dout.dtype, geometry, limit)):
+        cols = _im2col(xp, dout[part, ...], geometry, groups)
+        dweight_part = _weight_gradient(xp, x_mat[part, ...], cols)
+        dweight = dweight_part if dweight is None else dweight + dweight_part
+        if input_grad:
+            dx_parts.append(xp.matmul(w_mat, cols))
+    cols = None  # the last piece's columns go before dx is assembled (a lower peak)
+
+    dx = xp.reshape(concat_pieces(xp, dx_parts), (n, in_channels, height, width)) if input_grad else None
+    dweight = xp.reshape(dweight, weight.shape)
+    dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
+    return dx, dweight, dbias
+
+
+def _conv_transpose_geometry(size, kernel, stride, dilation, padding, output_padding) -> WindowGeometry:
+    """The geometry of the convolution that conv_transpose2d transposes: its input is the transposed
+    convolution's output (Hout, Wout), padded by p on both sides, its output x's (H, W).
+
+    ``Hout = (H - 1) * s - 2p + d(k - 1) + output_padding + 1``: the padded output reaches as far as the last
+    window, and output_padding rows (columns) beyond it that no window reaches; with output_padding >= the stride
+    (PyTorch allows it below the dilation) that is more than a convolution's output size rounds away. Raises a
+    ValueError for output_padding not below the stride or the dilation, or an output smaller than 1 x 1.
+    """
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(
+            f"output_padding must be smaller than the stride or the dilation on each axis, got output_padding "
+            f"{output_padding} with stride {stride} and dilation {dilation}"
+        )
+    out_size = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, k, s, d, p, op in zip(size, kernel, stride, dilation, padding, output_padding)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"the output would be {out_size[0]} x {out_size[1]} = (H - 1) * stride - 2 * padding + dilation * "
+            f"(kernel - 1) + output_padding + 1 for x of height x width {size[0]} x {size[1]}, weight kernel size "
+            f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}, output_padding {output_padding}; "
+            "it must be at least 1 x 1"
+        )
+    pads = tuple((p, p) for p in padding)
+    return WindowGeometry(out_size, tuple(kernel), tuple(stride), tuple(dilation), pads, tuple(size))
 
 def _correlate_transposed(xp, dout, weight, geometry: WindowGeometry, groups: int, channels: int, limit: int, device):
     """The transpose of :func:`_correlate` (in x): from dout (N, O, out_h, out_w) to (N, C, H, W), C = channels.
