@@ -111,6 +111,8 @@ def test_cnn_matches_finite_differences():
 
 LAYERS = [
     (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1, dtype=np.float64), F.conv2d_forward, F.conv2d_backward),
+    (lambda: nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1, dtype=np.float64),
+     F.conv_transpose2d_forward, F.conv_transpose2d_backward),
     (lambda: nn.Linear(3 * 5 * 5, 4, dtype=np.float64), None, None),
     (lambda: nn.MaxPool2d(3, stride=1, padding=1), F.max_pool2d_forward, F.max_pool2d_backward),
     (lambda: nn.AvgPool2d(2, ceil_mode=True), F.avg_pool2d_forward, F.avg_pool2d_backward),
@@ -173,10 +175,12 @@ def test_backward_without_input_gradient(xp):
 
 
 @pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 2, 3, dtype=np.float64),
-                                  lambda: nn.Linear(5, 2, dtype=np.float64)], ids=["conv2d", "linear"])
+                                  lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, dtype=np.float64),
+                                  lambda: nn.Linear(5, 2, dtype=np.float64)],
+                         ids=["conv2d", "conv_transpose2d", "linear"])
 def test_parameter_layer_without_input_gradient(make):
     layer = make()
-    x = RNG.standard_normal((2, 3, 5, 5) if isinstance(layer, nn.Conv2d) else (4, 5))
+    x = RNG.standard_normal((4, 5) if isinstance(layer, nn.Linear) else (2, 3, 5, 5))
     dout = RNG.standard_normal(layer(x).shape)
     layer.backward(dout)
     expected = [p.grad for p in layer.parameters()]
@@ -246,6 +250,62 @@ def test_initialisation_follows_torch_bounds():
     np.testing.assert_array_equal(a, nn.Linear(4, 4).weight.data)
 
 
+def test_conv_transpose_initialisation_follows_torch(torch):
+    """PyTorch's fan_in for the transposed layout, weight.shape[1] * kh * kw = out_channels / groups * kh * kw,
+    bounds the weights and the bias; the bias has out_channels entries."""
+    layer = nn.ConvTranspose2d(6, 8, (3, 5), groups=2, seed=1)
+    reference = torch.nn.ConvTranspose2d(6, 8, (3, 5), groups=2)
+    assert layer.weight.data.shape == tuple(reference.weight.shape) == (6, 4, 3, 5)
+    assert layer.bias.data.shape == tuple(reference.bias.shape) == (8,)
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(reference.weight)
+    bound = 1 / math.sqrt(fan_in)
+    assert fan_in == 4 * 3 * 5
+    assert 0.95 * bound < np.abs(layer.weight.data).max() <= bound
+    assert 0.5 * bound < np.abs(layer.bias.data).max() <= bound
+    assert layer.weight.data.dtype == np.float32
+    assert nn.ConvTranspose2d(2, 3, 2, bias=False).bias is None
+
+
+def test_conv_transpose_repr():
+    assert repr(nn.ConvTranspose2d(4, 6, 3)) == (
+        "ConvTranspose2d(4, 6, kernel_size=(3, 3), stride=1, padding=0, output_padding=0, groups=1, dilation=1, "
+        "bias=True)"
+    )
+    layer = nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=1, output_padding=(1, 0), groups=2, bias=False,
+                               dilation=2)
+    assert repr(layer) == (
+        "ConvTranspose2d(4, 6, kernel_size=(3, 2), stride=(2, 1), padding=1, output_padding=(1, 0), groups=2, "
+        "dilation=2, bias=False)"
+    )
+
+
+@pytest.mark.torch_reference
+def test_conv_transpose_layer_matches_torch(xp, torch):
+    """Same weights (loaded by parameter name): output, input gradient and parameter gradients equal
+    torch.nn.ConvTranspose2d's; input_grad=False gives the same parameter gradients and no input gradient."""
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    layer = nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=1, output_padding=(1, 0), groups=2, dilation=(1, 2),
+                               xp=xp.namespace, device=xp.device, dtype=dtype, seed=4)
+    reference = torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 1), padding=1, output_padding=(1, 0), groups=2,
+                                         dilation=(1, 2)).double()
+    reference.load_state_dict({k: torch.tensor(v.astype(np.float64)) for k, v in _numpy_state(layer).items()})
+    x = RNG.standard_normal((3, 4, 5, 6))
+    xt = torch.tensor(x, requires_grad=True)
+    out_ref = reference(xt)
+    dout = RNG.standard_normal(tuple(out_ref.shape))
+    out_ref.backward(torch.tensor(dout))
+    assert_close(xp, layer(xp.asarray(x, dtype)), out_ref.detach().numpy(), np_dtype)
+    assert_close(xp, layer.backward(xp.asarray(dout, dtype)), xt.grad.numpy(), np_dtype)
+    grads = layer.named_gradients()
+    for name, p in reference.named_parameters():
+        assert_close(xp, grads[name], p.grad.numpy(), np_dtype)
+    layer.zero_grad()
+    layer(xp.asarray(x, dtype))
+    assert layer.backward(xp.asarray(dout, dtype), input_grad=False) is None
+    for name, p in reference.named_parameters():
+        assert_close(xp, layer.named_gradients()[name], p.grad.numpy(), np_dtype)
+
+
 def test_parameters_are_made_on_the_chosen_backend(xp):
     dtype = xp.float32
     model = _cnn(xp.namespace, xp.device, dtype)
@@ -276,6 +336,10 @@ def test_model_moves_between_backends_explicitly():
         (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups"),
         (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
         (lambda: nn.Conv2d(3, 4, 0), ValueError, "kernel_size"),
+        (lambda: nn.ConvTranspose2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide in_channels=3"),
+        (lambda: nn.ConvTranspose2d(3, 0, 3), ValueError, "out_channels must be >= 1"),
+        (lambda: nn.ConvTranspose2d(3, 4, (3, 0)), ValueError, "kernel_size"),
+        (lambda: nn.ConvTranspose2d(3, 4, 3, bias="yes"), TypeError, "bias must be True or False"),
         (lambda: nn.Linear(3, -1), ValueError, "out_features"),
         (lambda: nn.Linear(3.5, 2), TypeError, "in_features"),
         (lambda: nn.Dropout(1.5), ValueError, "probability"),

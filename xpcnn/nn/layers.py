@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 
 from .. import functional as F
-from .._validation import as_int, int_pair
+from .._validation import as_bool, as_int, int_pair
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
 __all__ = [
     "Conv2d",
+    "ConvTranspose2d",
     "Linear",
     "MaxPool2d",
     "AvgPool2d",
@@ -39,13 +40,15 @@ def _positive(value, name: str) -> int:
 class _Affine(Module):
     """A layer with a weight and an optional bias drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch."""
 
-    def _init_parameters(self, weight_shape, fan_in, bias, xp, device, dtype, seed):
+    def _init_parameters(self, weight_shape, fan_in, bias, xp, device, dtype, seed, *, out_features=None):
+        """``out_features``: the bias's length, weight_shape[0] by default."""
         xp, device, dtype = resolve(xp, device, dtype)
         seed = next_seed() if seed is None else seed
         bound = 1.0 / math.sqrt(fan_in)
         common = dict(xp=xp, device=device, dtype=dtype, seed=seed)
+        bias_shape = (weight_shape[0] if out_features is None else out_features,)
         self.weight = Parameter(uniform_parameter(weight_shape, bound, stream=0, **common))
-        self.bias = Parameter(uniform_parameter((weight_shape[0],), bound, stream=1, **common)) if bias else None
+        self.bias = Parameter(uniform_parameter(bias_shape, bound, stream=1, **common)) if bias else None
 
     def _bias_data(self):
         return None if self.bias is None else self.bias.data
@@ -85,6 +88,44 @@ class Conv2d(_Affine):
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"Conv2d({i * self.options['groups']}, {o}, kernel_size={(kh, kw)}, {options}, bias={self.bias is not None})"
 
+
+class ConvTranspose2d(_Affine):
+    """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``: weight ``(in_channels, out_channels // groups,
+    kh, kw)`` and bias ``(out_channels,)`` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan_in for
+    that layout, ``weight.shape[1] * kh * kw``. See :func:`xpcnn.functional.conv_transpose2d_forward`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
+                 dilation: int | tuple[int, int] = 1, *, xp=None, device=None, dtype=None, seed: int | None = None,
+                 workspace_limit: int | None = None):
+        super().__init__()
+        in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
+        groups = _positive(groups, "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        kh, kw = int_pair(kernel_size, "kernel_size", minimum=1)
+        self.options = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                            dilation=dilation)
+        self.workspace_limit = workspace_limit
+        shape, fan_in = (in_channels, out_channels // groups, kh, kw), out_channels // groups * kh * kw
+        self._init_parameters(shape, fan_in, as_bool(bias, "bias"), xp, device, dtype, seed, out_features=out_channels)
+
+    def forward(self, x):
+        out, self._cache = F.conv_transpose2d_forward(x, self.weight.data, self._bias_data(), **self.options,
+                                                      workspace_limit=self.workspace_limit)
+        return out
+
+    def backward(self, dout, *, input_grad: bool = True):
+        dx, dweight, dbias = F.conv_transpose2d_backward(dout, self._take_cache(), input_grad=input_grad)
+        self._accumulate(dweight, dbias)
+        return dx
+
+    def __repr__(self) -> str:
+        i, og, kh, kw = self.weight.data.shape
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return (f"ConvTranspose2d({i}, {og * self.options['groups']}, kernel_size={(kh, kw)}, {options}, "
+                f"bias={self.bias is not None})")
 
 class Linear(_Affine):
     def __init__(self, in_features, out_features, bias=True, *, xp=None, device=None, dtype=None, seed=None):
