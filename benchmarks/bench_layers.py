@@ -33,8 +33,12 @@ WORKLOADS = {
               pools=[("max", 2, 2, 0), ("avg", 2, 2, 0)], seed=True),
     "d": dict(x=(32, 64, 32, 32), w=None, conv=None,
               pools=[("max", 3, 1, 1), ("max", 3, 2, 1), ("avg", 3, 1, 1), ("avg", 3, 2, 1)], seed=False),
+    # transposed convolution, x 32x64x16x16 -> 32x64x32x32 (weight: in, out, kh, kw), beside xpcnn's conv2d of the
+    # mirrored shape, 32x64x32x32 -> 32x64x16x16: the same matrix products
+    "e": dict(x=(32, 64, 16, 16), w=(64, 64, 4, 4), conv=None, transposed=dict(stride=2, padding=1), pools=[],
+              seed=False),
 }
-TINY = dict(a=(2, 1, 6, 6), b=(4, 1, 28, 28), c=(2, 4, 12, 12), d=(2, 4, 12, 12))
+TINY = dict(a=(2, 1, 6, 6), b=(4, 1, 28, 28), c=(2, 4, 12, 12), d=(2, 4, 12, 12), e=(2, 4, 6, 6))
 
 
 def conv_flops(x_shape, w_shape, out_shape):
@@ -52,6 +56,17 @@ class Workload:
         self.x_host = rng.standard_normal(x_shape).astype(dtype)
         self.x = backend.asarray(self.x_host)
         self.x_torch = backend.torch_tensor(self.x_host, requires_grad=True)
+        if spec.get("transposed") is not None:
+            w_shape = (x_shape[1], x_shape[1], *spec["w"][2:]) if tiny else spec["w"]
+            self.w_host = (rng.standard_normal(w_shape) * 0.1).astype(dtype)
+            self.b_host = np.zeros(w_shape[1], dtype=dtype)
+            self.w, self.b = backend.asarray(self.w_host), backend.asarray(self.b_host)
+            self.w_torch = backend.torch_tensor(self.w_host, requires_grad=True)
+            self.b_torch = backend.torch_tensor(self.b_host, requires_grad=True)
+            out_host = F.conv_transpose2d_forward(self.x_host, self.w_host, **spec["transposed"])[0]
+            self.mirror_x = backend.asarray(rng.standard_normal(out_host.shape).astype(dtype))
+            self.mirror_w = backend.asarray((rng.standard_normal(w_shape) * 0.1).astype(dtype))  # (out, in, kh, kw)
+            self.mirror_b = backend.asarray(np.zeros(w_shape[0], dtype=dtype))
         if spec["conv"] is not None:
             w_shape = (min(spec["w"][0], x_shape[1] * 16), x_shape[1], *spec["w"][2:]) if tiny else spec["w"]
             self.w_host = (rng.standard_normal(w_shape) * 0.1).astype(dtype)
@@ -79,6 +94,30 @@ def conv_contenders(work, with_backward):
     if work.spec["seed"] and be.name == "numpy":
         contenders["seed-style"] = lambda: seed_conv(work.x_host, work.w_host, opts.get("padding", 0), with_backward)
     return contenders
+
+
+def conv_transpose_contenders(work, with_backward):
+    """conv_transpose2d in xpcnn and PyTorch, and xpcnn's conv2d of the mirrored shape (its input the size of the
+    transposed convolution's output): the same products, read the other way round."""
+    opts = work.spec["transposed"]
+    torch_f = work.backend.torch.nn.functional
+
+    def ours():
+        out, cache = F.conv_transpose2d_forward(work.x, work.w, work.b, **opts)
+        if with_backward:
+            F.conv_transpose2d_backward(out, cache)
+
+    def theirs():
+        out = torch_f.conv_transpose2d(work.x_torch, work.w_torch, work.b_torch, **opts)
+        if with_backward:
+            out.backward(out.detach())
+
+    def mirror():
+        out, cache = F.conv2d_forward(work.mirror_x, work.mirror_w, work.mirror_b, **opts)
+        if with_backward:
+            F.conv2d_backward(out, cache)
+
+    return {"xpcnn": ours, "torch": theirs, "xpcnn-conv2d-mirror": mirror}
 
 
 def gemm_limit(work, with_backward):
@@ -178,6 +217,11 @@ def bench(args):
         spec = WORKLOADS[name]
         work = Workload(name, spec, backend, dtype, args.tiny)
         cases = []
+        if spec.get("transposed") is not None:
+            flops = conv_flops(None, work.w_host.shape, work.x_host.shape)  # the mirrored conv2d's output is x's size
+            for with_backward in (False, True):
+                cases.append(("conv_transpose2d", with_backward, conv_transpose_contenders(work, with_backward),
+                              flops * (3 if with_backward else 1)))
         if spec["conv"] is not None:
             conv_out = F.conv2d_forward(work.x_host, work.w_host, **spec["conv"])[0]
             flops = conv_flops(work.x_host.shape, work.w_host.shape, conv_out.shape)
@@ -203,6 +247,7 @@ def bench(args):
                 timings.update(common.time_interleaved(slow, 1 if large else args.repeats, backend.sync,
                                                        warmup=0 if large else 1, settle_s=args.settle))
             reference = timings["torch"]["median_ms"] if "torch" in timings else None
+            mirror = timings.get("xpcnn-conv2d-mirror")
             limit = timings.get("gemm-limit", {}).get("median_ms")
             base = _base_bytes(work, op)
             for contender, t in timings.items():
@@ -214,8 +259,12 @@ def bench(args):
                 row["gflops"] = flops / t["median_ms"] / 1e6 if flops else None
                 if contender == "xpcnn" and limit:
                     row["gemm_share"] = limit / t["median_ms"]
-                if contender in ("xpcnn", "torch") and not args.no_memory:
-                    peak = backend.peak_memory_mb(contenders[contender], backend.name if contender == "xpcnn" else "torch")
+                if contender == "xpcnn" and mirror:  # against xpcnn's conv2d of the mirrored shape
+                    row["vs_mirror"] = t["median_ms"] / mirror["median_ms"]
+                    row["vs_mirror_rounds"] = common.paired_ratio(t, mirror)
+                if contender in ("xpcnn", "torch", "xpcnn-conv2d-mirror") and not args.no_memory:
+                    library = "torch" if contender == "torch" else backend.name
+                    peak = backend.peak_memory_mb(contenders[contender], library)
                     row["peak_mb"] = peak
                     row["peak_vs_io"] = peak / base if peak is not None else None
                 rows.append(row)
@@ -239,6 +288,9 @@ def conv_pool_contenders(work, kind, with_backward):
 def _base_bytes(work, op):
     """Input + output + weights in MiB: what the peak memory is compared with."""
     x = work.x_host.nbytes
+    if op == "conv_transpose2d":  # x is as large as the output of the mirrored conv2d, and the other way round
+        out = F.conv_transpose2d_forward(work.x_host[:1], work.w_host, **work.spec["transposed"])[0]
+        return (x + out.nbytes * work.x_host.shape[0] + work.w_host.nbytes + work.b_host.nbytes) / 2**20
     if op == "conv2d":
         out = F.conv2d_forward(work.x_host[:1], work.w_host, **work.spec["conv"])[0].nbytes * work.x_host.shape[0]
         return (x + out + work.w_host.nbytes + work.b_host.nbytes) / 2**20
@@ -266,7 +318,8 @@ def main(argv=None):
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     common.print_table(rows, ["workload", "op", "pass", "contender", "median_ms", "min_ms", "max_ms", "vs_torch",
-                              "vs_torch_rounds", "gflops", "gemm_share", "peak_mb", "peak_vs_io"])
+                              "vs_torch_rounds", "vs_mirror", "vs_mirror_rounds", "gflops", "gemm_share", "peak_mb",
+                              "peak_vs_io"])
     if args.json:
         common.write_json(args.json, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
                                           machine=info, rows=rows))

@@ -54,7 +54,7 @@ def _layer_row(workload, op, passes, dtype, by):
     cells += ([f"{torch['median_ms']:.3g}", f"**{ours['median_ms'] / torch['median_ms']:.2f}**",
                _number(ours.get("vs_torch_rounds"))] if torch else ["-", "-", "-"])
     cells += [f"{seed['median_ms']:.4g}", f"{seed['median_ms'] / ours['median_ms']:.3g}x"] if seed else ["-", "-"]
-    cells += [f"{ours['gflops']:.3g}", f"{ours['gemm_share']:.2f}"] if ours.get("gflops") else ["-", "-"]
+    cells += [f"{ours['gflops']:.3g}", _number(ours.get("gemm_share"))] if ours.get("gflops") else ["-", "-"]
     peak = ours.get("peak_mb")
     cells.append(f"{peak:.3g} ({ours['peak_vs_io']:.2f}x)" if peak is not None else "-")
     return "| " + " | ".join(cells) + " |"

@@ -28,7 +28,9 @@ def test_bench_layers_plot_and_train(tmp_path, capsys):
                       "--json", str(tmp_path / "train.json")])
     layers = json.loads((tmp_path / "float32.json").read_text())
     contenders = {(r["workload"], r["contender"]) for r in layers["rows"]}
-    assert {("c", "xpcnn"), ("c", "torch"), ("c", "gemm-limit"), ("c", "seed-style"), ("d", "xpcnn")} <= contenders
+    assert {("c", "xpcnn"), ("c", "torch"), ("c", "gemm-limit"), ("c", "seed-style"), ("d", "xpcnn"),
+            ("e", "xpcnn"), ("e", "xpcnn-conv2d-mirror")} <= contenders
+    assert all(r["vs_mirror"] > 0 for r in layers["rows"] if r["workload"] == "e" and r["contender"] == "xpcnn")
     plot.main([str(p) for p in sorted(tmp_path.glob("*.json"))]
               + ["--out", str(tmp_path / "ratios.png"), "--markdown", str(tmp_path / "table.md")])
     assert (tmp_path / "ratios.png").read_bytes()[:4] == b"\x89PNG"
