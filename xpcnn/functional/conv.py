@@ -35,7 +35,9 @@ from typing import Any, NamedTuple
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
+    as_bool,
     as_int,
+    check_cache,
     check_floating,
     check_ndim,
     check_same_dtype,
@@ -126,6 +128,8 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None,
     ``dx`` when not ``input_grad`` (the input needs no gradient: only dweight and dbias are computed).
     """
+    check_cache(cache, Conv2dCache, "conv2d")
+    input_grad = as_bool(input_grad, "input_grad")
     x, weight, has_bias, groups, geometry, limit, columns = cache
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]

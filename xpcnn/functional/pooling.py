@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
+from .._validation import as_bool, as_int, check_cache, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
 from .._windows import (
     WindowGeometry,
     batch_pieces,
@@ -151,6 +151,7 @@ def max_pool2d_backward(dout, cache: MaxPool2dCache):
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
     the chosen column, piece by piece so that the intermediate stays in cache)."""
+    check_cache(cache, MaxPool2dCache, "max_pool2d")
     offsets, column_choices, geometry, dtype, limit = cache
     n, channels = offsets.shape[:2]
     xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
@@ -202,6 +203,7 @@ def avg_pool2d_forward(
     """
     xp, device = _check_input(x)
     geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = as_bool(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override")
         if divisor_override <= 0:
@@ -217,6 +219,7 @@ def avg_pool2d_forward(
 def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
     across the rows, then along them, piece by piece so that the intermediate stays in cache)."""
+    check_cache(cache, AvgPool2dCache, "avg_pool2d")
     divisor, geometry, x_shape, limit = cache
     lead = tuple(x_shape[:2])
     xp, device = check_upstream(dout, (*lead, *geometry.out_size), divisor, divisor.dtype)
@@ -296,7 +299,7 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> Wind
             f"got padding {padding!r} with kernel_size {kernel_size!r}"
         )
     return window_geometry(
-        tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=bool(ceil_mode)
+        tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=as_bool(ceil_mode, "ceil_mode")
     )
 
 

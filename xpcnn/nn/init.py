@@ -11,13 +11,14 @@ import array_api_compat
 import array_api_compat.numpy as default_namespace
 
 from .._random import uniform
+from .._validation import as_int
 
 _global = {"seed": 0, "streams": 0}
 
 
 def manual_seed(seed: int) -> None:
     """Reset the global seed: layers built after it get the same parameters every time."""
-    _global.update(seed=int(seed), streams=0)
+    _global.update(seed=as_int(seed, "seed"), streams=0)
 
 
 def next_seed() -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from .. import functional as F
-from .._validation import as_int, int_pair
+from .._validation import as_bool, as_int, int_pair
+from ..functional.dropout import check_probability
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
@@ -41,7 +42,8 @@ class _Affine(Module):
 
     def _init_parameters(self, weight_shape, fan_in, bias, xp, device, dtype, seed):
         xp, device, dtype = resolve(xp, device, dtype)
-        seed = next_seed() if seed is None else seed
+        seed = next_seed() if seed is None else as_int(seed, "seed")
+        bias = as_bool(bias, "bias")
         bound = 1.0 / math.sqrt(fan_in)
         common = dict(xp=xp, device=device, dtype=dtype, seed=seed)
         self.weight = Parameter(uniform_parameter(weight_shape, bound, stream=0, **common))
@@ -184,10 +186,8 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, *, seed=None):
         super().__init__()
-        p = float(p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
-        self.p, self.seed, self.calls = p, next_seed() if seed is None else seed, 0
+        self.p = check_probability(p)
+        self.seed, self.calls = next_seed() if seed is None else as_int(seed, "seed"), 0
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
