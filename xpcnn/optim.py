@@ -33,7 +33,7 @@ class Optimizer:
             raise TypeError(f"params must be an iterable of Parameters (model.parameters()), got {type(params).__name__}")
         self.params = list(params)
         if not self.params:
-            raise ValueError("the optimizer got an empty parameter list")
+            raise ValueError("params must not be empty: the optimizer got an empty parameter list")
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):
                 raise TypeError(
