@@ -171,6 +171,18 @@ class Module:
         self.zero_grad()
         return self
 
+    def extra_repr(self) -> str:
+        """The arguments shown between the parentheses of :meth:`__repr__` (override it in a subclass)."""
+        return ""
+
+    def __repr__(self):
+        """PyTorch's layout: ``Name(extra_repr)``, or one line per child, ``(name): child``, indented."""
+        extra, children = self.extra_repr(), self.named_children()
+        if not children:
+            return f"{type(self).__name__}({extra})"
+        lines = ([extra] if extra else []) + [f"({name}): {_indented(repr(child))}" for name, child in children]
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
     def check_input(self, x) -> None:
         """A ValueError when ``x`` is not in the parameters' namespace and device (no silent host/device copy)."""
         params = self.parameters()
@@ -226,48 +238,9 @@ def located(error: Exception, where: str, module: Module) -> Exception:
         return error
 
 
+def _indented(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
 def _dtype_name(a) -> str:
     return str(a.dtype).rsplit(".", 1)[-1]
-
-
-class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
-
-    def __init__(self, *layers: Module):
-        super().__init__()
-        for layer in layers:
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential takes Module instances, got {type(layer).__name__}")
-        self.layers = list(layers)
-
-    def named_children(self):
-        return [(str(i), layer) for i, layer in enumerate(self.layers)]
-
-    def __getitem__(self, index):
-        return self.layers[index]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def forward(self, x):
-        self.check_input(x)
-        for i, layer in enumerate(self.layers):
-            try:
-                x = layer.forward(x)
-            except (ValueError, TypeError) as error:
-                raise located(error, f"layer {i}", layer) from error
-        return x
-
-    def backward(self, dout, *, input_grad=True):
-        """Run the layers' backward passes in reverse. Without ``input_grad``, the first layer with parameters
-        computes only their gradients and the layers before it only release their caches."""
-        first = next((i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
-        for i in reversed(range(len(self.layers))):
-            try:
-                dout = self.layers[i].backward(dout, input_grad=input_grad or i > first)
-            except (ValueError, TypeError) as error:
-                raise located(error, f"layer {i}", self.layers[i]) from error
-        return dout
-
-    def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n" for i, layer in enumerate(self.layers)) + ")"
