@@ -30,9 +30,13 @@ def test_the_catalogue_has_at_least_40_rows():
 
 
 @pytest.mark.parametrize("call, exception, message", ERROR_ROWS)
-def test_error_catalogue_row(call, exception, message):
+def test_error_catalogue_row(call, exception, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # rows that save or load files do it in a temporary folder
+    model = nn.Sequential(nn.Linear(4, 2))
     names = dict(np=np, F=F, nn=nn, optim=optim, xpcnn=xpcnn,
-                 X=np.zeros((1, 4, 6, 6)), W=np.zeros((2, 4, 3, 3)), L=np.zeros((3, 4)))
+                 X=np.zeros((1, 4, 6, 6)), W=np.zeros((2, 4, 3, 3)), L=np.zeros((3, 4)),
+                 M=model, O=optim.SGD(model.parameters(), lr=0.1),
+                 XT=np.zeros((3, 4), np.float32), YT=np.zeros((3, 2), np.float32))
     if "T." in call:
         names["T"] = pytest.importorskip("torch")
     if "S." in call:

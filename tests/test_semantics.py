@@ -223,6 +223,95 @@ def float16():
                 results = run(op, arrays, lambda out: lib.ones(tuple(out.shape), dtype=out.dtype))
                 floats = results[:-1] if op.name == "max_pool2d" else results
                 assert all(str(r.dtype).endswith("float16") for r in floats), (lib.__name__, op.name)
+    # Computed in float32, rounded once: no 16-bit intermediate overflows where the result fits.
+    out, _ = F.avg_pool2d_forward(np.full((1, 1, 2, 2), 2e4, np.float16), 2)
+    assert out.dtype == np.float16 and out[0, 0, 0, 0] == 2e4
+    x = np.stack([np.full((1, 4, 4), 300.0), np.full((1, 4, 4), -300.0)]).astype(np.float16)
+    out, cache = F.conv2d_forward(x, np.ones((1, 1, 1, 1), np.float16))
+    _, dweight, _ = F.conv2d_backward(np.full(out.shape, 300.0, np.float16), cache)
+    assert dweight.dtype == np.float16 and dweight[0, 0, 0, 0] == 0.0  # per sample +-1.44e6, summed in float32
+
+
+def conv_nonfinite_weight():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    for bad in (np.nan, np.inf):
+        for options in (dict(padding=1), dict(padding=2, dilation=2), dict(stride=2, padding=1)):
+            x, w = rng.standard_normal((2, 3, 6, 7)), rng.standard_normal((4, 3, 3, 3))
+            w[1, 2, 0, 1] = bad
+            out, cache = F.conv2d_forward(x, w, **options)
+            dout = rng.standard_normal(out.shape)
+            dx, dw, _ = F.conv2d_backward(dout, cache)
+            xt, wt = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+            torch.nn.functional.conv2d(xt, wt, **options).backward(torch.tensor(dout))
+            for mine, theirs in ((dx, xt.grad), (dw, wt.grad)):
+                theirs = theirs.numpy()
+                np.testing.assert_array_equal(np.isnan(mine), np.isnan(theirs))
+                np.testing.assert_array_equal(np.isinf(mine), np.isinf(theirs))
+
+
+def ce_small_int_targets():
+    logits = np.zeros((1, 300), np.float32)
+    expected, _ = F.softmax_cross_entropy_forward(logits, np.array([5]))
+    for dtype in (np.uint8, np.int8, np.int16, np.uint16):
+        loss, cache = F.softmax_cross_entropy_forward(logits, np.array([5], dtype))
+        assert loss == expected == np.float32(np.log(300))
+        grad = F.softmax_cross_entropy_backward(1.0, cache)
+        assert (grad < 0).sum() == 1 and grad[0, 5] < 0
+
+
+def mse_large():
+    pred, target = np.array([2e38, 0.0], np.float32), np.zeros(2, np.float32)
+    _, cache = F.mse_loss_forward(pred, target)
+    with np.errstate(over="raise"):
+        grad = F.mse_loss_backward(1.0, cache)
+    np.testing.assert_array_equal(grad, np.array([2e38, 0.0], np.float32))
+
+
+def evaluate_reduction():
+    import xpcnn
+    from xpcnn import nn
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 4)).astype(np.float32), rng.integers(0, 3, 10)
+    model = nn.Sequential(nn.Linear(4, 3, seed=0))
+    for reduction, expected in (("sum", None), ("mean", None)):
+        whole, _ = F.softmax_cross_entropy_forward(model(x), y, reduction=reduction)
+        for batch_size in (1, 3, 10):
+            loss, _ = xpcnn.evaluate(model, nn.CrossEntropyLoss(reduction), x, y, batch_size=batch_size)
+            np.testing.assert_allclose(loss, whole, rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        xpcnn.evaluate(model, nn.CrossEntropyLoss("none"), x, y)
+
+
+def optimizer_follows_model():
+    from xpcnn import nn, optim
+
+    model = nn.Sequential(nn.Linear(3, 2, seed=0))
+    for opt in (optim.Adam(model.parameters()), optim.SGD(model.parameters(), lr=0.1, momentum=0.9)):
+        model.to(np, dtype=np.float32)
+        for p in model.parameters():
+            p.grad = np.ones_like(p.data)
+        opt.step()
+        model.to(np, dtype=np.float16)
+        for p in model.parameters():
+            p.grad = np.ones_like(p.data)
+        opt.step()
+        assert all(p.data.dtype == np.float16 for p in model.parameters())
+        assert all(v.dtype == np.float16 for s in opt.state for v in s.values() if hasattr(v, "dtype"))
+
+
+def failed_backward():
+    from xpcnn import nn
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    model(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"layer 2, Linear\(3, 2, bias=True\): dout must have shape \(2, 2\)"):
+        model.backward(np.zeros((2, 3), np.float32))
+    with pytest.raises(RuntimeError, match="used by a backward pass that failed"):
+        model.backward(np.zeros((2, 2), np.float32))
+    model(np.zeros((2, 4), np.float32))
+    assert model.backward(np.zeros((2, 2), np.float32)).shape == (2, 4)
 
 
 def float32_only_device():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from ._validation import as_int
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -39,6 +41,7 @@ def _key(seed: int, stream: int) -> int:
 def uniform(xp, shape, *, seed: int, stream: int = 0, device, dtype=None):
     """Uniform numbers in [0, 1) of ``shape`` on ``device``, in float32 (or ``dtype`` float64): 24 random bits
     need at least float32 (float16 would overflow), so callers cast the result to a smaller dtype themselves."""
+    seed, stream = as_int(seed, "seed"), as_int(stream, "stream")
     dtype = xp.float32 if dtype is None else dtype
     if dtype not in (xp.float32, getattr(xp, "float64", None)):
         raise ValueError(f"uniform numbers are made in float32 or float64, got {dtype}")

@@ -86,11 +86,11 @@ def as_float(value, name: str, *, minimum: float | None = None, finite: bool = T
     strings and bools are refused), never NaN, finite unless ``finite=False``, at least ``minimum``."""
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
+    given, value = value, float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
         raise ValueError(f"{name} must be a {'finite ' if finite else ''}number, got {value}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum:g}, got {given!r}")
     return value
 
 

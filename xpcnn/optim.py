@@ -1,25 +1,45 @@
 """Optimizers matching ``torch.optim`` step for step: SGD (momentum, dampening, nesterov, weight decay), Adam and
 AdamW. Their state (momentum buffers, moment estimates) is made with ``zeros_like`` of each parameter, so it lives
 in the parameter's namespace and on its device. Each step assigns a new array to ``Parameter.data`` (no in-place
-writes, so immutable backends such as JAX work too); parameters without a gradient are skipped."""
+writes, so immutable backends such as JAX work too); parameters without a gradient are skipped.
+
+The state follows its parameter: when the model was moved to another library or device, or cast, after the state
+was made (``model.to(...)``), the next step moves or casts the state the same way before using it (as
+``torch.optim``'s ``load_state_dict`` does), so a step never changes a parameter's library, device or dtype."""
 
 from __future__ import annotations
 
 import math
 
+import array_api_compat
 from array_api_compat import array_namespace
+
+from ._host import from_numpy, to_numpy
+from ._validation import as_bool, as_float, namespace_and_device
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
 
 class Optimizer:
+    """Base class: ``params`` is an iterable of :class:`xpcnn.nn.Parameter` (``model.parameters()``), ``lr`` a
+    number >= 0. Raises a TypeError for a model, raw arrays or anything else in place of the parameters."""
+
     def __init__(self, params, lr):
+        from .nn.module import Module, Parameter
+
+        if isinstance(params, Module):
+            raise TypeError(f"params must be the model's parameters: pass model.parameters(), got a {type(params).__name__}")
+        if array_api_compat.is_array_api_obj(params) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params must be an iterable of Parameters (model.parameters()), got {type(params).__name__}")
         self.params = list(params)
         if not self.params:
-            raise ValueError("the optimizer got an empty parameter list")
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
-        self.lr = float(lr)
+            raise ValueError("params must not be empty: the optimizer got an empty parameter list")
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"params[{i}] must be an xpcnn.nn.Parameter (use model.parameters()), got {type(p).__name__}"
+                )
+        self.lr = as_float(lr, "lr", minimum=0.0)
         self.state = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
@@ -29,6 +49,7 @@ class Optimizer:
     def step(self) -> None:
         for p, state in zip(self.params, self.state):
             if p.grad is not None:
+                _follow(state, p.data)
                 p.data = self._update(array_namespace(p.data), p.data, p.grad, state)
 
     def _update(self, xp, param, grad, state):
@@ -41,12 +62,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"momentum and weight_decay must be >= 0, got {momentum} and {weight_decay}")
+        momentum, weight_decay = as_float(momentum, "momentum", minimum=0.0), as_float(weight_decay, "weight_decay", minimum=0.0)
+        dampening, nesterov = as_float(dampening, "dampening"), as_bool(nesterov, "nesterov")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
-        self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.momentum, self.dampening = momentum, dampening
+        self.weight_decay, self.nesterov = weight_decay, nesterov
 
     def _update(self, xp, param, grad, state):
         if self.weight_decay:
@@ -66,12 +87,14 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, lr)
-        beta1, beta2 = (float(b) for b in betas)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        beta1, beta2 = as_float(betas[0], "betas[0]"), as_float(betas[1], "betas[1]")
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"eps and weight_decay must be >= 0, got {eps} and {weight_decay}")
-        self.betas, self.eps, self.weight_decay = (beta1, beta2), float(eps), float(weight_decay)
+        self.betas = (beta1, beta2)
+        self.eps = as_float(eps, "eps", minimum=0.0)
+        self.weight_decay = as_float(weight_decay, "weight_decay", minimum=0.0)
 
     def _update(self, xp, param, grad, state):
         beta1, beta2 = self.betas
@@ -98,3 +121,17 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def _follow(state: dict, param) -> None:
+    """Move or cast the arrays of one parameter's state to the parameter's library, device and dtype, where the
+    model was moved or cast after the state was made (an explicit copy the user asked for with ``model.to``)."""
+    xp, device = array_namespace(param), array_api_compat.device(param)
+    for key, value in state.items():
+        if not array_api_compat.is_array_api_obj(value):
+            continue
+        if array_namespace(value) is not xp or array_api_compat.device(value) != device:
+            value = from_numpy(to_numpy(value), xp, device)  # host: the model was moved by the user
+        if value.dtype != param.dtype:
+            value = xp.astype(value, param.dtype)
+        state[key] = value

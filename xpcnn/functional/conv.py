@@ -128,9 +128,7 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
         check_ndim(bias, "bias", 1, "(out_channels,)")
         check_shape(bias, "bias", (out_channels,), "out_channels of weight")
         check_same_dtype(bias, "bias", x, "x")
-    stride = int_pair(stride, "stride", minimum=1)
-    dilation = int_pair(dilation, "dilation", minimum=1)
-    padding = _padding_pairs(padding, (kh, kw), stride, dilation)
+    stride, padding, dilation = conv_options((kh, kw), stride, padding, dilation)
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
     limit = resolve_workspace_limit(workspace_limit)
@@ -147,6 +145,8 @@ def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
     Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None,
     ``dx`` when not ``input_grad`` (the input needs no gradient: only dweight and dbias are computed).
     """
+    check_cache(cache, Conv2dCache, "conv2d")
+    input_grad = as_bool(input_grad, "input_grad")
     x, weight, has_bias, groups, geometry, limit, columns = cache
     n, channels = x.shape[:2]
     out_channels = weight.shape[0]
@@ -423,6 +423,14 @@ def _weight_gradient(xp, dout, cols):
     dout = xp.reshape(xp.permute_dims(dout, (1, 2, 0, 3)), (groups, group_out, m * positions))
     cols = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (groups, m * positions, cols.shape[2]))
     return xp.matmul(dout, cols)
+
+
+def conv_options(kernel, stride=1, padding=0, dilation=1):
+    """The convolution arguments checked and normalised: ``(stride, padding, dilation)``, padding as
+    ((top, bottom), (left, right)). :class:`xpcnn.nn.Conv2d` calls it when it is built, the op on every call."""
+    stride = int_pair(stride, "stride", minimum=1)
+    dilation = int_pair(dilation, "dilation", minimum=1)
+    return stride, _padding_pairs(padding, kernel, stride, dilation), dilation
 
 
 def _padding_pairs(padding, kernel, stride, dilation):

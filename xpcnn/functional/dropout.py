@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 from .._random import uniform
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import check_floating, check_upstream, namespace_and_device
+from .._validation import as_float, check_cache, check_floating, check_upstream, namespace_and_device
 
 __all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
 
@@ -26,9 +26,7 @@ def dropout_forward(x, p=0.5, *, seed=0, stream=0):
     """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p). Returns ``(out, cache)``."""
     xp, device = namespace_and_device(x=x)
     check_floating(xp, x, "x")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    p = check_probability(p)
     if p == 1.0:
         scale = xp.zeros_like(x)
     else:
@@ -39,5 +37,14 @@ def dropout_forward(x, p=0.5, *, seed=0, stream=0):
 
 @half_in_float32_backward
 def dropout_backward(dout, cache: DropoutCache):
+    check_cache(cache, DropoutCache, "dropout")
     check_upstream(dout, cache.scale.shape, cache.scale, cache.scale.dtype)
     return dout * cache.scale
+
+
+def check_probability(p) -> float:
+    """``p`` as a float in [0, 1] (a TypeError for strings and other non-numbers, a ValueError outside)."""
+    p = as_float(p, "p")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    return p

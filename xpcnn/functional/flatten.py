@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from .._validation import as_int, check_floating, check_shape, namespace_and_device
+from .._validation import as_int, check_cache, check_floating, check_shape, namespace_and_device
 
 __all__ = ["FlattenCache", "flatten_forward", "flatten_backward"]
 
@@ -29,6 +29,7 @@ def flatten_forward(x, start_dim=1, end_dim=-1):
 
 def flatten_backward(dout, cache: FlattenCache):
     """dx: dout reshaped back to x's shape."""
+    check_cache(cache, FlattenCache, "flatten")
     xp, _ = namespace_and_device(dout=dout)
     check_floating(xp, dout, "dout")
     check_shape(dout, "dout", cache.out_shape, "the forward output's shape")

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
+    as_bool,
+    check_cache,
     check_floating,
     check_ndim,
     check_same_dtype,
@@ -58,6 +60,8 @@ def linear_forward(x, weight, bias=None):
 @half_in_float32_backward
 def linear_backward(dout, cache: LinearCache, *, input_grad=True):
     """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None, ``dx`` when not ``input_grad``."""
+    check_cache(cache, LinearCache, "linear")
+    input_grad = as_bool(input_grad, "input_grad")
     x, weight, has_bias = cache
     out_features, in_features = weight.shape
     xp, _ = check_upstream(dout, (*x.shape[:-1], out_features), x, x.dtype)

@@ -17,12 +17,15 @@ MSE::
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, NamedTuple
 
 from array_api_compat import is_lazy_array
 
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
+    as_bool,
+    check_cache,
     check_floating,
     check_ndim,
     check_reduction,
@@ -64,6 +67,7 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean", check_tar
     gradients for their rows.
     """
     check_reduction(reduction)
+    check_targets = as_bool(check_targets, "check_targets")
     xp, device = namespace_and_device(logits=logits, target=target)
     check_floating(xp, logits, "logits")
     check_ndim(logits, "logits", 2, "(N, C)")
@@ -73,6 +77,8 @@ def softmax_cross_entropy_forward(logits, target, *, reduction="mean", check_tar
     if not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     check_shape(target, "target", (n,), "one class index per row of logits")
+    # Class indices compared in int64: a small integer dtype could not count the classes (300 wraps in uint8).
+    target = xp.astype(target, xp.int64)
     valid = None
     if not check_targets or is_lazy_array(target):
         valid = (target >= 0) & (target < classes)
@@ -99,6 +105,7 @@ def check_class_range(xp, target, classes: int) -> None:
 @half_in_float32_backward
 def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
     """Returns dlogits (N, C)."""
+    check_cache(cache, CrossEntropyCache, "softmax_cross_entropy")
     probs, onehot, reduction, valid = cache
     xp, _ = namespace_and_device(probs=probs)
     scale = _upstream_scale(xp, dloss, probs, reduction, (probs.shape[0],), probs.shape[0])
@@ -123,11 +130,13 @@ def mse_loss_forward(pred, target, *, reduction="mean"):
 
 @half_in_float32_backward
 def mse_loss_backward(dloss, cache: MSECache):
-    """Returns dpred, of pred's shape."""
+    """Returns dpred, of pred's shape: ``diff * (2 * dloss / count)``, the factor formed first (as PyTorch), so
+    that a large difference does not overflow on the way."""
+    check_cache(cache, MSECache, "mse_loss")
     diff, reduction = cache
     xp, _ = namespace_and_device(diff=diff)
     scale = _upstream_scale(xp, dloss, diff, reduction, diff.shape, math.prod(diff.shape))
-    return 2.0 * diff * scale
+    return diff * (2.0 * scale)
 
 
 def _reduce(xp, losses, reduction: str):
@@ -142,7 +151,8 @@ def _upstream_scale(xp, dloss, ref, reduction: str, unreduced_shape: tuple, coun
         expected, allowed = tuple(unreduced_shape), f"an array of shape {tuple(unreduced_shape)}"
     else:
         expected, allowed = (), "a number or a 0-d array"
-        if isinstance(dloss, (int, float)) and not isinstance(dloss, bool):
+        if isinstance(dloss, numbers.Real) and not isinstance(dloss, bool):
+            dloss = float(dloss)
             return _mean_scale(dloss, count) if reduction == "mean" else dloss
     if isinstance(dloss, bool) or not hasattr(dloss, "shape"):
         raise TypeError(f"dloss must be {allowed} (reduction={reduction!r}), got {type(dloss).__name__}")

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
+from .._validation import as_bool, as_int, check_cache, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
 from .._windows import (
     WindowGeometry,
     batch_pieces,
@@ -151,6 +151,7 @@ def max_pool2d_backward(dout, cache: MaxPool2dCache):
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
     the chosen column, piece by piece so that the intermediate stays in cache)."""
+    check_cache(cache, MaxPool2dCache, "max_pool2d")
     offsets, column_choices, geometry, dtype, limit = cache
     n, channels = offsets.shape[:2]
     xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
@@ -202,10 +203,7 @@ def avg_pool2d_forward(
     """
     xp, device = _check_input(x)
     geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
-    if divisor_override is not None:
-        divisor_override = as_int(divisor_override, "divisor_override")
-        if divisor_override <= 0:
-            raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
+    count_include_pad, divisor_override = avg_pool_options(count_include_pad, divisor_override)
     first, second = by_axis(geometry, rows_first=False)
     pieces = _pool_pieces(xp, x, geometry, workspace_limit)
     total = concat_pieces(xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), first), second) for part in pieces])
@@ -217,6 +215,7 @@ def avg_pool2d_forward(
 def avg_pool2d_backward(dout, cache: AvgPool2dCache):
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
     across the rows, then along them, piece by piece so that the intermediate stays in cache)."""
+    check_cache(cache, AvgPool2dCache, "avg_pool2d")
     divisor, geometry, x_shape, limit = cache
     lead = tuple(x_shape[:2])
     xp, device = check_upstream(dout, (*lead, *geometry.out_size), divisor, divisor.dtype)
@@ -284,6 +283,13 @@ def _check_input(x):
 
 
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> WindowGeometry:
+    kernel, stride, pads, dilation, ceil_mode = pool_options(kernel_size, stride, padding, dilation, ceil_mode)
+    return window_geometry(tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=ceil_mode)
+
+
+def pool_options(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The pooling arguments checked and normalised: ``(kernel, stride, padding, dilation, ceil_mode)``, pairs as
+    (height, width) tuples. The layers call it when they are built, the ops on every call (same messages)."""
     kernel = int_pair(kernel_size, "kernel_size", minimum=1)
     if kernel[0] * kernel[1] > 2**15 - 1:
         raise ValueError(f"kernel_size may have at most 32767 elements (int16 offsets), got {kernel_size!r}")
@@ -295,9 +301,17 @@ def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> Wind
             f"padding must be at most half the kernel size ({kernel[0] // 2}, {kernel[1] // 2}), "
             f"got padding {padding!r} with kernel_size {kernel_size!r}"
         )
-    return window_geometry(
-        tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=bool(ceil_mode)
-    )
+    return kernel, stride, pads, dilation, as_bool(ceil_mode, "ceil_mode")
+
+
+def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[bool, int | None]:
+    """``count_include_pad`` and ``divisor_override`` checked (a bool; None or a positive int)."""
+    count_include_pad = as_bool(count_include_pad, "count_include_pad")
+    if divisor_override is not None:
+        divisor_override = as_int(divisor_override, "divisor_override")
+        if divisor_override <= 0:
+            raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
+    return count_include_pad, divisor_override
 
 
 def _window_starts(geometry: WindowGeometry, axis: int) -> list[int]:

@@ -7,17 +7,20 @@ The same seed gives the same parameters on every backend.
 
 from __future__ import annotations
 
+import importlib
+
 import array_api_compat
 import array_api_compat.numpy as default_namespace
 
 from .._random import uniform
+from .._validation import as_int
 
 _global = {"seed": 0, "streams": 0}
 
 
 def manual_seed(seed: int) -> None:
     """Reset the global seed: layers built after it get the same parameters every time."""
-    _global.update(seed=int(seed), streams=0)
+    _global.update(seed=as_int(seed, "seed"), streams=0)
 
 
 def next_seed() -> int:
@@ -30,13 +33,41 @@ def next_seed() -> int:
 def resolve(xp=None, device=None, dtype=None):
     """The (namespace, device, dtype) a layer's arrays are made in; NumPy, CPU and float32 by default.
 
-    ``xp`` is an array library or namespace (``numpy``, ``cupy``, ``torch``, ``array_api_strict``...)."""
-    xp = default_namespace if xp is None else array_api_compat.array_namespace(xp.empty(0))
+    ``xp`` is an array library or namespace (``numpy``, ``cupy``, ``torch``, ``array_api_strict``...) or its
+    importable name (``"cupy"``, ``"jax.numpy"``). ``dtype`` must be a real floating dtype of that library.
+
+    Raises
+    ------
+    TypeError
+        For an ``xp`` that is no array library, or a dtype that is not a real floating one.
+    """
+    xp = default_namespace if xp is None else _namespace(xp)
     if dtype is None:
         dtype = xp.float32
+    try:
+        floating = xp.isdtype(dtype, "real floating")
+    except Exception:  # not a dtype of this library at all
+        floating = False
+    if not floating:
+        raise TypeError(f"dtype must be a real floating dtype of {xp.__name__} (float32 or float64), got {dtype!r}")
     if device is None:
         device = array_api_compat.device(xp.empty(0, dtype=dtype))
     return xp, device, dtype
+
+
+def _namespace(xp):
+    """The array API namespace of an array library given as a module or by its importable name."""
+    if isinstance(xp, str):
+        try:
+            xp = importlib.import_module(xp)
+        except ImportError as error:
+            raise ValueError(f"xp {xp!r} names no importable array library ({error})") from None
+    try:
+        return array_api_compat.array_namespace(xp.empty(0))
+    except Exception:
+        raise TypeError(
+            f"xp must be an array library (numpy, cupy, torch, jax.numpy...) or its name, got {type(xp).__name__}"
+        ) from None
 
 
 def uniform_parameter(shape, bound: float, *, xp, device, dtype, seed: int, stream: int):

@@ -10,6 +10,10 @@ import math
 
 from .. import functional as F
 from .._validation import as_bool, as_int, int_pair
+from ..config import resolve_workspace_limit
+from ..functional.conv import conv_options
+from ..functional.dropout import check_probability
+from ..functional.pooling import avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
@@ -37,13 +41,19 @@ def _positive(value, name: str) -> int:
     return value
 
 
+def _check_workspace_limit(nbytes) -> None:
+    if nbytes is not None:
+        resolve_workspace_limit(nbytes)
+
+
 class _Affine(Module):
     """A layer with a weight and an optional bias drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch."""
 
     def _init_parameters(self, weight_shape, fan_in, bias, xp, device, dtype, seed, *, out_features=None):
         """``out_features``: the bias's length, weight_shape[0] by default."""
         xp, device, dtype = resolve(xp, device, dtype)
-        seed = next_seed() if seed is None else seed
+        seed = next_seed() if seed is None else as_int(seed, "seed")
+        bias = as_bool(bias, "bias")
         bound = 1.0 / math.sqrt(fan_in)
         common = dict(xp=xp, device=device, dtype=dtype, seed=seed)
         bias_shape = (weight_shape[0] if out_features is None else out_features,)
@@ -68,7 +78,9 @@ class Conv2d(_Affine):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         kh, kw = int_pair(kernel_size, "kernel_size", minimum=1)
+        conv_options((kh, kw), stride, padding, dilation)  # bad settings fail here, with the op's messages
         self.options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        _check_workspace_limit(workspace_limit)
         self.workspace_limit = workspace_limit
         shape = (out_channels, in_channels // groups, kh, kw)
         self._init_parameters(shape, in_channels // groups * kh * kw, bias, xp, device, dtype, seed)
@@ -127,6 +139,7 @@ class ConvTranspose2d(_Affine):
         return (f"ConvTranspose2d({i}, {og * self.options['groups']}, kernel_size={(kh, kw)}, {options}, "
                 f"bias={self.bias is not None})")
 
+
 class Linear(_Affine):
     def __init__(self, in_features, out_features, bias=True, *, xp=None, device=None, dtype=None, seed=None):
         super().__init__()
@@ -172,6 +185,8 @@ class MaxPool2d(_Stateless):
     forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, workspace_limit=None):
+        pool_options(kernel_size, stride, padding, dilation, ceil_mode)  # bad settings fail here
+        _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                          ceil_mode=ceil_mode, workspace_limit=workspace_limit)
 
@@ -181,6 +196,9 @@ class AvgPool2d(_Stateless):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None, *, workspace_limit=None):
+        pool_options(kernel_size, stride, padding, 1, ceil_mode)  # bad settings fail here
+        avg_pool_options(count_include_pad, divisor_override)
+        _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                          count_include_pad=count_include_pad, divisor_override=divisor_override,
                          workspace_limit=workspace_limit)
@@ -213,7 +231,7 @@ class Flatten(_Stateless):
     forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
 
     def __init__(self, start_dim=1, end_dim=-1):
-        super().__init__(start_dim=start_dim, end_dim=end_dim)
+        super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"))
 
 
 class Dropout(Module):
@@ -225,10 +243,8 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, *, seed=None):
         super().__init__()
-        p = float(p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
-        self.p, self.seed, self.calls = p, next_seed() if seed is None else seed, 0
+        self.p = check_probability(p)
+        self.seed, self.calls = next_seed() if seed is None else as_int(seed, "seed"), 0
 
     def forward(self, x):
         if not self.training or self.p == 0.0:

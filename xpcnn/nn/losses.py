@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import functional as F
-from .._validation import check_reduction
+from .._validation import as_bool, check_reduction
 
 
 class _Loss:
@@ -39,7 +39,7 @@ class CrossEntropyLoss(_Loss):
 
     def __init__(self, reduction="mean", check_targets=True):
         super().__init__(reduction)
-        self.check_targets = bool(check_targets)
+        self.check_targets = as_bool(check_targets, "check_targets")
 
     def _options(self):
         return {"reduction": self.reduction, "check_targets": self.check_targets}

@@ -9,10 +9,13 @@ order they were set, and named as in PyTorch (``"0.weight"``, ``"3.running_mean"
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import array_api_compat
 
 from .._host import from_numpy, to_numpy
-from .._validation import namespace_and_device
+from .._validation import as_bool, namespace_and_device
 from .init import resolve
 
 
@@ -41,6 +44,11 @@ class Module:
         self.training = True
         self._cache = None
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:
+            cls.backward = _guarded_backward(cls.__dict__["backward"])
+
     def __call__(self, x):
         return self.forward(x)
 
@@ -53,6 +61,13 @@ class Module:
 
     def _take_cache(self):
         """The forward pass's cache, released so that a second backward without a forward is caught."""
+        if isinstance(self._cache, _FailedBackward):
+            error = self._cache.error
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: the cache of the last forward pass was used by a backward pass that "
+                f"failed ({type(error).__name__}: {error}); run forward again (after zero_grad: the layers after the "
+                "failure had already added their parameter gradients)"
+            )
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called without a forward pass before it")
         cache, self._cache = self._cache, None
@@ -62,6 +77,12 @@ class Module:
 
     def named_children(self):
         return [(name, value) for name, value in vars(self).items() if isinstance(value, Module)]
+
+    def modules(self):
+        """This module and every module below it, depth first."""
+        yield self
+        for _, child in self.named_children():
+            yield from child.modules()
 
     def named_parameters(self, prefix: str = ""):
         for name, value in vars(self).items():
@@ -150,6 +171,18 @@ class Module:
         self.zero_grad()
         return self
 
+    def extra_repr(self) -> str:
+        """The arguments shown between the parentheses of :meth:`__repr__` (override it in a subclass)."""
+        return ""
+
+    def __repr__(self):
+        """PyTorch's layout: ``Name(extra_repr)``, or one line per child, ``(name): child``, indented."""
+        extra, children = self.extra_repr(), self.named_children()
+        if not children:
+            return f"{type(self).__name__}({extra})"
+        lines = ([extra] if extra else []) + [f"({name}): {_indented(repr(child))}" for name, child in children]
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
     def check_input(self, x) -> None:
         """A ValueError when ``x`` is not in the parameters' namespace and device (no silent host/device copy)."""
         params = self.parameters()
@@ -157,42 +190,57 @@ class Module:
             namespace_and_device(x=x, model=params[0].data)
 
 
+class _FailedBackward:
+    """Stands in the cache of a module whose cache a failed backward pass had already taken."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_backward_calls = threading.local()
+
+
+def _guarded_backward(backward):
+    """Wrap a Module subclass's ``backward``: ``input_grad`` is checked, and when the outermost backward call fails,
+    every module whose cache it had taken is marked, so that calling backward again says what happened instead of
+    "called without a forward pass"."""
+
+    @functools.wraps(backward)
+    def guarded(self, dout, *, input_grad=True):
+        input_grad = as_bool(input_grad, "input_grad")
+        if getattr(_backward_calls, "active", False):
+            return backward(self, dout, input_grad=input_grad)
+        holding = [m for m in self.modules() if getattr(m, "_cache", None) is not None]
+        _backward_calls.active = True
+        try:
+            return backward(self, dout, input_grad=input_grad)
+        except Exception as error:
+            for module in holding:
+                if module._cache is None:
+                    module._cache = _FailedBackward(error)
+            raise
+        finally:
+            _backward_calls.active = False
+
+    return guarded
+
+
+def located(error: Exception, where: str, module: Module) -> Exception:
+    """``error`` again, its message prefixed with where it happened inside a container: ``layer 7, Linear(1568,
+    64, bias=True): ...`` (the class name alone for a module whose repr spans lines)."""
+    text = repr(module)
+    name = text if "\n" not in text and len(text) <= 120 else type(module).__name__
+    try:
+        return type(error)(f"{where}, {name}: {error}")
+    except Exception:  # an exception type that takes other arguments keeps its own message
+        return error
+
+
+def _indented(text: str) -> str:
+    return text.replace("\n", "\n  ")
+
+
 def _dtype_name(a) -> str:
     return str(a.dtype).rsplit(".", 1)[-1]
-
-
-class Sequential(Module):
-    """Layers applied in order; backward runs them in reverse."""
-
-    def __init__(self, *layers: Module):
-        super().__init__()
-        for layer in layers:
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential takes Module instances, got {type(layer).__name__}")
-        self.layers = list(layers)
-
-    def named_children(self):
-        return [(str(i), layer) for i, layer in enumerate(self.layers)]
-
-    def __getitem__(self, index):
-        return self.layers[index]
-
-    def __len__(self):
-        return len(self.layers)
-
-    def forward(self, x):
-        self.check_input(x)
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
-
-    def backward(self, dout, *, input_grad=True):
-        """Run the layers' backward passes in reverse. Without ``input_grad``, the first layer with parameters
-        computes only their gradients and the layers before it only release their caches."""
-        first = next((i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
-        for i in reversed(range(len(self.layers))):
-            dout = self.layers[i].backward(dout, input_grad=input_grad or i > first)
-        return dout
-
-    def __repr__(self):
-        return "Sequential(\n" + "".join(f"  ({i}): {layer!r}\n" for i, layer in enumerate(self.layers)) + ")"
