@@ -113,6 +113,13 @@ TARGETS = [
            dict(x="floating_array", weight="floating_array", bias="array", stride="pair", dilation="pair",
                 groups="int", workspace_limit="int", padding="pair"),
            bad=dict(padding=["full", "SAME"], groups=[0, 2]), optional=("bias", "workspace_limit")),
+    Target("conv_transpose2d_forward", F.conv_transpose2d_forward,
+           lambda: dict(x=X4, weight=np.zeros((3, 2, 3, 3)), bias=np.zeros(2), stride=2, padding=1, output_padding=1,
+                        dilation=1, groups=1, workspace_limit=2**20),
+           dict(x="floating_array", weight="floating_array", bias="array", stride="pair", padding="pair",
+                output_padding="pair", dilation="pair", groups="int", workspace_limit="int"),
+           bad=dict(padding=["same", 4], output_padding=[2, (0, 2)], groups=[0, 2]),
+           optional=("bias", "workspace_limit")),
     Target("max_pool2d_forward", F.max_pool2d_forward,
            lambda: dict(x=X4, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False),
            dict(x="floating_array", **POOL), bad=dict(padding=[2, (0, 2)], kernel_size=[0, 7]), optional=("stride",)),
@@ -157,6 +164,14 @@ TARGETS = [
            dict(in_channels="int", out_channels="int", kernel_size="pair", stride="pair", padding="pair",
                 dilation="pair", groups="int", bias="bool", seed="seed", workspace_limit="int"),
            bad=dict(in_channels=[0], groups=[2], padding=["full"], kernel_size=[0]), optional=("seed", "workspace_limit")),
+    Target("ConvTranspose2d", nn.ConvTranspose2d,
+           lambda: dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1, groups=2,
+                        bias=True, dilation=1, seed=0, workspace_limit=None),
+           dict(in_channels="int", out_channels="int", kernel_size="pair", stride="pair", padding="pair",
+                output_padding="pair", groups="int", bias="bool", dilation="pair", seed="seed",
+                workspace_limit="int"),
+           bad=dict(in_channels=[0, 3], groups=[3], padding=["same"], output_padding=[2], kernel_size=[0]),
+           optional=("seed", "workspace_limit")),
     Target("Linear", nn.Linear, lambda: dict(in_features=3, out_features=2, bias=False, seed=1),
            dict(in_features="int", out_features="int", bias="bool", seed="seed"), bad=dict(in_features=[0]),
            optional=("seed",)),
@@ -249,7 +264,7 @@ def _aliases(arg):
 def test_backward_refuses_another_ops_cache():
     _, conv_cache = F.conv2d_forward(X4, np.zeros((4, 3, 3, 3)))
     _, pool_cache = F.max_pool2d_forward(X4, 2)
-    for backward in (F.conv2d_backward, F.avg_pool2d_backward, F.linear_backward, F.flatten_backward,
+    for backward in (F.conv2d_backward, F.conv_transpose2d_backward, F.avg_pool2d_backward, F.linear_backward, F.flatten_backward,
                      F.dropout_backward, F.mse_loss_backward, F.softmax_cross_entropy_backward):
         cache = conv_cache if backward is not F.conv2d_backward else pool_cache
         with pytest.raises(TypeError, match="cache must be the cache that"):
@@ -296,6 +311,24 @@ def _conv(draw, rng):
     options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return (dict(x=x, weight=w, bias=b), lambda x, weight, bias: TF.conv2d(x, weight, bias, **options),
             lambda x, weight, bias: F.conv2d_forward(x, weight, bias, **options), F.conv2d_backward)
+
+
+def _conv_transpose(draw, rng):
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride, dilation = draw(st.sampled_from([1, 2, (1, 2)])), draw(st.sampled_from([1, 2]))
+    padding = draw(st.sampled_from([0, 1, (1, 0)]))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1))
+                           for s, d in zip(stride if isinstance(stride, tuple) else (stride,) * 2, (dilation,) * 2))
+    size = (draw(st.integers(3, 6)), draw(st.integers(3, 6)))
+    x = _sprinkle(draw, rng.standard_normal((draw(st.integers(1, 3)), cin, *size)), 0.05)
+    w = _sprinkle(draw, rng.standard_normal((cin, cout // groups, *k)), 0.05)
+    b = rng.standard_normal(cout) if draw(st.booleans()) else None
+    options = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
+    return (dict(x=x, weight=w, bias=b), lambda x, weight, bias: TF.conv_transpose2d(x, weight, bias, **options),
+            lambda x, weight, bias: F.conv_transpose2d_forward(x, weight, bias, **options),
+            F.conv_transpose2d_backward)
 
 
 def _pool(kind):
@@ -365,7 +398,7 @@ def _batch_norm(draw, rng):
 
 
 CASES = {
-    "conv2d": _conv, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"), "linear": _linear,
+    "conv2d": _conv, "conv_transpose2d": _conv_transpose, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"), "linear": _linear,
     "relu": _elementwise("relu", TF.relu), "leaky_relu": _elementwise("leaky_relu", TF.leaky_relu, negative_slope=0.1),
     "sigmoid": _elementwise("sigmoid", torch.sigmoid), "tanh": _elementwise("tanh", torch.tanh),
     "arctan": _elementwise("arctan", torch.atan), "softmax_cross_entropy": _cross_entropy, "mse_loss": _mse,

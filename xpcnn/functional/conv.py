@@ -247,14 +247,8 @@ def conv_transpose2d_forward(
         check_ndim(bias, "bias", 1, "(out_channels,)")
         check_shape(bias, "bias", (out_channels,), "out_channels = weight.shape[1] * groups")
         check_same_dtype(bias, "bias", x, "x")
-    geometry = _conv_transpose_geometry(
-        (height, width),
-        (kh, kw),
-        int_pair(stride, "stride", minimum=1),
-        int_pair(dilation, "dilation", minimum=1),
-        int_pair(padding, "padding", minimum=0),
-        int_pair(output_padding, "output_padding", minimum=0),
-    )
+    options = conv_transpose_options(stride, padding, output_padding, dilation)
+    geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
 
     limit = resolve_workspace_limit(workspace_limit)
     out = _correlate_transposed(xp, x, weight, geometry, groups, out_channels, limit, device)
@@ -320,20 +314,31 @@ def conv_transpose2d_backward(
     return dx, dweight, dbias
 
 
-def _conv_transpose_geometry(size, kernel, stride, dilation, padding, output_padding) -> WindowGeometry:
+def conv_transpose_options(stride=1, padding=0, output_padding=0, dilation=1):
+    """The transposed convolution's arguments checked and normalised to (height, width) pairs: ``(stride,
+    padding, output_padding, dilation)``, output_padding below the stride or the dilation on each axis.
+    :class:`xpcnn.nn.ConvTranspose2d` calls it when it is built, the op on every call."""
+    stride = int_pair(stride, "stride", minimum=1)
+    padding = int_pair(padding, "padding", minimum=0)
+    output_padding = int_pair(output_padding, "output_padding", minimum=0)
+    dilation = int_pair(dilation, "dilation", minimum=1)
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(
+            f"output_padding must be smaller than the stride or the dilation on each axis, got output_padding "
+            f"{output_padding} with stride {stride} and dilation {dilation}"
+        )
+    return stride, padding, output_padding, dilation
+
+
+def _conv_transpose_geometry(size, kernel, stride, padding, output_padding, dilation) -> WindowGeometry:
     """The geometry of the convolution that conv_transpose2d transposes: its input is the transposed
     convolution's output (Hout, Wout), padded by p on both sides, its output x's (H, W).
 
     ``Hout = (H - 1) * s - 2p + d(k - 1) + output_padding + 1``: the padded output reaches as far as the last
     window, and output_padding rows (columns) beyond it that no window reaches; with output_padding >= the stride
     (PyTorch allows it below the dilation) that is more than a convolution's output size rounds away. Raises a
-    ValueError for output_padding not below the stride or the dilation, or an output smaller than 1 x 1.
+    ValueError for an output smaller than 1 x 1.
     """
-    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
-        raise ValueError(
-            f"output_padding must be smaller than the stride or the dilation on each axis, got output_padding "
-            f"{output_padding} with stride {stride} and dilation {dilation}"
-        )
     out_size = tuple(
         (n - 1) * s - 2 * p + d * (k - 1) + op + 1
         for n, k, s, d, p, op in zip(size, kernel, stride, dilation, padding, output_padding)

@@ -11,7 +11,7 @@ import math
 from .. import functional as F
 from .._validation import as_bool, as_int, int_pair
 from ..config import resolve_workspace_limit
-from ..functional.conv import conv_options
+from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.dropout import check_probability
 from ..functional.pooling import avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
@@ -117,11 +117,13 @@ class ConvTranspose2d(_Affine):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         kh, kw = int_pair(kernel_size, "kernel_size", minimum=1)
+        conv_transpose_options(stride, padding, output_padding, dilation)  # bad settings fail here, as in the op
         self.options = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
                             dilation=dilation)
+        _check_workspace_limit(workspace_limit)
         self.workspace_limit = workspace_limit
         shape, fan_in = (in_channels, out_channels // groups, kh, kw), out_channels // groups * kh * kw
-        self._init_parameters(shape, fan_in, as_bool(bias, "bias"), xp, device, dtype, seed, out_features=out_channels)
+        self._init_parameters(shape, fan_in, bias, xp, device, dtype, seed, out_features=out_channels)
 
     def forward(self, x):
         out, self._cache = F.conv_transpose2d_forward(x, self.weight.data, self._bias_data(), **self.options,
