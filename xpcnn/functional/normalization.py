@@ -162,7 +162,7 @@ class BatchNormCache(NamedTuple):
     normalized: Normalized
     batch_mean: Any  # (C,), or None in evaluation and for an empty batch
     batch_var: Any  # (C,) unbiased, or None likewise
-    running_mean: Any  # (C,) updated in training (unchanged for an empty batch), or None without running statistics
+    running_mean: Any  # (C,) after this batch: updated in training, as given otherwise; None without them
     running_var: Any  # (C,) likewise
 
 
@@ -252,9 +252,10 @@ def batch_norm_forward(x, weight=None, bias=None, *, running_mean=None, running_
     -------
     out : array (N, C, *)
     cache : BatchNormCache
-        For :func:`batch_norm_backward`; ``cache.running_mean``, ``cache.running_var``: the updated running
-        statistics (unchanged for an empty batch); ``cache.batch_mean``, ``cache.batch_var``: the batch's mean and
-        unbiased variance (None in evaluation or for an empty batch).
+        For :func:`batch_norm_backward`; ``cache.running_mean``, ``cache.running_var``: the running statistics
+        after this batch (updated in training; as given in evaluation and for an empty batch; None without
+        them); ``cache.batch_mean``, ``cache.batch_var``: the batch's mean and unbiased variance (None in
+        evaluation or for an empty batch).
 
     Raises
     ------
