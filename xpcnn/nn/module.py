@@ -90,6 +90,7 @@ class Module:
     """
 
     buffer_names: tuple[str, ...] = ()  # non-trainable arrays kept in the state dict (BatchNorm's statistics)
+    optional_buffer_names: tuple[str, ...] = ()  # buffers older state dicts lack: loading keeps their value
 
     def __init__(self):
         self.training = True
@@ -151,6 +152,12 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_buffers(f"{prefix}{name}.")
 
+    def _optional_buffers(self, prefix: str = "") -> set:
+        names = {prefix + name for name in self.optional_buffer_names if name in self.buffer_names}
+        for name, child in self.named_children():
+            names |= child._optional_buffers(f"{prefix}{name}.")
+        return names
+
     def named_gradients(self):
         """{name: grad} of every parameter that has one."""
         return {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
@@ -187,9 +194,12 @@ class Module:
     def load_state_dict(self, state: dict) -> None:
         """Replace every parameter and buffer by ``state``'s arrays (host NumPy arrays or the model's own
         namespace). Names, shapes and dtypes are all checked first: on any mismatch a ValueError lists them and the
-        model is left unchanged."""
+        model is left unchanged. A buffer its module declares optional (``optional_buffer_names``, such as batch
+        norm's ``num_batches_tracked``, which older state dicts lack) keeps its value when ``state`` lacks it, as
+        PyTorch does."""
         own = self.state_dict()
-        problems = [f"missing {name!r}" for name in own if name not in state]
+        optional = self._optional_buffers()
+        problems = [f"missing {name!r}" for name in own if name not in state and name not in optional]
         problems += [f"unexpected {name!r}" for name in state if name not in own]
         for name, target in own.items():
             if name not in state:
@@ -203,6 +213,8 @@ class Module:
             raise ValueError("state does not match the model: " + "; ".join(problems))
         converted = {}
         for name, target in own.items():
+            if name not in state:  # an optional buffer
+                continue
             xp, device = array_api_compat.array_namespace(target), array_api_compat.device(target)
             value = state[name]
             same = array_api_compat.array_namespace(value) is xp and array_api_compat.device(value) == device
