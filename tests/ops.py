@@ -19,6 +19,7 @@ class Op:
     make_inputs: object  # rng -> {argument: NumPy array} (floating arrays get the test's dtype)
     options: dict = field(default_factory=dict)
     scalar_dloss: bool = False  # the backward takes a number (a reduced loss), not an array of out's shape
+    cache_outputs: tuple = ()  # arrays the forward pass returns in its cache (batch norm's running statistics)
 
     def inputs(self, rng):
         return self.make_inputs(rng)
@@ -54,6 +55,22 @@ OPS = [
     Op("batch_norm2d", F.batch_norm2d_forward, F.batch_norm2d_backward,
        lambda rng: {"x": rng.standard_normal((3, 2, 4, 5)), "weight": rng.standard_normal(2),
                     "bias": rng.standard_normal(2)}),
+    Op("batch_norm", F.batch_norm_forward, F.batch_norm_backward,
+       lambda rng: {"x": rng.standard_normal((4, 3, 5)), "weight": rng.standard_normal(3),
+                    "bias": rng.standard_normal(3), "running_mean": rng.standard_normal(3),
+                    "running_var": rng.random(3) + 0.5},
+       dict(momentum=0.2), cache_outputs=("running_mean", "running_var")),
+    Op("batch_norm_eval", F.batch_norm_forward, F.batch_norm_backward,
+       lambda rng: {"x": rng.standard_normal((4, 3)), "weight": rng.standard_normal(3),
+                    "running_mean": rng.standard_normal(3), "running_var": rng.random(3) + 0.5},
+       dict(training=False)),
+    Op("layer_norm", F.layer_norm_forward, F.layer_norm_backward,
+       lambda rng: {"x": rng.standard_normal((2, 3, 4, 5)), "weight": rng.standard_normal((4, 5)),
+                    "bias": rng.standard_normal((4, 5))},
+       dict(normalized_shape=(4, 5))),
+    Op("group_norm", F.group_norm_forward, F.group_norm_backward,
+       lambda rng: {"x": rng.standard_normal((2, 6, 3, 4)), "weight": rng.standard_normal(6)},
+       dict(num_groups=3)),
     Op("dropout", F.dropout_forward, F.dropout_backward, _x((3, 4, 5)), dict(p=0.3, seed=1, stream=2)),
     Op("softmax_cross_entropy", F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward,
        lambda rng: {"logits": rng.standard_normal((5, 4)) * 3, "target": rng.integers(0, 4, 5)},
@@ -71,4 +88,5 @@ def run(op, arrays, dout_from):
     grads = op.backward(0.7 if op.scalar_dloss else dout_from(out), cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
     extra = (cache.indices,) if op.name == "max_pool2d" else ()
+    extra += tuple(getattr(cache, name) for name in op.cache_outputs)
     return (out, *[g for g in grads if g is not None], *extra)

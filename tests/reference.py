@@ -138,3 +138,41 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor
             out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / divisor
             dx[:, :, h0:h1, w0:w1] += (dout[:, :, i, j] / divisor)[:, :, None, None]
     return out, dx
+
+
+def standardize_rows(v, eps, dxhat):
+    """Each row of ``v`` (R, M) standardised on its own (biased variance); returns (xhat, dx) with dx from the
+    explicit Jacobian d xhat_i / d v_j = (delta_ij - 1/M - xhat_i xhat_j / M) / sqrt(var + eps), row by row."""
+    xhat, dx = np.zeros_like(v), np.zeros_like(v)
+    for r in range(v.shape[0]):
+        row, m = v[r], v.shape[1]
+        mean = math.fsum(row) / m
+        inv_std = 1.0 / math.sqrt(math.fsum((row - mean) ** 2) / m + eps)
+        xhat[r] = (row - mean) * inv_std
+        jacobian = inv_std * (np.eye(m) - 1.0 / m - np.outer(xhat[r], xhat[r]) / m)
+        dx[r] = jacobian.T @ dxhat[r]
+    return xhat, dx
+
+
+def normalization(kind, x, weight, bias, eps, dout, *, num_groups=1, normalized_ndim=1):
+    """Returns (out, dx, dweight, dbias) of batch norm in training ("batch", x (N, C, *)), layer norm ("layer",
+    over the last ``normalized_ndim`` axes) or group norm ("group", x (N, C, *)): the rows that share statistics
+    are gathered, standardised by :func:`standardize_rows`, then scaled and shifted per feature."""
+    if kind == "batch":
+        to_rows = lambda a: np.moveaxis(a, 1, 0).reshape(a.shape[1], -1)  # noqa: E731
+        from_rows = lambda r: np.moveaxis(r.reshape((x.shape[1], x.shape[0], *x.shape[2:])), 0, 1)  # noqa: E731
+    elif kind == "layer":
+        to_rows = lambda a: a.reshape(-1, math.prod(x.shape[x.ndim - normalized_ndim:]))  # noqa: E731
+        from_rows = lambda r: r.reshape(x.shape)  # noqa: E731
+    else:
+        to_rows = lambda a: a.reshape(x.shape[0] * num_groups, -1)  # noqa: E731
+        from_rows = lambda r: r.reshape(x.shape)  # noqa: E731
+    param_shape = x.shape[x.ndim - normalized_ndim:] if kind == "layer" else (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    w = np.ones(param_shape) if weight is None else weight.reshape(param_shape)
+    xhat, dx = standardize_rows(to_rows(x), eps, to_rows(dout * w))
+    xhat, dx = from_rows(xhat), from_rows(dx)
+    out = xhat * w + (0.0 if bias is None else bias.reshape(param_shape))
+    axes = tuple(range(x.ndim - normalized_ndim)) if kind == "layer" else (0, *range(2, x.ndim))
+    dweight = None if weight is None else (dout * xhat).sum(axis=axes).reshape(weight.shape)
+    dbias = None if bias is None else dout.sum(axis=axes).reshape(bias.shape)
+    return out, dx, dweight, dbias

@@ -57,6 +57,7 @@ BAD = {
     "array": [None, [[1.0]], "x", 3.0, _Weird()],
     "floating_array": [None, [[1.0]], "x", 3.0, np.zeros((2, 3, 6, 6), np.int64), np.zeros((2, 3, 6, 6), bool)],
     "reduction": ["avg", None, 1, "Mean"],
+    "shape": [None, "3", 1.5, True, (1.5,), (1, "a"), _Weird(), (-1,)],
     "seed": [None, "1", 1.5, True, _Weird()],
 }
 
@@ -154,6 +155,31 @@ TARGETS = [
            dict(x="floating_array", weight="array", bias="array", running_mean="array", running_var="array",
                 training="bool", eps="float"),
            bad=dict(weight=[np.ones(4)], eps=[-1.0]), optional=("weight", "bias", "running_mean", "running_var")),
+    Target("batch_norm_forward", F.batch_norm_forward,
+           lambda: dict(x=np.zeros((4, 3)), weight=np.ones(3), bias=np.zeros(3), running_mean=np.zeros(3),
+                        running_var=np.ones(3), training=True, momentum=0.1, eps=1e-5),
+           dict(x="floating_array", weight="array", bias="array", running_mean="array", running_var="array",
+                training="bool", momentum="float", eps="float"),
+           bad=dict(eps=[-1.0]), optional=("weight", "bias", "running_mean", "running_var", "momentum")),
+    Target("layer_norm_forward", F.layer_norm_forward,
+           lambda: dict(x=X4, normalized_shape=(6, 6), weight=np.ones((6, 6)), bias=np.zeros((6, 6)), eps=1e-5),
+           dict(x="floating_array", normalized_shape="shape", weight="array", bias="array", eps="float"),
+           bad=dict(normalized_shape=[(5, 6), (2, 3, 6, 6, 1)], weight=[np.ones(6)]), optional=("weight", "bias")),
+    Target("group_norm_forward", F.group_norm_forward,
+           lambda: dict(x=X4, num_groups=3, weight=np.ones(3), bias=np.zeros(3), eps=1e-5),
+           dict(x="floating_array", num_groups="int", weight="array", bias="array", eps="float"),
+           bad=dict(num_groups=[0, 2]), optional=("weight", "bias")),
+    Target("BatchNorm1d", nn.BatchNorm1d, lambda: dict(num_features=3, eps=1e-5, momentum=0.1, affine=True,
+                                                      track_running_stats=True),
+           dict(num_features="int", eps="float", momentum="float", affine="bool", track_running_stats="bool"),
+           bad=dict(num_features=[0]), optional=("momentum",)),
+    Target("LayerNorm", nn.LayerNorm, lambda: dict(normalized_shape=(4, 5), eps=1e-5, elementwise_affine=True),
+           dict(normalized_shape="shape", eps="float", elementwise_affine="bool")),
+    Target("GroupNorm", nn.GroupNorm, lambda: dict(num_groups=2, num_channels=4, eps=1e-5, affine=True),
+           dict(num_groups="int", num_channels="int", eps="float", affine="bool"), bad=dict(num_groups=[3, 0])),
+    Target("Residual", nn.Residual, lambda: dict(body=nn.ReLU(), shortcut=nn.Tanh()),
+           dict(body="array", shortcut="array"), optional=("shortcut",)),
+    Target("Concat", lambda dim: nn.Concat(nn.ReLU(), dim=dim), lambda: dict(dim=1), dict(dim="axis")),
     Target("LeakyReLU", nn.LeakyReLU, lambda: dict(negative_slope=0.2), dict(negative_slope="float")),
     Target("BatchNorm2d", nn.BatchNorm2d, lambda: dict(num_features=3, eps=1e-5, momentum=0.1, affine=True),
            dict(num_features="int", eps="float", momentum="float", affine="bool"), bad=dict(num_features=[0]),
@@ -232,8 +258,8 @@ def test_every_public_function_and_layer_is_fuzzed():
               and issubclass(getattr(nn, name), nn.Module) and name not in ("Module", "Sequential")}
     takes_arguments = {name for name in layers if getattr(nn, name).__init__.__code__.co_argcount > 1}
     assert takes_arguments <= fuzzed
-    assert {name for name in CASES} | {"dropout", "flatten"} >= {n[: -len("_forward")] for n in F.__all__
-                                                                  if n.endswith("_forward")}
+    compared = {name for name in CASES} | {"dropout", "flatten", "batch_norm"}  # batch_norm: as batch_norm2d
+    assert compared >= {n[: -len("_forward")] for n in F.__all__ if n.endswith("_forward")}
 
 
 @FUZZ
@@ -397,8 +423,27 @@ def _batch_norm(draw, rng):
             lambda x, weight, bias: F.batch_norm2d_forward(x, weight, bias), F.batch_norm2d_backward)
 
 
+def _layer_norm(draw, rng):
+    x = _sprinkle(draw, rng.standard_normal((draw(st.integers(1, 3)), 3, 4, 5)) * draw(st.sampled_from([1.0, 300.0])),
+                  0.02)
+    shape = draw(st.sampled_from([(5,), (4, 5), (3, 4, 5)]))
+    w, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    return (dict(x=x, weight=w, bias=b), lambda x, weight, bias: TF.layer_norm(x, shape, weight, bias),
+            lambda x, weight, bias: F.layer_norm_forward(x, shape, weight, bias), F.layer_norm_backward)
+
+
+def _group_norm(draw, rng):
+    groups = draw(st.sampled_from([1, 2, 4]))
+    x = _sprinkle(draw, rng.standard_normal((draw(st.integers(1, 3)), 4, 3, 5)) * draw(st.sampled_from([1.0, 300.0])),
+                  0.02)
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    return (dict(x=x, weight=w, bias=b), lambda x, weight, bias: TF.group_norm(x, groups, weight, bias),
+            lambda x, weight, bias: F.group_norm_forward(x, groups, weight, bias), F.group_norm_backward)
+
+
 CASES = {
-    "conv2d": _conv, "conv_transpose2d": _conv_transpose, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"), "linear": _linear,
+    "layer_norm": _layer_norm, "group_norm": _group_norm, "conv_transpose2d": _conv_transpose,
+    "conv2d": _conv, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"), "linear": _linear,
     "relu": _elementwise("relu", TF.relu), "leaky_relu": _elementwise("leaky_relu", TF.leaky_relu, negative_slope=0.1),
     "sigmoid": _elementwise("sigmoid", torch.sigmoid), "tanh": _elementwise("tanh", torch.tanh),
     "arctan": _elementwise("arctan", torch.atan), "softmax_cross_entropy": _cross_entropy, "mse_loss": _mse,

@@ -1,5 +1,5 @@
-"""Hypothesis property tests: every window op's forward and backward equal the naive loops of tests/reference.py
-on random legal configurations, on NumPy and on array-api-strict's ``device1``.
+"""Hypothesis property tests: every window op's and normalisation's forward and backward equal the naive loops of
+tests/reference.py on random legal configurations, on NumPy and on array-api-strict's ``device1``.
 
 The default number of examples per op and backend is modest for CI; ``XPCNN_HYPOTHESIS_EXAMPLES=2000`` runs a
 deeper, randomised search (CI's runs are derandomised, so they are reproducible).
@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from xpcnn import functional as F
 from xpcnn.functional import (
     avg_pool2d_backward,
     avg_pool2d_forward,
@@ -199,6 +200,51 @@ def test_avg_pool2d_equals_naive_loops(make_backend, case, count_include_pad, di
     ref_out, ref_dx = reference.avg_pool2d(x, case["kernel"], *options.values(), dout)
     np.testing.assert_allclose(xp.to_numpy(out), ref_out, **CLOSE)
     np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+
+
+@st.composite
+def norm_cases(draw):
+    kind = draw(st.sampled_from(["batch", "layer", "group"]))
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 6)), *draw(st.lists(st.integers(1, 4), max_size=2)))
+    channels = shape[1]
+    if kind == "batch":
+        assume(shape[0] * int(np.prod(shape[2:])) > 1)  # more than one value per channel
+    groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+    normalized_ndim = draw(st.integers(1, len(shape)))
+    param_shape = shape[len(shape) - normalized_ndim:] if kind == "layer" else (channels,)
+    return dict(kind=kind, x_shape=shape, num_groups=groups, normalized_ndim=normalized_ndim, param_shape=param_shape,
+                weight=draw(st.booleans()), bias=draw(st.booleans()), eps=draw(st.sampled_from([1e-5, 1e-2, 1.0])),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(case=norm_cases())
+def test_normalization_equals_naive_loops(make_backend, case):
+    """Batch (training), layer and group norm: values and gradients equal the row-by-row explicit Jacobians."""
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"]) * rng.uniform(0.1, 10) + rng.uniform(-5, 5)
+    w = rng.standard_normal(case["param_shape"]) if case["weight"] else None
+    b = rng.standard_normal(case["param_shape"]) if case["bias"] else None
+    dout = rng.standard_normal(case["x_shape"])
+    args = [None if a is None else xp.asarray(a) for a in (x, w, b)]
+    kind, eps = case["kind"], case["eps"]
+    if kind == "batch":
+        out, cache = F.batch_norm_forward(*args, eps=eps)
+        grads = F.batch_norm_backward(xp.asarray(dout), cache)
+    elif kind == "layer":
+        out, cache = F.layer_norm_forward(args[0], case["param_shape"], *args[1:], eps=eps)
+        grads = F.layer_norm_backward(xp.asarray(dout), cache)
+    else:
+        out, cache = F.group_norm_forward(args[0], case["num_groups"], *args[1:], eps=eps)
+        grads = F.group_norm_backward(xp.asarray(dout), cache)
+    ref = reference.normalization(kind, x, w, b, eps, dout, num_groups=case["num_groups"],
+                                  normalized_ndim=case["normalized_ndim"])
+    for got, want in zip((out, *grads), ref, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            np.testing.assert_allclose(xp.to_numpy(got), want, rtol=1e-9, atol=1e-9)
 
 
 def _pair(v):

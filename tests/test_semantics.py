@@ -181,15 +181,13 @@ def empty_batch():
     rng = np.random.default_rng(0)
     for op in OPS:
         arrays = {k: v[:0] if k in ("x", "logits", "pred", "target") else v for k, v in op.inputs(rng).items()}
-        if op.name == "batch_norm2d":
-            continue  # training batch norm needs more than one value per channel (a documented error)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             results = run(op, arrays, lambda out: np.ones(out.shape))
         assert op.scalar_dloss or results[0].shape[0] == 0, op.name
         if op.scalar_dloss and op.options.get("reduction", "mean") == "mean":
             assert np.isnan(results[0])
-        if op.name in ("conv2d", "conv_transpose2d", "linear"):
+        if op.name in ("conv2d", "conv_transpose2d", "linear", "batch_norm2d", "layer_norm", "group_norm"):
             assert all((g == 0).all() for g in results[2:]), op.name
 
 
@@ -324,6 +322,95 @@ def float32_only_device():
         results = run(op, arrays, lambda out: strict.ones(out.shape, dtype=out.dtype, device=device))
         floats = results[:-1] if op.name == "max_pool2d" else results
         assert all(r.dtype == strict.float32 and r.device == device for r in floats), op.name
+
+
+def norm_nan():
+    x = np.arange(24.0).reshape(2, 4, 3)
+    x[1, 2, 0] = np.nan
+    ones = np.ones(4)
+    cases = {  # what shares the NaN's statistics
+        "batch": (lambda: F.batch_norm_forward(x, ones, running_mean=np.zeros(4), running_var=ones),
+                  F.batch_norm_backward, np.s_[:, 2]),
+        "eval": (lambda: F.batch_norm_forward(x, ones, running_mean=np.zeros(4), running_var=ones, training=False),
+                 F.batch_norm_backward, np.s_[1, 2, 0]),
+        "layer": (lambda: F.layer_norm_forward(x, (4, 3), np.ones((4, 3))), F.layer_norm_backward, np.s_[1]),
+        "group": (lambda: F.group_norm_forward(x, 2, ones), F.group_norm_backward, np.s_[1, 2:]),
+    }
+    for name, (forward, backward, where) in cases.items():
+        expected = np.zeros(x.shape, dtype=bool)
+        expected[where] = True
+        out, cache = forward()
+        np.testing.assert_array_equal(np.isnan(out), expected, err_msg=name)
+        dx, dweight, _ = backward(np.ones_like(x), cache)
+        np.testing.assert_array_equal(np.isnan(dx), expected if name != "eval" else False, err_msg=name)
+        assert np.isnan(dweight).any(), name
+        if name == "batch":
+            assert np.isnan(cache.running_mean).tolist() == [False, False, True, False]
+
+
+def norm_constant():
+    x = np.full((3, 2, 4), 7.0)
+    bias = np.array([0.5, -1.0])
+    for out, cache, backward in ((*F.batch_norm_forward(x, np.ones(2), bias), F.batch_norm_backward),
+                                 (*F.group_norm_forward(x, 2, np.ones(2), bias), F.group_norm_backward)):
+        np.testing.assert_array_equal(out, np.broadcast_to(bias[:, None], x.shape))
+        dout = np.arange(24.0).reshape(x.shape)
+        dx = backward(dout, cache)[0]
+        assert np.isfinite(dx).all() and np.abs(dx).max() > 0
+
+
+def batchnorm_empty():
+    from xpcnn import nn
+
+    out, cache = F.batch_norm_forward(np.zeros((0, 2, 3)), np.ones(2), np.ones(2), running_mean=np.full(2, 3.0),
+                                      running_var=np.full(2, 4.0))
+    assert out.shape == (0, 2, 3) and cache.running_mean.tolist() == [3.0, 3.0] and cache.running_var.tolist() == [4.0] * 2
+    dx, dweight, dbias = F.batch_norm_backward(out, cache)
+    assert dx.shape == (0, 2, 3) and (dweight == 0).all() and (dbias == 0).all()
+    layer = nn.BatchNorm2d(2)
+    layer(np.zeros((0, 2, 3, 3), np.float32))
+    assert layer.num_batches_tracked == 1 and (layer.running_mean == 0).all() and (layer.running_var == 1).all()
+
+
+def batchnorm_momentum_none():
+    from xpcnn import nn
+
+    layer = nn.BatchNorm1d(2, momentum=None, dtype=np.float64)
+    batches = [np.random.default_rng(i).standard_normal((5, 2)) + i for i in range(4)]
+    for x in batches:
+        layer(x)
+    np.testing.assert_allclose(layer.running_mean, np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-12)
+    assert layer.num_batches_tracked == 4
+
+
+def batchnorm_float16():
+    x = (np.array([1.0, -1.0] * 4)[:, None] * np.array([346.0, 350.0, 360.0])).astype(np.float16)
+    assert (x.astype(np.float32).var(axis=0, ddof=1) > np.finfo(np.float16).max).all()  # the batch variance
+    _, cache = F.batch_norm_forward(x, running_mean=np.zeros(3, np.float16), running_var=np.ones(3, np.float16))
+    assert cache.running_var.dtype == np.float16 and np.isfinite(cache.running_var).all()
+    expected = 0.9 + 0.1 * x.astype(np.float32).var(axis=0, ddof=1)
+    np.testing.assert_allclose(cache.running_var, expected, rtol=1e-3)
+
+
+def batchnorm_old_state():
+    from xpcnn import nn
+
+    layer = nn.BatchNorm2d(2)
+    layer(np.random.default_rng(0).standard_normal((2, 2, 2, 2)).astype(np.float32))
+    old = {k: v for k, v in layer.state_dict().items() if k != "num_batches_tracked"}
+    fresh = nn.BatchNorm2d(2)
+    fresh.load_state_dict(old)
+    np.testing.assert_array_equal(fresh.running_mean, layer.running_mean)
+    assert fresh.num_batches_tracked == 0
+
+
+def groupnorm_one_value():
+    bias = np.array([1.0, 2.0, 3.0])
+    for n in (1, 2):
+        x = np.random.default_rng(n).standard_normal((n, 3))
+        out, cache = F.group_norm_forward(x, 3, None, bias)
+        np.testing.assert_array_equal(out, np.broadcast_to(bias, (n, 3)))
+        np.testing.assert_array_equal(F.group_norm_backward(np.ones((n, 3)), cache)[0], 0.0)
 
 
 ROWS = {name.replace("_", "-"): fn for name, fn in list(globals().items())

@@ -26,10 +26,12 @@ from .module import Module, located
 __all__ = ["Sequential", "Residual", "Concat"]
 
 
-def _modules(modules, owner: str) -> list[Module]:
+def _modules(modules, owner: str, names=None) -> list[Module]:
+    """``modules`` as a list, each checked to be a Module (a TypeError naming the argument otherwise)."""
     for i, module in enumerate(modules):
         if not isinstance(module, Module):
-            raise TypeError(f"{owner} takes Module instances, got {type(module).__name__} at position {i}")
+            where = names[i] if names else f"argument {i}"
+            raise TypeError(f"{owner} takes Module instances: {where} is a {type(module).__name__}, got {module!r:.60}")
     return list(modules)
 
 
@@ -103,7 +105,7 @@ class Residual(Module):
 
     def __init__(self, body: Module, shortcut: Module | None = None):
         super().__init__()
-        _modules([body] if shortcut is None else [body, shortcut], "Residual")
+        _modules([body] if shortcut is None else [body, shortcut], "Residual", ["body", "shortcut"])
         self.body, self.shortcut = body, shortcut
 
     def forward(self, x):

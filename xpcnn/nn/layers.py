@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 
 from .. import functional as F
-from .._validation import as_bool, as_int, int_pair
+from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_device
 from ..config import resolve_workspace_limit
 from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.dropout import check_probability
+from ..functional.normalization import as_normalized_shape
 from ..functional.pooling import avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
@@ -30,7 +31,10 @@ __all__ = [
     "Arctan",
     "Flatten",
     "Dropout",
+    "BatchNorm1d",
     "BatchNorm2d",
+    "LayerNorm",
+    "GroupNorm",
 ]
 
 
@@ -266,44 +270,153 @@ class Dropout(Module):
         return f"Dropout(p={self.p})"
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation over (N, H, W) per channel, as ``torch.nn.BatchNorm2d``: batch statistics in training
-    (running statistics updated with ``momentum``, the variance unbiased), running statistics in eval."""
+class _Normalization(Module):
+    """A normalisation layer: affine parameters initialised as PyTorch's (weight ones, bias zeros), optional, and
+    a backward pass (``backward_fn``) that accumulates their gradients."""
 
-    buffer_names = ("running_mean", "running_var")
+    backward_fn = None
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, xp=None, device=None, dtype=None):
-        super().__init__()
-        num_features = _positive(num_features, "num_features")
-        xp, device, dtype = resolve(xp, device, dtype)
-        self.eps, self.momentum = float(eps), float(momentum)
-        self.weight = Parameter(xp.ones(num_features, dtype=dtype, device=device)) if affine else None
-        self.bias = Parameter(xp.zeros(num_features, dtype=dtype, device=device)) if affine else None
-        self.running_mean = xp.zeros(num_features, dtype=dtype, device=device)
-        self.running_var = xp.ones(num_features, dtype=dtype, device=device)
+    def _init_affine(self, shape: tuple, weight: bool, bias: bool, xp, device, dtype) -> None:
+        self.weight = Parameter(xp.ones(shape, dtype=dtype, device=device)) if weight else None
+        self.bias = Parameter(xp.zeros(shape, dtype=dtype, device=device)) if weight and bias else None
 
-    def forward(self, x):
-        out, self._cache = F.batch_norm2d_forward(
-            x,
-            None if self.weight is None else self.weight.data,
-            None if self.bias is None else self.bias.data,
-            running_mean=self.running_mean,
-            running_var=self.running_var,
-            training=self.training,
-            eps=self.eps,
-        )
-        if self.training:
-            m = self.momentum
-            self.running_mean = (1.0 - m) * self.running_mean + m * self._cache.batch_mean
-            self.running_var = (1.0 - m) * self.running_var + m * self._cache.batch_var
-        return out
+    def _affine_data(self):
+        return tuple(None if p is None else p.data for p in (self.weight, self.bias))
+
+    def _check_channels(self, x, channels: int, layouts: tuple[str, ...], ndims: tuple[int, ...] | None = None):
+        """A clear error for x whose channel axis (axis 1) is not ``channels`` long or whose rank is not one of
+        ``ndims`` (any rank >= 2 when None)."""
+        namespace_and_device(x=x)  # a TypeError for a non-array
+        rank_ok = x.ndim >= 2 if ndims is None else x.ndim in ndims
+        if not rank_ok or x.shape[1] != channels:
+            raise ValueError(
+                f"{type(self).__name__} takes x of shape {' or '.join(layouts)} with C = {channels}, "
+                f"got shape {tuple(x.shape)}"
+            )
 
     def backward(self, dout, *, input_grad=True):
-        dx, dweight, dbias = F.batch_norm2d_backward(dout, self._take_cache())
+        dx, dweight, dbias = type(self).backward_fn(dout, self._take_cache(), input_grad=input_grad)
         if self.weight is not None:
             self.weight.accumulate(dweight)
+        if self.bias is not None:
             self.bias.accumulate(dbias)
-        return dx if input_grad else None
+        return dx
+
+
+class _BatchNorm(_Normalization):
+    """Batch normalisation per channel, as ``torch.nn.BatchNorm1d``/``BatchNorm2d`` (they differ only in the input
+    ranks they take, ``layouts``).
+
+    Training normalises with the batch's statistics and, with ``track_running_stats``, blends them into the running
+    statistics (weight ``momentum``, or ``1 / num_batches_tracked`` for ``momentum=None``: their cumulative
+    average) and counts the batch in ``num_batches_tracked``; an empty batch is counted but leaves the statistics as
+    they were, as PyTorch. Evaluation normalises with the running statistics (with the batch's when they are not
+    tracked). State dicts without ``num_batches_tracked`` (saved before it existed) still load.
+    """
+
+    backward_fn = F.batch_norm_backward
+    layouts: dict[int, str] = {}  # input rank -> layout
+    buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    optional_buffer_names = ("num_batches_tracked",)
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True, xp=None, device=None, dtype=None):
+        super().__init__()
+        self.num_features = _positive(num_features, "num_features")
+        self.eps = as_float(eps, "eps", minimum=0.0)
+        self.momentum = None if momentum is None else as_float(momentum, "momentum")
+        self.affine = as_bool(affine, "affine")
+        self.track_running_stats = as_bool(track_running_stats, "track_running_stats")
+        xp, device, dtype = resolve(xp, device, dtype)
+        self._init_affine((self.num_features,), self.affine, as_bool(bias, "bias"), xp, device, dtype)
+        if self.track_running_stats:
+            self.running_mean = xp.zeros(self.num_features, dtype=dtype, device=device)
+            self.running_var = xp.ones(self.num_features, dtype=dtype, device=device)
+            self.num_batches_tracked = xp.zeros((), dtype=xp.int64, device=device)
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+            self.buffer_names = ()
+
+    def forward(self, x):
+        self._check_channels(x, self.num_features, tuple(self.layouts.values()), tuple(self.layouts))
+        update = self.training and self.track_running_stats
+        count = self.num_batches_tracked + 1 if update else None
+        out, self._cache = F.batch_norm_forward(
+            x, *self._affine_data(), running_mean=self.running_mean, running_var=self.running_var,
+            training=self.training or not self.track_running_stats, momentum=self.momentum, eps=self.eps,
+            num_batches_tracked=count,
+        )
+        if update:
+            self.running_mean, self.running_var = self._cache.running_mean, self._cache.running_var
+            self.num_batches_tracked = count
+        return out
 
     def __repr__(self):
-        return f"BatchNorm2d({self.running_mean.shape[0]}, eps={self.eps}, momentum={self.momentum})"
+        return (
+            f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, track_running_stats={self.track_running_stats})"
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    layouts = {2: "(N, C)", 3: "(N, C, L)"}
+
+
+class BatchNorm2d(_BatchNorm):
+    layouts = {4: "(N, C, H, W)"}
+
+
+class LayerNorm(_Normalization):
+    """Layer normalisation over the trailing ``normalized_shape`` axes, as ``torch.nn.LayerNorm``: elementwise
+    weight and bias of that shape (``elementwise_affine``; ``bias=False`` keeps the weight only)."""
+
+    backward_fn = F.layer_norm_backward
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True, *,
+                 xp=None, device=None, dtype=None):
+        super().__init__()
+        self.normalized_shape = as_normalized_shape(normalized_shape)
+        self.eps = as_float(eps, "eps", minimum=0.0)
+        self.elementwise_affine = as_bool(elementwise_affine, "elementwise_affine")
+        xp, device, dtype = resolve(xp, device, dtype)
+        self._init_affine(self.normalized_shape, self.elementwise_affine, as_bool(bias, "bias"), xp, device, dtype)
+
+    def forward(self, x):
+        out, self._cache = F.layer_norm_forward(x, self.normalized_shape, *self._affine_data(), eps=self.eps)
+        return out
+
+    def __repr__(self):
+        return (
+            f"LayerNorm({self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None})"
+        )
+
+
+class GroupNorm(_Normalization):
+    """Group normalisation, as ``torch.nn.GroupNorm``: the channels in ``num_groups`` groups, each normalised per
+    sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only)."""
+
+    backward_fn = F.group_norm_backward
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 bias: bool = True, xp=None, device=None, dtype=None):
+        super().__init__()
+        self.num_groups = _positive(num_groups, "num_groups")
+        self.num_channels = _positive(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups={self.num_groups} must divide num_channels={self.num_channels}")
+        self.eps = as_float(eps, "eps", minimum=0.0)
+        self.affine = as_bool(affine, "affine")
+        xp, device, dtype = resolve(xp, device, dtype)
+        self._init_affine((self.num_channels,), self.affine, as_bool(bias, "bias"), xp, device, dtype)
+
+    def forward(self, x):
+        self._check_channels(x, self.num_channels, ("(N, C, *)",))
+        out, self._cache = F.group_norm_forward(x, self.num_groups, *self._affine_data(), eps=self.eps)
+        return out
+
+    def __repr__(self):
+        return (
+            f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None})"
+        )

@@ -1,4 +1,4 @@
-"""Parameters, the Module base class and Sequential.
+"""Parameters and the Module base class (the containers are in :mod:`xpcnn.nn.containers`).
 
 A module's ``forward(x)`` keeps what its ``backward(dout)`` needs; ``backward`` returns the input gradient and
 adds the parameter gradients to each ``Parameter.grad``. ``backward(dout, input_grad=False)`` skips the input
@@ -36,9 +36,61 @@ class Parameter:
 
 
 class Module:
-    """Base class of every layer and model."""
+    """Base class of every layer and model: a forward pass that keeps what its backward pass needs.
+
+    The contract
+    ------------
+    ``forward(x)`` returns the output and keeps, in ``self._cache``, what the backward pass will need (the
+    functional ops' caches, the shapes of a split...). ``backward(dout, *, input_grad=True)`` takes that cache with
+    :meth:`_take_cache` (which raises a clear error when there was no forward pass, or when a failed backward pass
+    used it), adds each parameter's gradient to its ``Parameter.grad`` (:meth:`Parameter.accumulate`) and returns
+    the gradient of the input — or None when ``input_grad`` is False (nothing before this module needs it, as for
+    an input without ``requires_grad`` in PyTorch: skip the work). One forward, then one backward.
+
+    Parameters are :class:`Parameter` attributes, child modules are :class:`Module` attributes; both are found in
+    the order they were set and named as in PyTorch (``"down.0.weight"``). Non-trainable state saved in the state
+    dict (BatchNorm's running statistics) is named in the class attribute ``buffer_names``. ``train()`` and
+    ``eval()`` set ``self.training`` through the tree; ``to()``, ``state_dict()``, ``load_state_dict()`` and
+    :func:`xpcnn.save`/:func:`xpcnn.load` work on any module built this way. ``repr`` prints the children as
+    PyTorch does; override :meth:`extra_repr` to show a module's own arguments.
+
+    Examples
+    --------
+    A U-Net level: its skip connection crosses from the down path to the up path, so the backward pass adds the
+    two gradients that reach x (the skip's and the down path's):
+
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> class UNetLevel(nn.Module):
+    ...     def __init__(self, channels, inner):
+    ...         super().__init__()
+    ...         self.down = nn.Sequential(nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU())
+    ...         self.inner = inner
+    ...         self.up = nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1)
+    ...         self.merge = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), nn.ReLU())
+    ...
+    ...     def forward(self, x):
+    ...         up = self.up(self.inner(self.down(x)))
+    ...         self._cache = x.shape[1]                   # where the skip's channels end in the join
+    ...         return self.merge(np.concat([x, up], axis=1))
+    ...
+    ...     def backward(self, dout, *, input_grad=True):
+    ...         channels = self._take_cache()
+    ...         djoined = self.merge.backward(dout)
+    ...         dskip, dup = djoined[:, :channels], djoined[:, channels:]
+    ...         dx = self.down.backward(self.inner.backward(self.up.backward(dup)), input_grad=input_grad)
+    ...         return dx + dskip if input_grad else None
+    >>> level = UNetLevel(4, nn.Identity())
+    >>> x = np.ones((2, 4, 8, 8), np.float32)
+    >>> level.backward(np.ones_like(level(x))).shape
+    (2, 4, 8, 8)
+
+    For a model on any backend, join with the input's namespace (``array_api_compat.array_namespace(x).concat``)
+    or use :class:`xpcnn.nn.Concat` and :class:`xpcnn.nn.Residual`, which do this bookkeeping for you.
+    """
 
     buffer_names: tuple[str, ...] = ()  # non-trainable arrays kept in the state dict (BatchNorm's statistics)
+    optional_buffer_names: tuple[str, ...] = ()  # buffers older state dicts lack: loading keeps their value
 
     def __init__(self):
         self.training = True
@@ -100,6 +152,12 @@ class Module:
         for name, child in self.named_children():
             yield from child.named_buffers(f"{prefix}{name}.")
 
+    def _optional_buffers(self, prefix: str = "") -> set:
+        names = {prefix + name for name in self.optional_buffer_names if name in self.buffer_names}
+        for name, child in self.named_children():
+            names |= child._optional_buffers(f"{prefix}{name}.")
+        return names
+
     def named_gradients(self):
         """{name: grad} of every parameter that has one."""
         return {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
@@ -136,9 +194,12 @@ class Module:
     def load_state_dict(self, state: dict) -> None:
         """Replace every parameter and buffer by ``state``'s arrays (host NumPy arrays or the model's own
         namespace). Names, shapes and dtypes are all checked first: on any mismatch a ValueError lists them and the
-        model is left unchanged."""
+        model is left unchanged. A buffer its module declares optional (``optional_buffer_names``, such as batch
+        norm's ``num_batches_tracked``, which older state dicts lack) keeps its value when ``state`` lacks it, as
+        PyTorch does."""
         own = self.state_dict()
-        problems = [f"missing {name!r}" for name in own if name not in state]
+        optional = self._optional_buffers()
+        problems = [f"missing {name!r}" for name in own if name not in state and name not in optional]
         problems += [f"unexpected {name!r}" for name in state if name not in own]
         for name, target in own.items():
             if name not in state:
@@ -152,6 +213,8 @@ class Module:
             raise ValueError("state does not match the model: " + "; ".join(problems))
         converted = {}
         for name, target in own.items():
+            if name not in state:  # an optional buffer
+                continue
             xp, device = array_api_compat.array_namespace(target), array_api_compat.device(target)
             value = state[name]
             same = array_api_compat.array_namespace(value) is xp and array_api_compat.device(value) == device
