@@ -119,7 +119,7 @@ TARGETS = [
                         dilation=1, groups=1, workspace_limit=2**20),
            dict(x="floating_array", weight="floating_array", bias="array", stride="pair", padding="pair",
                 output_padding="pair", dilation="pair", groups="int", workspace_limit="int"),
-           bad=dict(padding=["same", 4], output_padding=[2, (0, 2)], groups=[0, 2]),
+           bad=dict(padding=["same", 7], output_padding=[2, (0, 2)], groups=[0, 2]),
            optional=("bias", "workspace_limit")),
     Target("max_pool2d_forward", F.max_pool2d_forward,
            lambda: dict(x=X4, kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=False),
