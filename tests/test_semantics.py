@@ -121,15 +121,20 @@ def conv_transpose_output_padding():
     assert (dx == 0).all() and (dw == 0).all() and db[0] == 7.0 * (7 * 7 - 5 * 5)
 
 
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "sigmoid", "tanh", "arctan", "gelu", "silu")
+
+
 def relu_nan():
-    x = np.array([np.nan])
-    for name in ("relu", "leaky_relu", "sigmoid", "tanh", "arctan"):
+    x = np.full(64, np.nan)  # as long as PyTorch's vectorised loops need
+    for name in ACTIVATIONS:
         forward, backward = getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward")
         out, cache = forward(x)
         assert np.isnan(out).all()
-        dx = backward(np.ones(1), cache)
-        expected = {"relu": 1.0, "leaky_relu": 0.01}.get(name, np.nan)
+        dx = backward(np.ones(64), cache)
+        expected = {"relu": 1.0, "leaky_relu": 0.01, "elu": 1.0}.get(name, np.nan)
         np.testing.assert_array_equal(dx, expected)
+    out, cache = F.gelu_forward(x, approximate="tanh")
+    assert np.isnan(out).all() and np.isnan(F.gelu_backward(np.ones(64), cache)).all()
 
 
 def relu_zero():
@@ -140,7 +145,7 @@ def relu_zero():
 
 def sigmoid_inf():
     x = np.array([np.inf, -np.inf, 800.0, -800.0])
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="raise", under="ignore"):
         warnings.simplefilter("error")
         for name, expected in (("sigmoid", [1, 0, 1, 0]), ("tanh", [1, -1, 1, -1]),
                                ("arctan", np.array([1, -1, 1 - 2 / np.pi / 800, -1 + 2 / np.pi / 800]) * np.pi / 2)):
@@ -149,6 +154,30 @@ def sigmoid_inf():
             grad = getattr(F, f"{name}_backward")(np.ones(4), cache)
             np.testing.assert_array_equal(grad[:2], 0.0)
             assert (grad[2:] < 2e-6).all()
+        out, cache = F.elu_forward(x, alpha=0.5)
+        np.testing.assert_array_equal(out, [np.inf, -0.5, 800.0, -0.5])
+        np.testing.assert_array_equal(F.elu_backward(np.ones(4), cache), [1.0, 0.0, 1.0, 0.0])
+        for (out, cache), backward in ((F.gelu_forward(x), F.gelu_backward), (F.silu_forward(x), F.silu_backward),
+                                       (F.gelu_forward(x, approximate="tanh"), F.gelu_backward)):
+            np.testing.assert_array_equal(out, [np.inf, np.nan, 800.0, -0.0])
+            np.testing.assert_array_equal(backward(np.ones(4), cache), [np.nan, np.nan, 1.0, 0.0])
+        for dtype in (np.float32, np.float16):  # GELU is +inf at +inf in every dtype
+            assert F.gelu_forward(np.array([np.inf], dtype))[0] == np.inf
+
+
+def square_overflow():
+    with warnings.catch_warnings(), np.errstate(all="raise", under="ignore"):
+        warnings.simplefilter("error")
+        for dtype, limit in ((np.float32, 2.0**64), (np.float64, 2.0**512)):
+            below = np.nextafter(dtype(limit), dtype(0))
+            x = np.array([below, -below, limit, -limit, np.finfo(dtype).max], dtype)
+            _, cache = F.arctan_forward(x)
+            dx = F.arctan_backward(np.ones_like(x), cache)
+            assert (dx[:2] > 0).all() and (dx[2:] == 0).all()
+            out, cache = F.gelu_forward(x, approximate="tanh")
+            np.testing.assert_array_equal(out, [below, -0.0, limit, -0.0, np.finfo(dtype).max])
+            dx = F.gelu_backward(np.ones_like(x), cache)
+            np.testing.assert_array_equal(dx, [1.0, 0.0, np.nan, np.nan, np.nan])
 
 
 def ce_large_logits():

@@ -1,14 +1,29 @@
 """Elementwise activations and their backward passes. Every function keeps x's shape, dtype and device.
 
-Each ``NAME_forward(x) -> (out, cache)`` keeps only what ``NAME_backward(dout, cache) -> dx`` needs: the output where
-the derivative is a function of it (ReLU, sigmoid, tanh), the input otherwise.
+Each ``NAME_forward(x, ...) -> (out, cache)`` keeps in a named cache (``ReluCache``, ``GeluCache``...) only what
+``NAME_backward(dout, cache) -> dx`` needs: the output where the derivative is a function of it (ReLU, sigmoid,
+tanh), the input otherwise. A backward pass handed another op's cache raises a TypeError.
 
-NaN passes through every forward pass. ReLU's gradient at exactly 0 is 0 (as PyTorch).
+Values and gradients are ``torch.nn.functional``'s, formula for formula (GELU, SiLU and ELU as PyTorch's CPU
+kernels write them), so that their edges agree too:
 
-``where`` is a slow, branchy select on NumPy (10x an elementwise ``maximum`` on a 64 MiB array), so ReLU and
-leaky ReLU are written as maxima and products where that gives the same values: always in the forward passes,
-and in ReLU's backward where the upstream gradient is known to be finite (``0 * inf`` would be NaN; see
-:func:`xpcnn._dispatch.known_finite`).
+- NaN passes through every forward pass. ReLU's gradient at exactly 0 is 0. At NaN, comparisons are false: the
+  gradient is the upstream gradient for ReLU and ELU (whose negative branch is ``x <= 0``), ``negative_slope``
+  times it for leaky ReLU (PyTorch's formulas; its vectorised CPU loop for ELU gives NaN instead, its scalar loop
+  and CUDA kernel the upstream gradient), and NaN for the others.
+- Where PyTorch's formula meets ``inf * 0`` (GELU and SiLU at ``-inf``; their gradients at ``+-inf``) the result is
+  NaN, as there, reached without NumPy's invalid-value warning. GELU at ``+inf`` is ``+inf`` in every dtype (as
+  PyTorch in float64 and on CUDA; its float32 CPU kernel, oneDNN's, gives NaN).
+- Large ``|x|`` never overflows: exponentials and powers take ``x`` clamped where their value no longer changes.
+  Where PyTorch's own ``x * x`` overflows (``|x| >= 2**(max_exp / 2)``: 1.8e19 in float32, 1.3e154 in float64),
+  the values are PyTorch's all the same: arctan's gradient is 0 there, the tanh GELU's gradient NaN (``0 * inf``).
+
+``where`` is a slow, branchy select on NumPy, so ReLU and leaky ReLU are written as maxima and products where that
+gives the same values: always in the forward passes, and in ReLU's backward where the upstream gradient is known
+to be finite (``0 * inf`` would be NaN; see :func:`xpcnn._dispatch.known_finite`). The guards that turn infinities
+into NaN cost nothing for NumPy input known to be finite.
+
+16-bit floating inputs are computed in float32 and rounded once (:mod:`xpcnn._precision`), as PyTorch does.
 """
 
 from __future__ import annotations
@@ -18,9 +33,18 @@ from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import check_floating, check_upstream, namespace_and_device
+from .._special import erf
+from .._validation import as_float, check_cache, check_floating, check_upstream, namespace_and_device
 
 __all__ = [
+    "ReluCache",
+    "LeakyReluCache",
+    "SigmoidCache",
+    "TanhCache",
+    "ArctanCache",
+    "GeluCache",
+    "SiluCache",
+    "EluCache",
     "relu_forward",
     "relu_backward",
     "leaky_relu_forward",
@@ -31,7 +55,25 @@ __all__ = [
     "tanh_backward",
     "arctan_forward",
     "arctan_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "silu_forward",
+    "silu_backward",
+    "elu_forward",
+    "elu_backward",
 ]
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+SQRT1_2 = math.sqrt(0.5)  # GELU's input scale: Phi(x) = (1 + erf(x / sqrt(2))) / 2
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # the normal density's factor
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # the tanh GELU: tanh(sqrt(2/pi) * (x + KAPPA * x**3))
+KAPPA = 0.044715
+TANH_GELU_SATURATION = 10.0  # beyond it, the tanh GELU's tanh is exactly +-1 (from |inner| > 43.6)
+DENSITY_UNDERFLOW = 40.0  # beyond it, exp(-x**2 / 2) is 0 (from |x| > 38.6 in float64)
+
+
+class ReluCache(NamedTuple):
+    out: Any
 
 
 class LeakyReluCache(NamedTuple):
@@ -39,18 +81,67 @@ class LeakyReluCache(NamedTuple):
     negative_slope: float
 
 
+class SigmoidCache(NamedTuple):
+    out: Any
+
+
+class TanhCache(NamedTuple):
+    out: Any
+
+
+class ArctanCache(NamedTuple):
+    x: Any
+
+
+class GeluCache(NamedTuple):
+    x: Any
+    approximate: str
+
+
+class SiluCache(NamedTuple):
+    x: Any
+
+
+class EluCache(NamedTuple):
+    x: Any
+    alpha: float
+
+
+# -- ReLU and leaky ReLU --------------------------------------------------------------------------------------------
+
 @half_in_float32
-def relu_forward(x):
-    """max(x, 0); NaN stays NaN. Returns ``(out, cache)``, cache = out."""
-    xp, device = _check_input(x)
+def relu_forward(x) -> tuple[Any, ReluCache]:
+    """``max(x, 0)``, as ``torch.relu``.
+
+    Parameters
+    ----------
+    x : array, any shape, real floating dtype
+
+    Returns
+    -------
+    out : array of x's shape, dtype and device; NaN stays NaN
+    cache : ReluCache(out)
+
+    Raises
+    ------
+    TypeError
+        x is not an array or not of a real floating dtype.
+    """
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
     out = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device))  # maximum propagates NaN
-    return out, out
+    return out, ReluCache(out)
 
 
 @half_in_float32_backward
-def relu_backward(dout, cache):
-    """dx = dout where out > 0 or out is NaN, else 0 (0 at exactly 0)."""
-    out = cache
+def relu_backward(dout, cache: ReluCache):
+    """Gradient of :func:`relu_forward`: ``dx = dout`` where ``out > 0`` or out is NaN, else 0 (0 at exactly 0).
+
+    Raises a ValueError/TypeError for a ``dout`` of another shape, dtype, library or device than the forward
+    pass's, and a TypeError for another op's cache.
+    """
+    check_cache(cache, ReluCache, "relu")
+    out = cache.out
     xp, _ = check_upstream(dout, out.shape, out, out.dtype)
     if known_finite(xp, dout):  # out is >= 0 or NaN, so out != 0 is the same test
         return dout * xp.astype(out != 0, dout.dtype)
@@ -58,20 +149,41 @@ def relu_backward(dout, cache):
 
 
 @half_in_float32
-def leaky_relu_forward(x, negative_slope=0.01):
-    """x where x > 0, else negative_slope * x. Returns ``(out, cache)``."""
-    xp, _ = _check_input(x)
-    negative_slope = float(negative_slope)
-    scaled = x * negative_slope
-    # For 0 < slope <= 1 the larger of x and slope * x is that value (NaN propagates through maximum; a zero
-    # slope would turn x = inf into max(inf, NaN)).
-    out = xp.maximum(x, scaled) if 0.0 < negative_slope <= 1.0 else xp.where(x > 0, x, scaled)
+def leaky_relu_forward(x, negative_slope: float = 0.01) -> tuple[Any, LeakyReluCache]:
+    """``x`` where ``x > 0``, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``.
+
+    Parameters
+    ----------
+    x : array, any shape, real floating dtype
+    negative_slope : real number (not NaN; +-inf allowed, as PyTorch), default 0.01
+
+    Returns
+    -------
+    out : array of x's shape, dtype and device; NaN stays NaN
+    cache : LeakyReluCache(x, negative_slope)
+
+    Raises
+    ------
+    TypeError
+        x is not a real floating array, or negative_slope is not a real number (a string, a bool...).
+    ValueError
+        negative_slope is NaN.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    negative_slope = as_float(negative_slope, "negative_slope", finite=False)
+    if 0.0 < negative_slope <= 1.0:  # the larger of x and slope * x is that value (maximum propagates NaN)
+        out = xp.maximum(x, x * negative_slope)
+    else:  # slope * x of x <= 0 only: no overflow in the unused branch (and -inf * 0 is NaN, as PyTorch's)
+        negative = _infinities_to_nan(xp, x, negative_only=True) if negative_slope == 0 else x
+        out = xp.where(x > 0, x, xp.minimum(negative, 0.0) * negative_slope)
     return out, LeakyReluCache(x, negative_slope)
 
 
 @half_in_float32_backward
 def leaky_relu_backward(dout, cache: LeakyReluCache):
-    """dx = dout where x > 0, else negative_slope * dout."""
+    """Gradient of :func:`leaky_relu_forward`: ``dx = dout`` where ``x > 0``, else ``negative_slope * dout``."""
+    check_cache(cache, LeakyReluCache, "leaky_relu")
     x, negative_slope = cache
     xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     if not math.isfinite(negative_slope):
@@ -81,56 +193,250 @@ def leaky_relu_backward(dout, cache: LeakyReluCache):
     return dout * (positive + (1.0 - positive) * negative_slope)
 
 
+# -- sigmoid, tanh, arctan ------------------------------------------------------------------------------------------
+
 @half_in_float32
-def sigmoid_forward(x):
-    """1 / (1 + exp(-x)), without overflow for large |x|. Returns ``(out, cache)``, cache = out."""
-    xp, _ = _check_input(x)
-    e = xp.exp(-xp.abs(x))
-    positive = 1.0 / (1.0 + e)
-    out = xp.where(x >= 0, positive, e * positive)
-    return out, out
+def sigmoid_forward(x) -> tuple[Any, SigmoidCache]:
+    """``1 / (1 + exp(-x))`` without overflow for large ``|x|``, as ``torch.sigmoid``.
+
+    x: any shape, real floating dtype. Returns ``(out, SigmoidCache(out))``, out in [0, 1] with x's shape, dtype
+    and device. Raises a TypeError when x is not a real floating array.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    out = _sigmoid(xp, x)
+    return out, SigmoidCache(out)
 
 
 @half_in_float32_backward
-def sigmoid_backward(dout, cache):
-    """dx = dout * out * (1 - out)."""
-    out = cache
+def sigmoid_backward(dout, cache: SigmoidCache):
+    """Gradient of :func:`sigmoid_forward`: ``dx = dout * out * (1 - out)``."""
+    check_cache(cache, SigmoidCache, "sigmoid")
+    out = cache.out
     check_upstream(dout, out.shape, out, out.dtype)
     return dout * out * (1.0 - out)
 
 
 @half_in_float32
-def tanh_forward(x):
-    """tanh(x). Returns ``(out, cache)``, cache = out."""
-    xp, _ = _check_input(x)
+def tanh_forward(x) -> tuple[Any, TanhCache]:
+    """``tanh(x)``, as ``torch.tanh``.
+
+    x: any shape, real floating dtype. Returns ``(out, TanhCache(out))``, out with x's shape, dtype and device.
+    Raises a TypeError when x is not a real floating array.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
     out = xp.tanh(x)
-    return out, out
+    return out, TanhCache(out)
 
 
 @half_in_float32_backward
-def tanh_backward(dout, cache):
-    """dx = dout * (1 - out**2)."""
-    out = cache
+def tanh_backward(dout, cache: TanhCache):
+    """Gradient of :func:`tanh_forward`: ``dx = dout * (1 - out**2)``."""
+    check_cache(cache, TanhCache, "tanh")
+    out = cache.out
     check_upstream(dout, out.shape, out, out.dtype)
     return dout * (1.0 - out * out)
 
 
 @half_in_float32
-def arctan_forward(x):
-    """arctan(x). Returns ``(out, cache)``, cache = x."""
-    xp, _ = _check_input(x)
-    return xp.atan(x), x
+def arctan_forward(x) -> tuple[Any, ArctanCache]:
+    """``arctan(x)``, as ``torch.atan``.
+
+    x: any shape, real floating dtype. Returns ``(out, ArctanCache(x))``, out in [-pi/2, pi/2] with x's shape,
+    dtype and device. Raises a TypeError when x is not a real floating array.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    return xp.atan(x), ArctanCache(x)
 
 
 @half_in_float32_backward
-def arctan_backward(dout, cache):
-    """dx = dout / (1 + x**2)."""
-    x = cache
-    check_upstream(dout, x.shape, x, x.dtype)
-    return dout / (1.0 + x * x)
+def arctan_backward(dout, cache: ArctanCache):
+    """Gradient of :func:`arctan_forward`: ``dx = dout / (1 + x**2)`` (0 where ``x**2`` overflows, as PyTorch)."""
+    check_cache(cache, ArctanCache, "arctan")
+    x = cache.x
+    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
+    return dout / (1.0 + _square(xp, x))
 
 
-def _check_input(x):
-    xp, device = namespace_and_device(x=x)
+# -- GELU, SiLU, ELU ------------------------------------------------------------------------------------------------
+
+@half_in_float32
+def gelu_forward(x, approximate: str = "none") -> tuple[Any, GeluCache]:
+    """The Gaussian error linear unit ``x * Phi(x)``, as ``torch.nn.functional.gelu``.
+
+    Parameters
+    ----------
+    x : array, any shape, real floating dtype
+    approximate : ``"none"`` (default) or ``"tanh"``
+        ``"none"``: ``Phi(x) = (1 + erf(x / sqrt(2))) / 2``, the normal distribution function (erf from
+        :mod:`xpcnn._special`, accurate to 1 ulp in float64); ``"tanh"``:
+        ``Phi(x) ~ (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3))) / 2``.
+
+    Returns
+    -------
+    out : array of x's shape, dtype and device (NaN at NaN and at ``-inf``, ``+inf`` at ``+inf``, as PyTorch)
+    cache : GeluCache(x, approximate)
+
+    Raises
+    ------
+    TypeError
+        x is not a real floating array, or approximate is not a string.
+    ValueError
+        approximate is another string.
+    """
+    xp, _ = namespace_and_device(x=x)
     check_floating(xp, x, "x")
-    return xp, device
+    approximate = check_approximate(approximate)
+    x = _infinities_to_nan(xp, x, negative_only=True)  # -inf * Phi(-inf) = -inf * 0
+    if approximate == "none":
+        return x * 0.5 * (1.0 + erf(xp, x * SQRT1_2)), GeluCache(x, approximate)
+    t = xp.tanh(_tanh_gelu_inner(_tanh_gelu_clamp(xp, x)))
+    return 0.5 * x * (1.0 + t), GeluCache(x, approximate)
+
+
+@half_in_float32_backward
+def gelu_backward(dout, cache: GeluCache):
+    """Gradient of :func:`gelu_forward`.
+
+    ``"none"``:  ``dx = dout * (Phi(x) + x * phi(x))``, ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``.
+    ``"tanh"``:  with ``t = tanh(inner)``, ``inner = sqrt(2/pi) * (x + 0.044715 x**3)``,
+    ``dx = dout * ((1 + t) / 2 + x / 2 * (1 - t**2) * sqrt(2/pi) * (1 + 3 * 0.044715 x**2))``.
+
+    NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
+    """
+    check_cache(cache, GeluCache, "gelu")
+    x, approximate = cache
+    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
+    if approximate == "none":
+        x = _infinities_to_nan(xp, x)  # inf * phi(inf) = inf * 0
+        cdf = 0.5 * (1.0 + erf(xp, x * SQRT1_2))
+        size = xp.minimum(xp.abs(x), DENSITY_UNDERFLOW)
+        pdf = INV_SQRT_2PI * xp.exp(size * size * -0.5)
+        return dout * (cdf + x * pdf)
+    # Every term is computed from x clamped where tanh(inner) is +-1 and the second term is 0; PyTorch's
+    # x * x overflows from 2**(max_exp / 2) on (the infinities included), and 0 * inf is NaN there.
+    clamped = _tanh_gelu_clamp(xp, x)
+    t = xp.tanh(_tanh_gelu_inner(clamped))
+    left_derivative = 0.5 * (1.0 + t)
+    inner_derivative = SQRT_2_OVER_PI * (1.0 + 3.0 * KAPPA * (clamped * clamped))
+    right_derivative = 0.5 * clamped * (1.0 - t * t) * inner_derivative
+    dx = dout * (left_derivative + right_derivative)
+    return xp.where(xp.abs(x) >= _square_overflow(xp, x.dtype), math.nan, dx)
+
+
+@half_in_float32
+def silu_forward(x) -> tuple[Any, SiluCache]:
+    """The sigmoid linear unit (swish) ``x * sigmoid(x)``, as ``torch.nn.functional.silu``.
+
+    x: any shape, real floating dtype. Returns ``(out, SiluCache(x))``, out with x's shape, dtype and device (NaN
+    at NaN and at ``-inf``, as PyTorch; no overflow for large ``|x|``). Raises a TypeError when x is not a real
+    floating array.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    x = _infinities_to_nan(xp, x, negative_only=True)  # -inf * sigmoid(-inf) = -inf * 0
+    return x * _sigmoid(xp, x), SiluCache(x)
+
+
+@half_in_float32_backward
+def silu_backward(dout, cache: SiluCache):
+    """Gradient of :func:`silu_forward`: ``s = sigmoid(x)``, ``dx = dout * s * (1 + x * (1 - s))``.
+
+    NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
+    """
+    check_cache(cache, SiluCache, "silu")
+    x = cache.x
+    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
+    x = _infinities_to_nan(xp, x)  # inf * (1 - sigmoid(inf)) = inf * 0, and -inf * 0 likewise
+    s = _sigmoid(xp, x)
+    return dout * s * (1.0 + x * (1.0 - s))
+
+
+@half_in_float32
+def elu_forward(x, alpha: float = 1.0) -> tuple[Any, EluCache]:
+    """The exponential linear unit: ``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``, as
+    ``torch.nn.functional.elu``.
+
+    Parameters
+    ----------
+    x : array, any shape, real floating dtype
+    alpha : real number (not NaN; +-inf allowed, as PyTorch), default 1.0
+
+    Returns
+    -------
+    out : array of x's shape, dtype and device (NaN at NaN; ``-alpha`` at ``-inf``)
+    cache : EluCache(x, alpha)
+
+    Raises
+    ------
+    TypeError
+        x is not a real floating array, or alpha is not a real number (a string, a bool...).
+    ValueError
+        alpha is NaN.
+    """
+    xp, _ = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    alpha = as_float(alpha, "alpha", finite=False)
+    negative = xp.expm1(xp.minimum(x, 0.0)) * alpha  # exp of x <= 0 only: no overflow in the unused branch
+    return xp.where(x <= 0, negative, x), EluCache(x, alpha)
+
+
+@half_in_float32_backward
+def elu_backward(dout, cache: EluCache):
+    """Gradient of :func:`elu_forward`: ``dx = dout * alpha * exp(x)`` where ``x <= 0``, else ``dout`` (NaN
+    included: the comparison is false)."""
+    check_cache(cache, EluCache, "elu")
+    x, alpha = cache
+    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
+    return xp.where(x <= 0, dout * alpha * xp.exp(xp.minimum(x, 0.0)), dout)
+
+
+# -- shared pieces --------------------------------------------------------------------------------------------------
+
+def check_approximate(approximate) -> str:
+    """``approximate`` if it names a GELU approximation (``"none"``, ``"tanh"``); else a TypeError/ValueError."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"approximate must be 'none' or 'tanh', got {type(approximate).__name__} {approximate!r}")
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate
+
+
+def _sigmoid(xp, x):
+    """``1 / (1 + exp(-x))`` through ``exp(-|x|)``, which never overflows."""
+    e = xp.exp(-xp.abs(x))
+    positive = 1.0 / (1.0 + e)
+    return xp.where(x >= 0, positive, e * positive)
+
+
+def _tanh_gelu_clamp(xp, x):
+    """x clamped to where the tanh GELU's tanh is not yet +-1: its cube cannot overflow (NaN stays NaN)."""
+    return xp.clip(x, -TANH_GELU_SATURATION, TANH_GELU_SATURATION)
+
+
+def _tanh_gelu_inner(x):
+    """``sqrt(2/pi) * (x + KAPPA * x**3)``, the tanh GELU's argument of tanh."""
+    return SQRT_2_OVER_PI * (x + KAPPA * (x * x * x))
+
+
+def _square_overflow(xp, dtype) -> float:
+    """The smallest magnitude whose square overflows in ``dtype``: ``2**(max_exp / 2)``."""
+    return 2.0 ** (math.frexp(float(xp.finfo(dtype).max))[1] // 2)
+
+
+def _square(xp, x):
+    """``x * x``, inf where it overflows (as PyTorch's), without NumPy's overflow warning; NaN stays NaN."""
+    limit = _square_overflow(xp, x.dtype)
+    size = xp.abs(x)
+    bounded = xp.minimum(size, limit * (1.0 - xp.finfo(x.dtype).eps / 2))  # the largest float below the limit
+    return xp.where(size >= limit, math.inf, bounded * bounded)
+
+
+def _infinities_to_nan(xp, x, *, negative_only=False):
+    """x with NaN for its infinities (for ``-inf`` only if ``negative_only``): PyTorch's formula turns them into NaN
+    through ``inf * 0``, which NumPy warns about; a NaN input propagates quietly. Free for input known finite."""
+    if known_finite(xp, x):
+        return x
+    return xp.where(x == -math.inf if negative_only else xp.isinf(x), math.nan, x)

@@ -11,6 +11,7 @@ import math
 from .. import functional as F
 from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_device
 from ..config import resolve_workspace_limit
+from ..functional.activations import check_approximate
 from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.dropout import check_probability
 from ..functional.normalization import as_normalized_shape
@@ -29,6 +30,10 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "Arctan",
+    "GELU",
+    "SiLU",
+    "ELU",
+    "Identity",
     "Flatten",
     "Dropout",
     "BatchNorm1d",
@@ -210,27 +215,103 @@ class AvgPool2d(_Stateless):
                          workspace_limit=workspace_limit)
 
 
-class ReLU(_Stateless):
+class _Activation(_Stateless):
+    """An elementwise activation. ``inplace`` (where PyTorch has it) is accepted for compatibility: xpcnn never
+    writes into its input, and the output's values are the same either way."""
+
+    def __init__(self, *, inplace=False, **options):
+        super().__init__(**options)
+        self.inplace = as_bool(inplace, "inplace")
+
+    def __repr__(self):
+        options = [f"{k}={v!r}" for k, v in self.options.items()] + (["inplace=True"] if self.inplace else [])
+        return f"{type(self).__name__}({', '.join(options)})"
+
+
+class ReLU(_Activation):
+    """max(x, 0), as ``torch.nn.ReLU``."""
+
     forward_fn, backward_fn = F.relu_forward, F.relu_backward
 
+    def __init__(self, inplace: bool = False):
+        super().__init__(inplace=inplace)
 
-class LeakyReLU(_Stateless):
+
+class LeakyReLU(_Activation):
+    """x where x > 0, else ``negative_slope * x``, as ``torch.nn.LeakyReLU``; the slope is checked here (a real
+    number, not NaN), with the functional op's messages."""
+
     forward_fn, backward_fn = F.leaky_relu_forward, F.leaky_relu_backward
 
-    def __init__(self, negative_slope=0.01):
-        super().__init__(negative_slope=negative_slope)
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        super().__init__(negative_slope=as_float(negative_slope, "negative_slope", finite=False), inplace=inplace)
 
 
-class Sigmoid(_Stateless):
+class Sigmoid(_Activation):
     forward_fn, backward_fn = F.sigmoid_forward, F.sigmoid_backward
 
+    def __init__(self):
+        super().__init__()
 
-class Tanh(_Stateless):
+
+class Tanh(_Activation):
     forward_fn, backward_fn = F.tanh_forward, F.tanh_backward
 
+    def __init__(self):
+        super().__init__()
 
-class Arctan(_Stateless):
+
+class Arctan(_Activation):
     forward_fn, backward_fn = F.arctan_forward, F.arctan_backward
+
+    def __init__(self):
+        super().__init__()
+
+
+class GELU(_Activation):
+    """x * Phi(x), as ``torch.nn.GELU``: ``approximate`` is ``"none"`` (erf) or ``"tanh"``."""
+
+    forward_fn, backward_fn = F.gelu_forward, F.gelu_backward
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__(approximate=check_approximate(approximate))
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x), as ``torch.nn.SiLU``."""
+
+    forward_fn, backward_fn = F.silu_forward, F.silu_backward
+
+    def __init__(self, inplace: bool = False):
+        super().__init__(inplace=inplace)
+
+
+class ELU(_Activation):
+    """x where x > 0, else ``alpha * (exp(x) - 1)``, as ``torch.nn.ELU``; alpha is checked here (a real number,
+    not NaN)."""
+
+    forward_fn, backward_fn = F.elu_forward, F.elu_backward
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        super().__init__(alpha=as_float(alpha, "alpha", finite=False), inplace=inplace)
+
+
+class Identity(Module):
+    """Returns its input, as ``torch.nn.Identity``; its arguments are accepted and ignored."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self._cache = True
+        return x
+
+    def backward(self, dout, *, input_grad=True):
+        self._take_cache()
+        return dout if input_grad else None
+
+    def __repr__(self):
+        return "Identity()"
 
 
 class Flatten(_Stateless):
