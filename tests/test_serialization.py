@@ -75,7 +75,7 @@ def test_truncated_file(tmp_path):
         path.write_bytes(data[:cut])
         model = _model(seed=5)
         before = _state(model)
-        with pytest.raises(ValueError, match="not a readable .npz"):
+        with pytest.raises(ValueError, match="is not an xpcnn weights file"):
             xpcnn.load(model, path)
         for name, value in _state(model).items():
             np.testing.assert_array_equal(value, before[name])
@@ -84,7 +84,7 @@ def test_truncated_file(tmp_path):
 def test_pickled_arrays_are_refused(tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, **{"0.weight": np.array([object()], dtype=object)})
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="holds Python objects \(pickled\), which xpcnn never loads"):
         xpcnn.load(_model(), path)
 
 
@@ -103,3 +103,21 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["model.npz"]  # no temporary file left behind
     assert zipfile.is_zipfile(path)
+
+
+def test_a_npy_file_is_refused_in_its_own_words(tmp_path):
+    np.save(tmp_path / "weights.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="holds a single ndarray, not named arrays"):
+        xpcnn.load(nn.Sequential(nn.Linear(2, 2)), tmp_path / "weights.npy")
+
+
+def test_saved_files_get_the_umask_permissions_and_missing_folders_are_named(tmp_path):
+    import os
+
+    path = tmp_path / "m.npz"
+    xpcnn.save(nn.Sequential(nn.Linear(2, 2)), path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        xpcnn.save(nn.Sequential(nn.Linear(2, 2)), tmp_path / "no-such-folder" / "m.npz")
