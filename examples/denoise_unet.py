@@ -78,11 +78,12 @@ def save_grid(noisy_images, denoised, clean, path, count: int = 8):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    picks = np.linspace(0, clean.shape[0] - 1, count).astype(int)  # spread over the test set (every class)
     fig, axes = plt.subplots(3, count, figsize=(count * 1.2, 3.8))
     for row, (name, images) in enumerate((("noisy", noisy_images), ("denoised", denoised), ("clean", clean))):
-        for col in range(count):
+        for col, index in enumerate(picks):
             ax = axes[row, col]
-            ax.imshow(np.clip(images[col, 0], 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(np.clip(images[index, 0], 0, 1), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
         axes[row, 0].set_ylabel(name)
     fig.tight_layout()
