@@ -21,6 +21,11 @@ Average pooling pads with zeros. Its divisor is the window size clipped to the p
 add in another order than PyTorch's row-major loop (equal up to rounding). When the windows tile the input
 (stride = kernel, no padding, no overhang: the usual 2x2 pooling) the backward pass repeats each share over its
 ``kh x kw`` tile.
+
+Adaptive pooling (PyTorch's windows ``[floor(i * H / out), ceil((i + 1) * H / out))``, of at most two sizes per axis)
+takes these same ops when its windows tile the input, the global mean for ``output_size=1``, and otherwise gathers
+each axis's windows with one ``take`` (:mod:`xpcnn._axis_maps`); its backward passes gather through the transposed
+windows. Adaptive max pooling follows max pooling's rules above (first maximum, last NaN, ``cache.indices``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,20 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from array_api_compat import device as device_of
+
+from .._axis_maps import adaptive_windows, combined, gathered, table, tap_axis
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import as_int, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
+from .._validation import (
+    as_int,
+    check_cache,
+    check_floating,
+    check_ndim,
+    check_upstream,
+    int_pair,
+    namespace_and_device,
+)
 from .._windows import (
     WindowGeometry,
     batch_pieces,
@@ -52,6 +68,12 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d_forward",
     "avg_pool2d_backward",
+    "AdaptiveAvgPool2dCache",
+    "AdaptiveMaxPool2dCache",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "adaptive_max_pool2d_backward",
 ]
 
 
@@ -350,3 +372,265 @@ def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, 
             axis_counts.append(end - start)
         counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
     return counts[0][:, None] * counts[1][None, :]
+
+
+# -- adaptive pooling -------------------------------------------------------------------------------------------------
+
+
+class AdaptiveAvgPool2dCache(NamedTuple):
+    """divisor: (out_h, out_w) array in x's dtype, the size of each window (the sum is divided by it);
+    rows, cols: the windows along the height and the width (None for the global mean: one window);
+    pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None."""
+
+    divisor: Any
+    rows: Any
+    cols: Any
+    pooled: Any
+    x_shape: tuple
+
+
+class AdaptiveMaxPool2dCache(NamedTuple):
+    """flat_indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each maximum;
+    row_choices: (N, C, out_h, out_w), the tap (row within the window) each output took in the pass across the
+    rows; column_choices: (N, C, H, out_w), the tap (column within the window) of each row's maximum (the first
+    pass); rows, cols: the windows. pooled: max_pool2d's cache when the windows tile x (then every other array
+    is None)."""
+
+    flat_indices: Any
+    row_choices: Any
+    column_choices: Any
+    rows: Any
+    cols: Any
+    pooled: Any
+    x_shape: tuple
+    dtype: Any
+
+    @property
+    def indices(self):
+        """(N, C, out_h, out_w) int64: the flat position ``row * W + col`` in x of each output's maximum, as
+        PyTorch's ``return_indices``."""
+        return self.pooled.indices if self.pooled is not None else self.flat_indices
+
+
+@half_in_float32
+def adaptive_avg_pool2d_forward(x, output_size):
+    """Adaptive average pooling as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output ``(i, j)`` is the mean of rows ``[floor(i * H / out_h), ceil((i + 1) * H / out_h))`` and likewise columns
+    (windows of at most two sizes per axis, neighbours overlapping by at most one row or column; an output larger
+    than x repeats rows and columns). ``output_size=1`` is the global mean over H and W; windows that tile x are
+    avg_pool2d's, with kernel = stride = ``(H // out_h, W // out_w)``.
+
+    Parameters
+    ----------
+    x : array, (N, C, H, W), real floating; H and W at least 1.
+    output_size : int or pair
+        (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w)
+    cache : AdaptiveAvgPool2dCache
+
+    Raises
+    ------
+    ValueError
+        x not 4-D, or with an empty height or width; an output size below 0; a pair of the wrong length.
+    TypeError
+        x not a floating array; ``output_size`` not an int, None or a pair of them.
+    """
+    xp, device = _check_adaptive_input(x)
+    (height, width), out_size = tuple(x.shape[2:]), _adaptive_output_size(output_size, tuple(x.shape[2:]))
+    if out_size == (1, 1):  # global average pooling: one mean per plane
+        divisor = xp.full((1, 1), height * width, dtype=x.dtype, device=device)
+        return xp.mean(x, axis=(2, 3), keepdims=True), AdaptiveAvgPool2dCache(divisor, None, None, None, tuple(x.shape))
+    kernel = _tiling_kernel((height, width), out_size)
+    if kernel is not None:
+        out, pooled = avg_pool2d_forward(x, kernel)
+        return out, AdaptiveAvgPool2dCache(pooled.divisor, None, None, pooled, tuple(x.shape))
+    rows, cols = adaptive_windows(height, out_size[0]), adaptive_windows(width, out_size[1])
+    divisor = _window_sizes(xp, rows, cols, x.dtype, device)
+    if 0 in out_size:
+        return xp.zeros((*x.shape[:2], *out_size), dtype=x.dtype, device=device), AdaptiveAvgPool2dCache(
+            divisor, rows, cols, None, tuple(x.shape))
+    total = _separable(xp, x, rows, cols, lambda a, axis_map, axis: combined(xp, a, axis_map, axis))
+    return total / divisor, AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape))
+
+
+@half_in_float32_backward
+def adaptive_avg_pool2d_backward(dout, cache: AdaptiveAvgPool2dCache):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx[r, c] = sum of dout[i, j] / divisor[i, j]`` over the
+    windows ``(i, j)`` that hold ``(r, c)`` (through the transposed windows: no scatter).
+
+    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    """
+    check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
+    divisor, rows, cols, pooled, x_shape = cache
+    if pooled is not None:
+        return avg_pool2d_backward(dout, pooled)
+    out_size = tuple(divisor.shape) if rows is None else (rows.out_size, cols.out_size)
+    xp, device = check_upstream(dout, (*x_shape[:2], *out_size), divisor, divisor.dtype)
+    share = dout / divisor
+    if rows is None:  # the global mean: each plane's share everywhere
+        return xp.asarray(xp.broadcast_to(share, x_shape), copy=True)
+    if 0 in out_size:
+        return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    return _separable(xp, share, rows.transposed, cols.transposed,
+                      lambda a, axis_map, axis: combined(xp, a, axis_map, axis))
+
+
+@half_in_float32
+def adaptive_max_pool2d_forward(x, output_size):
+    """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
+    :func:`adaptive_avg_pool2d_forward`), with max_pool2d's rules: the gradient goes to the first maximum of each
+    window in row-major order, NaN propagates (its gradient and index go to the last NaN of the window), and
+    ``cache.indices`` holds the flat positions ``row * W + col`` as PyTorch's ``return_indices``.
+
+    Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``); other windows are
+    gathered along the rows (``take``; one window per row and output column, its maximum and first-maximum column),
+    then across them, as max_pool2d's separable passes.
+
+    Parameters
+    ----------
+    x : array, (N, C, H, W), real floating; H and W at least 1.
+    output_size : int or pair
+        (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w)
+    cache : AdaptiveMaxPool2dCache
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`adaptive_avg_pool2d_forward`.
+    """
+    xp, device = _check_adaptive_input(x)
+    (height, width), out_size = tuple(x.shape[2:]), _adaptive_output_size(output_size, tuple(x.shape[2:]))
+    kernel = _tiling_kernel((height, width), out_size)
+    if kernel is not None and kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS:
+        out, pooled = max_pool2d_forward(x, kernel)
+        return out, AdaptiveMaxPool2dCache(None, None, None, None, None, pooled, tuple(x.shape), x.dtype)
+    rows, cols = adaptive_windows(height, out_size[0]), adaptive_windows(width, out_size[1])
+    lead = tuple(x.shape[:2])
+    if 0 in out_size:
+        empty = xp.zeros((*lead, *out_size), dtype=xp.int64, device=device)
+        return xp.zeros((*lead, *out_size), dtype=x.dtype, device=device), AdaptiveMaxPool2dCache(
+            empty, empty, None, rows, cols, None, tuple(x.shape), x.dtype)
+    # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
+    # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
+    row_maxima, column_choices = _first_maximum(xp, gathered(xp, x, cols, -1, -math.inf), -1)
+    out, row_choices = _first_maximum(xp, gathered(xp, row_maxima, rows, -2, -math.inf), -2)
+    chosen_columns = _chosen(xp, gathered(xp, column_choices, rows, -2, 0), row_choices)
+    row_starts, col_starts = (
+        xp.asarray([taps[0] for taps in m.taps], dtype=xp.int64, device=device) for m in (rows, cols)
+    )
+    flat = (row_starts[:, None] + row_choices) * width + col_starts[None, :] + chosen_columns
+    small = _choice_dtype(xp, max(rows.width, cols.width))
+    return out, AdaptiveMaxPool2dCache(flat, xp.astype(row_choices, small), xp.astype(column_choices, small),
+                                       rows, cols, None, tuple(x.shape), x.dtype)
+
+
+@half_in_float32_backward
+def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
+    """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
+    element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
+    column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
+    columns, both through the transposed windows (gathers and selections: no scatter, and a non-finite ``dout``
+    reaches only the chosen element).
+
+    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    """
+    check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
+    flat, row_choices, column_choices, rows, cols, pooled, x_shape, dtype = cache
+    if pooled is not None:
+        return max_pool2d_backward(dout, pooled)
+    xp, device = check_upstream(dout, flat.shape, flat, dtype)
+    if column_choices is None:  # an empty output
+        return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    to_rows = _routed_back(xp, dout, row_choices, rows, -2)
+    return _routed_back(xp, to_rows, column_choices, cols, -1)
+
+
+MAX_KERNEL_ELEMENTS = 2**15 - 1
+"""max_pool2d's kernel limit (its int16 offsets): larger tiling windows take the gathered path."""
+
+
+def _check_adaptive_input(x):
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C, H, W)")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
+    return xp, device
+
+
+def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
+    """``output_size`` as an (out_h, out_w) pair of ints >= 0; None keeps the input's size on that axis."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair (out_h, out_w), got {output_size!r}")
+        pair = output_size
+    elif output_size is None:
+        raise TypeError("output_size must be an int or a pair of ints or None (None keeps that axis), got None")
+    else:
+        pair = (output_size, output_size)
+    return tuple(n if v is None else as_int(v, "output_size", minimum=0) for v, n in zip(pair, in_size))
+
+
+def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
+    """The kernel (= stride) of windows that tile x exactly, when every axis divides evenly."""
+    if 0 in out_size or any(n % out for n, out in zip(in_size, out_size)):
+        return None
+    return tuple(n // out for n, out in zip(in_size, out_size))
+
+
+def _window_sizes(xp, rows, cols, dtype, device):
+    """(out_h, out_w): the number of elements of every window, in ``dtype``."""
+    counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device) for m in (rows, cols)]
+    return counts[0][:, None] * counts[1][None, :]
+
+
+def _separable(xp, x, rows, cols, reduce):
+    """``reduce`` along the axis that shrinks the intermediate most first (fewer elements to carry), then the
+    other. Sums only: the order changes the rounding, not the value."""
+    height, width = x.shape[2:]
+    if rows.out_size * width <= height * cols.out_size:
+        return reduce(reduce(x, rows, -2), cols, -1)
+    return reduce(reduce(x, cols, -1), rows, -2)
+
+
+def _first_maximum(xp, taps, axis: int):
+    """The maximum over the tap axis ``axis`` and the tap it came from, by PyTorch's rule: in order, take an element
+    strictly greater than the maximum so far, or a NaN. So: the first maximum, or the last NaN where there is one.
+    Padding taps (``-inf``, after the real ones) never win: the first tap is always real."""
+    maximum = xp.max(taps, axis=axis, keepdims=True)  # NaN propagates
+    first = xp.argmax(xp.astype(taps == maximum, xp.int8), axis=axis)  # argmax: the first occurrence
+    positions = xp.arange(taps.shape[axis], dtype=xp.int64, device=device_of(taps))
+    positions = positions if axis == -1 else positions[:, None]
+    last_nan = xp.max(xp.where(xp.isnan(taps), positions, -1), axis=axis)
+    maximum = xp.squeeze(maximum, axis=axis)
+    return maximum, xp.where(xp.isnan(maximum), last_nan, xp.astype(first, xp.int64))
+
+
+def _chosen(xp, taps, choices):
+    """``taps[..., choices[i, j], j]`` for (..., out_h, width, out_w) taps: the chosen tap's value, as a sum of
+    exact selections (integers)."""
+    positions = xp.arange(taps.shape[-2], dtype=xp.int64, device=device_of(taps))[:, None]
+    return xp.sum(xp.where(positions == choices[..., None, :], xp.astype(taps, xp.int64), 0), axis=-2)
+
+
+def _routed_back(xp, grad, choices, axis_map, axis: int):
+    """Adjoint of taking the chosen tap along ``axis``: input position ``r`` receives the gradient of every output
+    that reads it through the tap that output chose. ``grad``, ``choices``: (..., out, ...) along ``axis``."""
+    readers = axis_map.transposed
+    grads = gathered(xp, grad, readers, axis, 0.0)
+    chosen = gathered(xp, choices, readers, axis, -1)
+    taps = table(xp, readers.tap_number_table(), readers, axis, dtype=choices.dtype, device=device_of(grad))
+    return xp.sum(xp.where(chosen == taps, grads, 0.0), axis=tap_axis(axis))
+
+
+def _choice_dtype(xp, width: int):
+    """The smallest of int16 and int32 that holds tap numbers below ``width``."""
+    return xp.int16 if width <= 2**15 else xp.int32
