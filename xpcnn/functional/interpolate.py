@@ -111,7 +111,7 @@ def interpolate_forward(x, *, size=None, scale_factor=None, mode: str = "nearest
         axis_taps(mode, n, out, scale, align_corners, bits) for n, out, scale in zip(in_size, out_size, scales)
     )
     out = combined(xp, combined(xp, x, cols, -1), rows, -2)  # each row, then the rows
-    if rows.in_order and cols.in_order:
+    if rows.identity and cols.identity:
         out = xp.asarray(out, copy=True)  # an unchanged size: never hand back x itself
     anchor = xp.empty((0,), dtype=x.dtype, device=device)
     return out, InterpolateCache(rows, cols, tuple(x.shape), x.dtype, anchor)
@@ -129,7 +129,7 @@ def interpolate_backward(dout, cache: InterpolateCache):
     rows, cols, x_shape, dtype, anchor = cache
     xp, _ = check_upstream(dout, (*x_shape[:2], rows.out_size, cols.out_size), anchor, dtype)
     dx = combined(xp, combined(xp, dout, rows.transposed, -2), cols.transposed, -1)
-    if rows.in_order and cols.in_order:
+    if rows.identity and cols.identity:
         dx = xp.asarray(dx, copy=True)
     return dx
 

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device as device_of
 
-from .._axis_maps import adaptive_windows, combined, gathered, table, tap_axis
+from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
@@ -391,14 +391,12 @@ class AdaptiveAvgPool2dCache(NamedTuple):
 
 class AdaptiveMaxPool2dCache(NamedTuple):
     """flat_indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each maximum;
-    row_choices: (N, C, out_h, out_w), the tap (row within the window) each output took in the pass across the
-    rows; column_choices: (N, C, H, out_w), the tap (column within the window) of each row's maximum (the first
-    pass); rows, cols: the windows. pooled: max_pool2d's cache when the windows tile x (then every other array
-    is None)."""
+    chosen_columns: (N, C, H, out_w) int16 (int32 for planes wider than 32767), the column of each row's window
+    maximum (the first pass, along the rows); rows, cols: the windows. pooled: max_pool2d's cache when the windows
+    tile x (then every other array is None)."""
 
     flat_indices: Any
-    row_choices: Any
-    column_choices: Any
+    chosen_columns: Any
     rows: Any
     cols: Any
     pooled: Any
@@ -440,21 +438,21 @@ def adaptive_avg_pool2d_forward(x, output_size):
         x not a floating array; ``output_size`` not an int, None or a pair of them.
     """
     xp, device = _check_adaptive_input(x)
-    (height, width), out_size = tuple(x.shape[2:]), _adaptive_output_size(output_size, tuple(x.shape[2:]))
+    in_size = tuple(x.shape[2:])
+    out_size = _adaptive_output_size(output_size, in_size)
     if out_size == (1, 1):  # global average pooling: one mean per plane
-        divisor = xp.full((1, 1), height * width, dtype=x.dtype, device=device)
+        divisor = xp.full((1, 1), in_size[0] * in_size[1], dtype=x.dtype, device=device)
         return xp.mean(x, axis=(2, 3), keepdims=True), AdaptiveAvgPool2dCache(divisor, None, None, None, tuple(x.shape))
-    kernel = _tiling_kernel((height, width), out_size)
+    kernel = _tiling_kernel(in_size, out_size)
     if kernel is not None:
         out, pooled = avg_pool2d_forward(x, kernel)
         return out, AdaptiveAvgPool2dCache(pooled.divisor, None, None, pooled, tuple(x.shape))
-    rows, cols = adaptive_windows(height, out_size[0]), adaptive_windows(width, out_size[1])
+    rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
     divisor = _window_sizes(xp, rows, cols, x.dtype, device)
+    cache = AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape))
     if 0 in out_size:
-        return xp.zeros((*x.shape[:2], *out_size), dtype=x.dtype, device=device), AdaptiveAvgPool2dCache(
-            divisor, rows, cols, None, tuple(x.shape))
-    total = _separable(xp, x, rows, cols, lambda a, axis_map, axis: combined(xp, a, axis_map, axis))
-    return total / divisor, AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape))
+        return xp.zeros((*x.shape[:2], *out_size), dtype=x.dtype, device=device), cache
+    return _window_sums(xp, x, rows, cols) / divisor, cache
 
 
 @half_in_float32_backward
@@ -475,8 +473,7 @@ def adaptive_avg_pool2d_backward(dout, cache: AdaptiveAvgPool2dCache):
         return xp.asarray(xp.broadcast_to(share, x_shape), copy=True)
     if 0 in out_size:
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
-    return _separable(xp, share, rows.transposed, cols.transposed,
-                      lambda a, axis_map, axis: combined(xp, a, axis_map, axis))
+    return _window_sums(xp, share, rows.transposed, cols.transposed)
 
 
 @half_in_float32
@@ -486,9 +483,9 @@ def adaptive_max_pool2d_forward(x, output_size):
     window in row-major order, NaN propagates (its gradient and index go to the last NaN of the window), and
     ``cache.indices`` holds the flat positions ``row * W + col`` as PyTorch's ``return_indices``.
 
-    Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``); other windows are
-    gathered along the rows (``take``; one window per row and output column, its maximum and first-maximum column),
-    then across them, as max_pool2d's separable passes.
+    Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``). Other windows are
+    gathered along the rows (one ``take``; a running maximum over the taps gives each row's window maximum and its
+    first-maximum column), then across them, as max_pool2d's separable passes.
 
     Parameters
     ----------
@@ -507,29 +504,30 @@ def adaptive_max_pool2d_forward(x, output_size):
         As :func:`adaptive_avg_pool2d_forward`.
     """
     xp, device = _check_adaptive_input(x)
-    (height, width), out_size = tuple(x.shape[2:]), _adaptive_output_size(output_size, tuple(x.shape[2:]))
-    kernel = _tiling_kernel((height, width), out_size)
+    in_size, lead = tuple(x.shape[2:]), tuple(x.shape[:2])
+    out_size = _adaptive_output_size(output_size, in_size)
+    kernel = _tiling_kernel(in_size, out_size)
     if kernel is not None and kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS:
         out, pooled = max_pool2d_forward(x, kernel)
-        return out, AdaptiveMaxPool2dCache(None, None, None, None, None, pooled, tuple(x.shape), x.dtype)
-    rows, cols = adaptive_windows(height, out_size[0]), adaptive_windows(width, out_size[1])
-    lead = tuple(x.shape[:2])
+        return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype)
+    rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
     if 0 in out_size:
         empty = xp.zeros((*lead, *out_size), dtype=xp.int64, device=device)
         return xp.zeros((*lead, *out_size), dtype=x.dtype, device=device), AdaptiveMaxPool2dCache(
-            empty, empty, None, rows, cols, None, tuple(x.shape), x.dtype)
+            empty, None, rows, cols, None, tuple(x.shape), x.dtype)
+    index = _position_dtype(xp, max(in_size))
     # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
     # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
-    row_maxima, column_choices = _first_maximum(xp, gathered(xp, x, cols, -1, -math.inf), -1)
-    out, row_choices = _first_maximum(xp, gathered(xp, row_maxima, rows, -2, -math.inf), -2)
-    chosen_columns = _chosen(xp, gathered(xp, column_choices, rows, -2, 0), row_choices)
-    row_starts, col_starts = (
-        xp.asarray([taps[0] for taps in m.taps], dtype=xp.int64, device=device) for m in (rows, cols)
+    column_positions = per_tap(xp, cols.flat_index, cols, -1, dtype=index, device=device)
+    row_maxima, chosen_columns = _first_maximum(
+        xp, taps(gathered(xp, x, cols, -1), -1), [column_positions[k, ...] for k in range(cols.width)]
     )
-    flat = (row_starts[:, None] + row_choices) * width + col_starts[None, :] + chosen_columns
-    small = _choice_dtype(xp, max(rows.width, cols.width))
-    return out, AdaptiveMaxPool2dCache(flat, xp.astype(row_choices, small), xp.astype(column_choices, small),
-                                       rows, cols, None, tuple(x.shape), x.dtype)
+    # Across the rows, each tap's candidate is the flat position of its row's maximum: row * W + column.
+    row_positions = per_tap(xp, rows.flat_index, rows, -2, dtype=xp.int64, device=device) * in_size[1]
+    column_taps = taps(gathered(xp, chosen_columns, rows, -2), -2)
+    candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
+    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, -2), -2), candidates)
+    return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype)
 
 
 @half_in_float32_backward
@@ -537,20 +535,21 @@ def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
     """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
     element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
     column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
-    columns, both through the transposed windows (gathers and selections: no scatter, and a non-finite ``dout``
-    reaches only the chosen element).
+    columns: tap ``k`` of every window gets the gradient where the window chose it, and the taps are added back
+    to the positions they read through the transposed windows (no scatter; a non-finite ``dout`` reaches only the
+    chosen element).
 
     dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
     """
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
-    flat, row_choices, column_choices, rows, cols, pooled, x_shape, dtype = cache
+    flat, chosen_columns, rows, cols, pooled, x_shape, dtype = cache
     if pooled is not None:
         return max_pool2d_backward(dout, pooled)
     xp, device = check_upstream(dout, flat.shape, flat, dtype)
-    if column_choices is None:  # an empty output
+    if chosen_columns is None:  # an empty output
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
-    to_rows = _routed_back(xp, dout, row_choices, rows, -2)
-    return _routed_back(xp, to_rows, column_choices, cols, -1)
+    to_rows = _routed_back(xp, dout, flat // x_shape[3], rows, -2)
+    return _routed_back(xp, to_rows, chosen_columns, cols, -1)
 
 
 MAX_KERNEL_ELEMENTS = 2**15 - 1
@@ -592,45 +591,53 @@ def _window_sizes(xp, rows, cols, dtype, device):
     return counts[0][:, None] * counts[1][None, :]
 
 
-def _separable(xp, x, rows, cols, reduce):
-    """``reduce`` along the axis that shrinks the intermediate most first (fewer elements to carry), then the
-    other. Sums only: the order changes the rounding, not the value."""
+def _window_sums(xp, x, rows, cols):
+    """The sums over the taps of ``rows`` (along the height) and ``cols`` (along the width) of (N, C, H, W) x, one
+    axis after the other: first the order that carries fewer elements, gathers along the width (the last axis,
+    several times slower per element on NumPy) counted twice. The order changes the rounding only."""
     height, width = x.shape[2:]
-    if rows.out_size * width <= height * cols.out_size:
-        return reduce(reduce(x, rows, -2), cols, -1)
-    return reduce(reduce(x, cols, -1), rows, -2)
+    out_h, out_w = rows.out_size, cols.out_size
+    if out_h * width + 2 * out_h * out_w <= 2 * height * out_w + out_h * out_w:
+        return combined(xp, combined(xp, x, rows, -2), cols, -1)
+    return combined(xp, combined(xp, x, cols, -1), rows, -2)
 
 
-def _first_maximum(xp, taps, axis: int):
-    """The maximum over the tap axis ``axis`` and the tap it came from, by PyTorch's rule: in order, take an element
-    strictly greater than the maximum so far, or a NaN. So: the first maximum, or the last NaN where there is one.
-    Padding taps (``-inf``, after the real ones) never win: the first tap is always real."""
-    maximum = xp.max(taps, axis=axis, keepdims=True)  # NaN propagates
-    first = xp.argmax(xp.astype(taps == maximum, xp.int8), axis=axis)  # argmax: the first occurrence
-    positions = xp.arange(taps.shape[axis], dtype=xp.int64, device=device_of(taps))
-    positions = positions if axis == -1 else positions[:, None]
-    last_nan = xp.max(xp.where(xp.isnan(taps), positions, -1), axis=axis)
-    maximum = xp.squeeze(maximum, axis=axis)
-    return maximum, xp.where(xp.isnan(maximum), last_nan, xp.astype(first, xp.int64))
+def _first_maximum(xp, values, positions):
+    """The running maximum of ``values`` (same-shaped arrays, one per tap, in order) and the position it came
+    from (``positions``: one integer array per tap, broadcasting against the values and never decreasing from tap
+    to tap), by PyTorch's rule: take a tap strictly greater than the maximum so far, or a NaN. So the first
+    maximum wins, or the last NaN where there is one; a repeated last tap changes neither.
+
+    Written without ``where`` (a slow select on NumPy): ``maximum`` propagates NaN as the rule does, and the
+    positions never decrease, so taking tap k is ``maximum(chosen, take * positions[k])``."""
+    best = values[0]
+    chosen = xp.broadcast_to(positions[0], tuple(best.shape))
+    for value, position in zip(values[1:], positions[1:]):
+        take = xp.astype((value > best) | xp.isnan(value), position.dtype)
+        best = xp.maximum(best, value)
+        chosen = xp.maximum(chosen, take * position)
+    return best, xp.asarray(chosen, copy=True) if len(values) == 1 else chosen
 
 
-def _chosen(xp, taps, choices):
-    """``taps[..., choices[i, j], j]`` for (..., out_h, width, out_w) taps: the chosen tap's value, as a sum of
-    exact selections (integers)."""
-    positions = xp.arange(taps.shape[-2], dtype=xp.int64, device=device_of(taps))[:, None]
-    return xp.sum(xp.where(positions == choices[..., None, :], xp.astype(taps, xp.int64), 0), axis=-2)
+def _routed_back(xp, grad, chosen, axis_map, axis: int):
+    """Adjoint of taking the chosen tap along ``axis`` (-1 or -2): position ``r`` receives the gradient of every
+    output that chose it. ``grad``, ``chosen`` (the chosen positions): (..., out_size, ...) along ``axis``.
+
+    Tap ``k`` of every output gets ``grad`` where the output chose that tap, 0 elsewhere (a product with the 0/1
+    mask where grad is known to be finite, else a ``where``: ``inf * 0`` would be NaN); the taps are then added back
+    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`)."""
+    device, fast = device_of(grad), known_finite(xp, grad)
+    positions = per_tap(xp, axis_map.tap_positions, axis_map, axis, dtype=chosen.dtype, device=device)
+    parts = []
+    for k in range(axis_map.width):
+        mask = chosen == positions[k, ...]
+        parts.append(grad * xp.astype(mask, grad.dtype) if fast else xp.where(mask, grad, 0.0))
+    zero_shape = list(grad.shape)
+    zero_shape[axis] = 1
+    parts.append(xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device))
+    return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
 
 
-def _routed_back(xp, grad, choices, axis_map, axis: int):
-    """Adjoint of taking the chosen tap along ``axis``: input position ``r`` receives the gradient of every output
-    that reads it through the tap that output chose. ``grad``, ``choices``: (..., out, ...) along ``axis``."""
-    readers = axis_map.transposed
-    grads = gathered(xp, grad, readers, axis, 0.0)
-    chosen = gathered(xp, choices, readers, axis, -1)
-    taps = table(xp, readers.tap_number_table(), readers, axis, dtype=choices.dtype, device=device_of(grad))
-    return xp.sum(xp.where(chosen == taps, grads, 0.0), axis=tap_axis(axis))
-
-
-def _choice_dtype(xp, width: int):
-    """The smallest of int16 and int32 that holds tap numbers below ``width``."""
-    return xp.int16 if width <= 2**15 else xp.int32
+def _position_dtype(xp, size: int):
+    """The smallest of int16 and int32 that holds positions below ``size``."""
+    return xp.int16 if size < 2**15 else xp.int32
