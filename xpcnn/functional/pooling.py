@@ -507,7 +507,7 @@ def adaptive_max_pool2d_forward(x, output_size):
     in_size, lead = tuple(x.shape[2:]), tuple(x.shape[:2])
     out_size = _adaptive_output_size(output_size, in_size)
     kernel = _tiling_kernel(in_size, out_size)
-    if kernel is not None and kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS:
+    if kernel is not None:
         out, pooled = max_pool2d_forward(x, kernel)
         return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype)
     rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
@@ -553,7 +553,7 @@ def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
 
 
 MAX_KERNEL_ELEMENTS = 2**15 - 1
-"""max_pool2d's kernel limit (its int16 offsets): larger tiling windows take the gathered path."""
+"""Pooling's kernel limit (max_pool2d's int16 offsets): larger tiling windows take the gathered path."""
 
 
 def _check_adaptive_input(x):
@@ -579,10 +579,12 @@ def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
 
 
 def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
-    """The kernel (= stride) of windows that tile x exactly, when every axis divides evenly."""
+    """The kernel (= stride) of windows that tile x exactly, when every axis divides evenly and the kernel is
+    within pooling's limit."""
     if 0 in out_size or any(n % out for n, out in zip(in_size, out_size)):
         return None
-    return tuple(n // out for n, out in zip(in_size, out_size))
+    kernel = tuple(n // out for n, out in zip(in_size, out_size))
+    return kernel if kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS else None
 
 
 def _window_sizes(xp, rows, cols, dtype, device):
