@@ -565,8 +565,9 @@ def _check_adaptive_input(x):
     return xp, device
 
 
-def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
-    """``output_size`` as an (out_h, out_w) pair of ints >= 0; None keeps the input's size on that axis."""
+def adaptive_output_size(output_size) -> tuple:
+    """Check an adaptive pooling's ``output_size`` (also for the layers' constructors): an (out_h, out_w) pair of
+    ints >= 0 or None (None keeps the input's size on that axis)."""
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
             raise ValueError(f"output_size must be an int or a pair (out_h, out_w), got {output_size!r}")
@@ -575,7 +576,11 @@ def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
         raise TypeError("output_size must be an int or a pair of ints or None (None keeps that axis), got None")
     else:
         pair = (output_size, output_size)
-    return tuple(n if v is None else as_int(v, "output_size", minimum=0) for v, n in zip(pair, in_size))
+    return tuple(None if v is None else as_int(v, "output_size", minimum=0) for v in pair)
+
+
+def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
+    return tuple(n if v is None else v for v, n in zip(adaptive_output_size(output_size), in_size))
 
 
 def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:

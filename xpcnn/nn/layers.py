@@ -11,6 +11,7 @@ import math
 from .. import functional as F
 from .._validation import as_int, int_pair
 from ..functional.interpolate import interpolate_options
+from ..functional.pooling import adaptive_output_size
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
@@ -155,6 +156,7 @@ class AdaptiveAvgPool2d(_Stateless):
     forward_fn, backward_fn = F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward
 
     def __init__(self, output_size):
+        adaptive_output_size(output_size)
         super().__init__(output_size=output_size)
 
 
@@ -165,6 +167,7 @@ class AdaptiveMaxPool2d(_Stateless):
     forward_fn, backward_fn = F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward
 
     def __init__(self, output_size):
+        adaptive_output_size(output_size)
         super().__init__(output_size=output_size)
 
 
