@@ -187,7 +187,9 @@ def combined(xp, x, axis_map: AxisMap, axis: int):
     gathered_taps = gathered(xp, x, axis_map, axis)
     device, full = device_of(x), axis_map.full_width
     tap_list = taps(gathered_taps, axis)
-    is_tap = per_tap(xp, axis_map.is_tap, axis_map, axis, dtype=xp.bool, device=device) if full < axis_map.width else None
+    is_tap = None
+    if full < axis_map.width:
+        is_tap = per_tap(xp, axis_map.is_tap, axis_map, axis, dtype=xp.bool, device=device)
     if axis_map.weights is None:
         total = None
         if full > FEW_TAPS:

@@ -120,7 +120,9 @@ def test_low_precision_matches_torch(torch, lib, dtype, op):
         out_ref = _torch_op(torch, op)(x_ref, config["output_size"])
         dout = torch.tensor(rng.standard_normal(tuple(out_ref.shape)).astype(np.float32)).to(out_ref.dtype)
         out_ref.backward(dout)
-        as_input = (lambda t: t.detach().float().numpy().astype(np.float16)) if lib == "numpy" else (lambda t: t.detach())
+        def as_input(t):
+            return t.detach().float().numpy().astype(np.float16) if lib == "numpy" else t.detach()
+
         out, cache = forward(as_input(x_ref), config["output_size"])
         dx = backward(as_input(dout), cache)
         assert str(out.dtype).endswith(dtype) and str(dx.dtype).endswith(dtype)

@@ -102,7 +102,9 @@ def interpolate_forward(x, *, size=None, scale_factor=None, mode: str = "nearest
     check_floating(xp, x, "x")
     check_ndim(x, "x", 4, "(N, C, H, W)")
     if min(x.shape[1:]) < 1:
-        raise ValueError(f"x must have non-empty channel, height and width axes (N may be 0), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have non-empty channel, height and width axes (N may be 0), got shape {tuple(x.shape)}"
+        )
     in_size = tuple(x.shape[2:])
     out_size = _output_size(in_size, sizes, scales)
     scales = scales or (None, None)
@@ -189,7 +191,9 @@ def _output_size(in_size, sizes, scales) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def axis_taps(mode: str, n: int, out: int, scale_factor: float | None, align_corners: bool | None, bits: int) -> AxisMap:
+def axis_taps(
+    mode: str, n: int, out: int, scale_factor: float | None, align_corners: bool | None, bits: int
+) -> AxisMap:
     """The taps of ``out`` outputs along an axis of ``n`` inputs (built in Python, as PyTorch's CPU kernels compute
     them, in a precision of ``bits`` significand bits)."""
     if mode == "bilinear":

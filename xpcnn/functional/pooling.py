@@ -376,6 +376,9 @@ def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, 
 
 # -- adaptive pooling -------------------------------------------------------------------------------------------------
 
+MAX_KERNEL_ELEMENTS = 2**15 - 1
+"""Pooling's kernel limit (max_pool2d's int16 offsets): larger tiling windows take the gathered path."""
+
 
 class AdaptiveAvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype, the size of each window (the sum is divided by it);
@@ -550,10 +553,6 @@ def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
     to_rows = _routed_back(xp, dout, flat // x_shape[3], rows, -2)
     return _routed_back(xp, to_rows, chosen_columns, cols, -1)
-
-
-MAX_KERNEL_ELEMENTS = 2**15 - 1
-"""Pooling's kernel limit (max_pool2d's int16 offsets): larger tiling windows take the gathered path."""
 
 
 def _check_adaptive_input(x):
