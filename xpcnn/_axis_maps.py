@@ -19,6 +19,11 @@ lists them, the *taps* of every output, built in Python once per shape (the buil
   with a dense ``(out, in)`` interpolation matrix would spread ``0 * inf = NaN`` over whole rows).
 * :attr:`AxisMap.tap_adjoint` does the same for values given per tap (max pooling's routed gradients).
 
+Adaptive average pooling could take a window's sum as the difference of two running sums along the axis, one pass
+whatever the window sizes; it is not exact: the difference of two large partial sums loses the bits of the small
+window (more the larger the plane), and an ``inf`` anywhere before a window turns its sum into ``inf - inf = NaN``.
+The gathered taps add exactly the window's own elements, as PyTorch's loops do.
+
 Only ``take`` along one axis, ``reshape``, ``where``, ``repeat`` and strided slices are used. Two layouts skip the
 ``take``: taps that repeat every input ``s`` times (integer nearest upsampling: ``repeat``) and blocks of ``s``
 consecutive positions (its transpose: ``s`` strided slices added up).
