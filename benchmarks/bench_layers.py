@@ -25,6 +25,8 @@ import common  # noqa: E402
 
 import xpcnn.functional as F  # noqa: E402
 
+GLOBAL = ("global_avg", None, None, None)  # adaptive_avg_pool2d(x, 1), against xp.mean and PyTorch
+
 # name: (x shape, weight shape, conv options, pooling ops after the convolution) -- NCHW
 WORKLOADS = {
     "a": dict(x=(2, 1, 6, 6), w=(1, 1, 3, 3), conv=dict(), pools=[("max", 2, 2, 0)], seed=True),
@@ -37,8 +39,12 @@ WORKLOADS = {
     # mirrored shape, 32x64x32x32 -> 32x64x16x16: the same matrix products
     "e": dict(x=(32, 64, 16, 16), w=(64, 64, 4, 4), conv=None, transposed=dict(stride=2, padding=1), pools=[],
               seed=False),
+    # global average pooling (adaptive_avg_pool2d to 1x1): a ResNet's last feature map, and a larger one
+    "f": dict(x=(32, 512, 7, 7), w=None, conv=None, pools=[GLOBAL], seed=False),
+    "g": dict(x=(32, 64, 32, 32), w=None, conv=None, pools=[GLOBAL], seed=False),
 }
-TINY = dict(a=(2, 1, 6, 6), b=(4, 1, 28, 28), c=(2, 4, 12, 12), d=(2, 4, 12, 12), e=(2, 4, 6, 6))
+TINY = dict(a=(2, 1, 6, 6), b=(4, 1, 28, 28), c=(2, 4, 12, 12), d=(2, 4, 12, 12), e=(2, 4, 6, 6), f=(2, 8, 7, 7),
+            g=(2, 4, 12, 12))
 
 
 def conv_flops(x_shape, w_shape, out_shape):
@@ -140,6 +146,30 @@ def gemm_limit(work, with_backward):
     return run
 
 
+def global_pool_contenders(work, with_backward):
+    """Global average pooling: xpcnn's adaptive_avg_pool2d(x, 1), PyTorch's, and the floor: ``xp.mean`` over H and
+    W (and for the backward pass, ``dout / (H * W)`` broadcast into a new array)."""
+    be, x, x_torch = work.backend, work.x, work.x_torch
+    xp, (height, width) = be.xp, work.x_host.shape[2:]
+
+    def ours():
+        out, cache = F.adaptive_avg_pool2d_forward(x, 1)
+        if with_backward:
+            F.adaptive_avg_pool2d_backward(out, cache)
+
+    def theirs():
+        out = be.torch.nn.functional.adaptive_avg_pool2d(x_torch, 1)
+        if with_backward:
+            out.backward(out.detach())
+
+    def mean():
+        out = xp.mean(x, axis=(2, 3), keepdims=True)
+        if with_backward:
+            xp.asarray(xp.broadcast_to(out / (height * width), x.shape), copy=True)
+
+    return {"xpcnn": ours, "torch": theirs, "xp.mean": mean}
+
+
 def pool_contenders(work, kind, kernel, stride, padding, with_backward, source):
     be = work.backend
     forward = F.max_pool2d_forward if kind == "max" else F.avg_pool2d_forward
@@ -236,6 +266,9 @@ def bench(args):
             pool_source = (work.x, work.x_torch, work.x_host)
         for kind, kernel, stride, padding in spec["pools"]:
             for with_backward in (False, True):
+                if kind == "global_avg":
+                    cases.append(("global_avg_pool", with_backward, global_pool_contenders(work, with_backward), None))
+                    continue
                 op = f"{kind}_pool{kernel}x{kernel}/s{stride}/p{padding}"
                 cases.append((op, with_backward, pool_contenders(work, kind, kernel, stride, padding, with_backward, pool_source), None))
         for op, with_backward, contenders, flops in cases:

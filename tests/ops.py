@@ -20,6 +20,7 @@ class Op:
     options: dict = field(default_factory=dict)
     scalar_dloss: bool = False  # the backward takes a number (a reduced loss), not an array of out's shape
     cache_outputs: tuple = ()  # arrays the forward pass returns in its cache (batch norm's running statistics)
+    indices: bool = False  # the cache has max pooling's ``indices`` (an integer array among the results)
 
     def inputs(self, rng):
         return self.make_inputs(rng)
@@ -40,9 +41,16 @@ OPS = [
        dict(stride=(2, 1), padding=1, output_padding=(1, 0), dilation=(1, 2), groups=2)),
     Op("max_pool2d", F.max_pool2d_forward, F.max_pool2d_backward,
        lambda rng: {"x": rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)},  # ties
-       dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)),
+       dict(kernel_size=3, stride=1, padding=1, ceil_mode=True), indices=True),
     Op("avg_pool2d", F.avg_pool2d_forward, F.avg_pool2d_backward, _x((2, 3, 7, 6)),
        dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)),
+    Op("adaptive_avg_pool2d", F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward, _x((2, 3, 7, 6)),
+       dict(output_size=(3, 4))),  # overlapping windows of two sizes
+    Op("adaptive_max_pool2d", F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward,
+       lambda rng: {"x": rng.integers(0, 3, (2, 3, 7, 6)).astype(np.float64)},  # ties
+       dict(output_size=(4, 5)), indices=True),
+    Op("interpolate", F.interpolate_forward, F.interpolate_backward, _x((2, 3, 5, 4)),
+       dict(scale_factor=(1.5, 0.75), mode="bilinear")),
     Op("relu", F.relu_forward, F.relu_backward, _x((2, 3, 4))),
     Op("leaky_relu", F.leaky_relu_forward, F.leaky_relu_backward, _x((2, 3, 4)), dict(negative_slope=0.1)),
     Op("sigmoid", F.sigmoid_forward, F.sigmoid_backward, _x((2, 3, 4))),
@@ -87,10 +95,10 @@ OPS = [
 
 def run(op, arrays, dout_from):
     """Forward then backward; ``dout_from(out)`` makes the upstream gradient. Returns every array produced
-    (out, the backward's outputs, and max pooling's indices)."""
+    (out, the backward's outputs, and max pooling's indices, last)."""
     out, cache = op.forward(**arrays, **op.options)
     grads = op.backward(0.7 if op.scalar_dloss else dout_from(out), cache)
     grads = grads if isinstance(grads, tuple) else (grads,)
-    extra = (cache.indices,) if op.name == "max_pool2d" else ()
+    extra = (cache.indices,) if op.indices else ()
     extra += tuple(getattr(cache, name) for name in op.cache_outputs)
     return (out, *[g for g in grads if g is not None], *extra)

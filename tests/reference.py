@@ -176,3 +176,47 @@ def normalization(kind, x, weight, bias, eps, dout, *, num_groups=1, normalized_
     dweight = None if weight is None else (dout * xhat).sum(axis=axes).reshape(weight.shape)
     dbias = None if bias is None else dout.sum(axis=axes).reshape(bias.shape)
     return out, dx, dweight, dbias
+def adaptive_bounds(n, out, i):
+    """PyTorch's adaptive window along one axis: [floor(i * n / out), ceil((i + 1) * n / out))."""
+    return math.floor(i * n / out), math.ceil((i + 1) * n / out)
+
+
+def adaptive_avg_pool2d(x, output_size, dout):
+    """Returns (out, dx), window by window."""
+    n, c, h, w = x.shape
+    oh, ow = output_size
+    out = np.zeros((n, c, oh, ow))
+    dx = np.zeros_like(x)
+    for i in range(oh):
+        h0, h1 = adaptive_bounds(h, oh, i)
+        for j in range(ow):
+            w0, w1 = adaptive_bounds(w, ow, j)
+            count = (h1 - h0) * (w1 - w0)
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].sum(axis=(2, 3)) / count
+            dx[:, :, h0:h1, w0:w1] += (dout[:, :, i, j] / count)[:, :, None, None]
+    return out, dx
+
+
+def adaptive_max_pool2d(x, output_size, dout):
+    """Returns (out, indices, dx), window by window as PyTorch's CPU kernel: start at -inf with the window's first
+    element, then take every element that is greater or NaN (so the first maximum wins, and the last NaN)."""
+    n, c, h, w = x.shape
+    oh, ow = output_size
+    out = np.zeros((n, c, oh, ow))
+    indices = np.zeros((n, c, oh, ow), dtype=np.int64)
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(oh):
+                h0, h1 = adaptive_bounds(h, oh, i)
+                for j in range(ow):
+                    w0, w1 = adaptive_bounds(w, ow, j)
+                    best, where = -math.inf, h0 * w + w0
+                    for r in range(h0, h1):
+                        for q in range(w0, w1):
+                            value = x[b, ch, r, q]
+                            if value > best or math.isnan(value):
+                                best, where = value, r * w + q
+                    out[b, ch, i, j], indices[b, ch, i, j] = best, where
+                    dx[b, ch, where // w, where % w] += dout[b, ch, i, j]
+    return out, indices, dx

@@ -1,5 +1,6 @@
-"""Hypothesis property tests: every window op's and normalisation's forward and backward equal the naive loops of
-tests/reference.py on random legal configurations, on NumPy and on array-api-strict's ``device1``.
+"""Hypothesis property tests: every window op's and normalisation's forward and backward (adaptive pooling's too)
+equal the naive loops of tests/reference.py on random legal configurations, on NumPy and on array-api-strict's
+``device1``.
 
 The default number of examples per op and backend is modest for CI; ``XPCNN_HYPOTHESIS_EXAMPLES=2000`` runs a
 deeper, randomised search (CI's runs are derandomised, so they are reproducible).
@@ -16,6 +17,10 @@ from hypothesis import strategies as st
 
 from xpcnn import functional as F
 from xpcnn.functional import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_backward,
+    adaptive_max_pool2d_forward,
     avg_pool2d_backward,
     avg_pool2d_forward,
     conv2d_backward,
@@ -217,6 +222,24 @@ def norm_cases(draw):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
+def adaptive_cases(draw):
+    """Input sizes 1-9, output sizes 1-12 (smaller, equal, larger, dividing or not), None for an axis too."""
+    size = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    output_size = tuple(draw(st.one_of(st.none(), st.integers(1, 12))) for _ in range(2))
+    if draw(st.booleans()):  # the same output on both axes, as one int
+        output_size = draw(st.integers(1, 12))
+    return dict(
+        x_shape=(draw(st.integers(0, 3)), draw(st.integers(1, 4)), *size),
+        output_size=output_size,
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
+
+
+def _adaptive_size(output_size, x_shape):
+    pair = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+    return tuple(n if o is None else o for o, n in zip(pair, x_shape[2:]))
+
+
 @pytest.mark.parametrize("make_backend", BACKENDS)
 @PROPERTY
 @given(case=norm_cases())
@@ -245,6 +268,37 @@ def test_normalization_equals_naive_loops(make_backend, case):
         assert (got is None) == (want is None)
         if got is not None:
             np.testing.assert_allclose(xp.to_numpy(got), want, rtol=1e-9, atol=1e-9)
+
+
+@given(case=adaptive_cases())
+def test_adaptive_avg_pool2d_equals_naive_loops(make_backend, case):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x_shape"])
+    out, cache = adaptive_avg_pool2d_forward(xp.asarray(x), case["output_size"])
+    dout = rng.standard_normal(tuple(out.shape))
+    dx = adaptive_avg_pool2d_backward(xp.asarray(dout), cache)
+    ref_out, ref_dx = reference.adaptive_avg_pool2d(x, _adaptive_size(case["output_size"], x.shape), dout)
+    np.testing.assert_allclose(xp.to_numpy(out), ref_out, **CLOSE)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+
+
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
+@given(case=adaptive_cases(), kind=st.sampled_from(["normal", "ties", "nan", "-inf"]))
+def test_adaptive_max_pool2d_equals_naive_loops(make_backend, case, kind):
+    xp = make_backend()
+    rng = np.random.default_rng(case["seed"])
+    x = max_pool_input(kind, case["x_shape"], rng)
+    out, cache = adaptive_max_pool2d_forward(xp.asarray(x), case["output_size"])
+    dout = rng.standard_normal(tuple(out.shape))
+    dx = adaptive_max_pool2d_backward(xp.asarray(dout), cache)
+    ref_out, ref_indices, ref_dx = reference.adaptive_max_pool2d(
+        x, _adaptive_size(case["output_size"], x.shape), dout
+    )
+    np.testing.assert_array_equal(xp.to_numpy(out), ref_out)
+    np.testing.assert_array_equal(xp.to_numpy(cache.indices), ref_indices)
+    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
 
 
 def _pair(v):

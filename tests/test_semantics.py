@@ -248,7 +248,7 @@ def float16():
                 arrays = {k: lib.asarray(v.astype(np.float16) if v.dtype.kind == "f" else v)
                           for k, v in op.inputs(rng).items()}
                 results = run(op, arrays, lambda out: lib.ones(tuple(out.shape), dtype=out.dtype))
-                floats = results[:-1] if op.name == "max_pool2d" else results
+                floats = results[:-1] if op.indices else results
                 assert all(str(r.dtype).endswith("float16") for r in floats), (lib.__name__, op.name)
     # Computed in float32, rounded once: no 16-bit intermediate overflows where the result fits.
     out, _ = F.avg_pool2d_forward(np.full((1, 1, 2, 2), 2e4, np.float16), 2)
@@ -349,7 +349,7 @@ def float32_only_device():
         arrays = {k: strict.asarray(v.astype(np.float32) if v.dtype.kind == "f" else v, device=device)
                   for k, v in op.inputs(rng).items()}
         results = run(op, arrays, lambda out: strict.ones(out.shape, dtype=out.dtype, device=device))
-        floats = results[:-1] if op.name == "max_pool2d" else results
+        floats = results[:-1] if op.indices else results
         assert all(r.dtype == strict.float32 and r.device == device for r in floats), op.name
 
 
@@ -440,6 +440,98 @@ def groupnorm_one_value():
         out, cache = F.group_norm_forward(x, 3, None, bias)
         np.testing.assert_array_equal(out, np.broadcast_to(bias, (n, 3)))
         np.testing.assert_array_equal(F.group_norm_backward(np.ones((n, 3)), cache)[0], 0.0)
+def adaptive_windows():
+    x = np.arange(5.0)[None, None, None, :]  # width 5 into 3: windows [0, 2), [1, 4), [3, 5)
+    out, cache = F.adaptive_avg_pool2d_forward(x, (1, 3))
+    np.testing.assert_allclose(out[0, 0, 0], [0.5, 2.0, 3.5])
+    np.testing.assert_allclose(F.adaptive_avg_pool2d_backward(np.ones((1, 1, 1, 3)), cache)[0, 0, 0],
+                               [1 / 2, 1 / 2 + 1 / 3, 1 / 3, 1 / 3 + 1 / 2, 1 / 2])
+    out, cache = F.adaptive_max_pool2d_forward(x, (1, 3))
+    np.testing.assert_array_equal(out[0, 0, 0], [1.0, 3.0, 4.0])
+    np.testing.assert_array_equal(F.adaptive_max_pool2d_backward(np.ones((1, 1, 1, 3)), cache)[0, 0, 0],
+                                  [0, 1, 0, 1, 1])
+    out, cache = F.adaptive_avg_pool2d_forward(np.array([[[[1.0, 2.0]]]]), (1, 5))  # larger: repeats
+    np.testing.assert_allclose(out[0, 0, 0], [1.0, 1.0, 1.5, 2.0, 2.0])
+
+
+def adaptive_max_rules():
+    x = np.array([[[[2.0, 5.0, 5.0], [5.0, 1.0, 0.0], [np.nan, 4.0, np.nan]]]])
+    for output_size in ((2, 2), (1, 1), (3, 1)):  # gathered windows, one window (max_pool2d's), overlapping rows
+        _, cache = F.adaptive_max_pool2d_forward(x[..., :2, :], output_size)
+        assert cache.indices[0, 0, 0, 0] == 1, output_size  # the first 5 in row-major order
+    out, cache = F.adaptive_max_pool2d_forward(x, (2, 2))  # rows [0, 2), [1, 3); columns [0, 2), [1, 3)
+    np.testing.assert_array_equal(cache.indices[0, 0], [[1, 1], [6, 8]])
+    assert np.isnan(out[0, 0, 1]).all()
+    dx = F.adaptive_max_pool2d_backward(np.ones((1, 1, 2, 2)), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 2, 0], [0, 0, 0], [1, 0, 1]])
+    for output_size in ((2, 1), (1, 1)):  # two NaNs in the last window: the last one
+        assert F.adaptive_max_pool2d_forward(x, output_size)[1].indices[0, 0, -1, 0] == 8
+    out, cache = F.adaptive_max_pool2d_forward(np.full((1, 1, 3, 3), -np.inf), (2, 2))
+    assert (out == -np.inf).all()
+    np.testing.assert_array_equal(cache.indices[0, 0], [[0, 1], [3, 4]])  # each window's first element
+
+
+def adaptive_global():
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    out, cache = F.adaptive_avg_pool2d_forward(x, 1)
+    np.testing.assert_array_equal(out, np.mean(x, axis=(2, 3), keepdims=True))
+    np.testing.assert_array_equal(F.adaptive_avg_pool2d_backward(np.ones_like(out), cache), np.float32(1 / 35))
+
+
+def adaptive_empty_output():
+    x = np.ones((2, 3, 4, 4))
+    for forward, backward in ((F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward),
+                              (F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward)):
+        out, cache = forward(x, (0, 3))
+        assert out.shape == (2, 3, 0, 3)
+        np.testing.assert_array_equal(backward(out, cache), np.zeros_like(x))
+
+
+def adaptive_nonfinite_dout():
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    dout = np.zeros((1, 1, 3, 3))
+    dout[0, 0, 0, 0] = np.inf  # window rows [0, 2), columns [0, 2)
+    out, cache = F.adaptive_max_pool2d_forward(x, 3)
+    dx = F.adaptive_max_pool2d_backward(dout, cache)
+    assert dx[0, 0, 1, 1] == np.inf and np.isfinite(np.delete(dx.ravel(), 6)).all() and not np.isnan(dx).any()
+    out, cache = F.adaptive_avg_pool2d_forward(x, 3)
+    dx = F.adaptive_avg_pool2d_backward(dout, cache)
+    np.testing.assert_array_equal(np.isinf(dx[0, 0]), np.pad(np.ones((2, 2), bool), ((0, 3), (0, 3))))
+    assert not np.isnan(dx).any()
+
+
+def interpolate_scale_rule():
+    x = np.arange(5.0)[None, None, None, :]
+    out, _ = F.interpolate_forward(x, scale_factor=(1, 1.7))  # width 8; source floor(i / 1.7), not floor(i * 5 / 8)
+    np.testing.assert_array_equal(out[0, 0, 0], [0, 0, 1, 1, 2, 2, 3, 4])
+    out, _ = F.interpolate_forward(x, size=(1, 8))
+    np.testing.assert_array_equal(out[0, 0, 0], [0, 0, 1, 1, 2, 3, 3, 4])
+    out, _ = F.interpolate_forward(x, scale_factor=(1, 1.1), mode="bilinear")  # floor(5.5) = 5: unchanged, a copy
+    np.testing.assert_array_equal(out, x)
+
+
+def interpolate_inf():
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = np.inf
+    with np.errstate(invalid="ignore"):
+        out, cache = F.interpolate_forward(x, size=(3, 3), mode="bilinear")
+        assert np.isnan(out[0, 0, 1, 1]) and np.isfinite(np.delete(out.ravel(), 4)).all()
+        out, cache = F.interpolate_forward(np.zeros((1, 1, 3, 3)), size=(5, 5), mode="bilinear", align_corners=True)
+        dout = np.zeros((1, 1, 5, 5))
+        dout[0, 0, 2, 2] = np.inf  # exactly on input (1, 1): weight 1 there, 0 on its right and lower neighbours
+        dx = F.interpolate_backward(dout, cache)
+    np.testing.assert_array_equal(dx[0, 0], [[0, 0, 0], [0, np.inf, np.nan], [0, np.nan, np.nan]])
+
+
+def interpolate_identity():
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4))
+    for mode in ("nearest", "nearest-exact", "bilinear"):
+        out, cache = F.interpolate_forward(x, size=(3, 4), mode=mode)
+        assert out is not x and not np.shares_memory(out, x)
+        np.testing.assert_array_equal(out, x)
+        dx = F.interpolate_backward(out, cache)
+        assert dx is not out and not np.shares_memory(dx, out)
+        np.testing.assert_array_equal(dx, x)
 
 
 ROWS = {name.replace("_", "-"): fn for name, fn in list(globals().items())

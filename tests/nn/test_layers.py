@@ -120,6 +120,10 @@ LAYERS = [
     (lambda: nn.Sigmoid(), F.sigmoid_forward, F.sigmoid_backward),
     (lambda: nn.Arctan(), F.arctan_forward, F.arctan_backward),
     (lambda: nn.Flatten(), F.flatten_forward, F.flatten_backward),
+    (lambda: nn.AdaptiveAvgPool2d((3, None)), F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward),
+    (lambda: nn.AdaptiveMaxPool2d(2), F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward),
+    (lambda: nn.Upsample(scale_factor=1.5, mode="bilinear", align_corners=True), F.interpolate_forward,
+     F.interpolate_backward),
 ]
 
 
@@ -350,3 +354,86 @@ def test_model_moves_between_backends_explicitly():
 def test_bad_constructor_arguments(make, error, word):
     with pytest.raises(error, match=word):
         make()
+
+
+def _resizing_model(xp=None, device=None, dtype=None):
+    nn.manual_seed(4)
+    common = dict(xp=xp, device=device, dtype=dtype)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, **common),
+        nn.Upsample(scale_factor=1.5, mode="bilinear"),
+        nn.AdaptiveMaxPool2d((5, 4)),
+        nn.Upsample(size=(7, 6)),
+        nn.AdaptiveAvgPool2d(3),
+        nn.Flatten(),
+        nn.Linear(27, 4, **common),
+    )
+
+
+@pytest.mark.torch_reference
+def test_resizing_layers_match_torch(xp, torch):
+    """Upsampling, adaptive max and average pooling between a convolution and a linear layer: loss, input gradient
+    and parameter gradients equal PyTorch's."""
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    model = _resizing_model(xp.namespace, xp.device, dtype)
+    tnn = torch.nn
+    net = tnn.Sequential(
+        tnn.Conv2d(2, 3, 3, padding=1), tnn.Upsample(scale_factor=1.5, mode="bilinear"), tnn.AdaptiveMaxPool2d((5, 4)),
+        tnn.Upsample(size=(7, 6)), tnn.AdaptiveAvgPool2d(3), tnn.Flatten(), tnn.Linear(27, 4),
+    ).double()
+    net.load_state_dict({k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in _numpy_state(model).items()})
+    x = RNG.standard_normal((3, 2, 5, 7))
+    target = RNG.integers(0, 4, 3)
+    xt = torch.tensor(x, requires_grad=True)
+    loss_ref = torch.nn.functional.cross_entropy(net(xt), torch.tensor(target))
+    loss_ref.backward()
+    criterion = nn.CrossEntropyLoss()
+    loss = criterion(model(xp.asarray(x, dtype)), xp.asarray(target, xp.int64))
+    dx = model.backward(criterion.backward())
+    assert_close(xp, loss, loss_ref.detach().numpy(), np_dtype)
+    assert_close(xp, dx, xt.grad.numpy(), np_dtype)
+    grads = model.named_gradients()
+    for name, p in net.named_parameters():
+        assert_close(xp, grads[name], p.grad.numpy(), np_dtype)
+
+
+@pytest.mark.torch_reference
+def test_resizing_layer_reprs_match_torch(torch):
+    pairs = [
+        (nn.AdaptiveAvgPool2d(5), torch.nn.AdaptiveAvgPool2d(5)),
+        (nn.AdaptiveAvgPool2d((5, None)), torch.nn.AdaptiveAvgPool2d((5, None))),
+        (nn.AdaptiveMaxPool2d((3, 4)), torch.nn.AdaptiveMaxPool2d((3, 4))),
+        (nn.Upsample(scale_factor=2), torch.nn.Upsample(scale_factor=2)),
+        (nn.Upsample(size=(3, 4), mode="bilinear"), torch.nn.Upsample(size=(3, 4), mode="bilinear")),
+        (nn.Upsample(size=5, mode="nearest-exact"), torch.nn.Upsample(size=5, mode="nearest-exact")),
+    ]
+    for ours, theirs in pairs:
+        assert repr(ours) == repr(theirs)
+    assert repr(nn.Upsample(scale_factor=(2, 1.5), mode="bilinear", align_corners=True)) == (
+        "Upsample(scale_factor=(2.0, 1.5), mode='bilinear', align_corners=True)"
+    )
+
+
+@pytest.mark.parametrize(
+    "make, error, word",
+    [
+        (lambda: nn.Upsample(), ValueError, "either size or scale_factor"),
+        (lambda: nn.Upsample(size=4, scale_factor=2), ValueError, "only one of size or scale_factor"),
+        (lambda: nn.Upsample(scale_factor=2, mode="trilinear"), ValueError, "mode must be one of"),
+        (lambda: nn.Upsample(scale_factor=2, align_corners=True), ValueError, "align_corners option"),
+        (lambda: nn.Upsample(scale_factor="2"), TypeError, "scale_factor must be a real number"),
+        (lambda: nn.Upsample(size=0), ValueError, "size must be >= 1"),
+    ],
+)
+def test_bad_upsample_arguments(make, error, word):
+    with pytest.raises(error, match=word):
+        make()
+
+
+def test_adaptive_pooling_layers_check_output_size():
+    with pytest.raises(ValueError, match="output_size must be >= 0"):
+        nn.AdaptiveAvgPool2d(-1)
+    with pytest.raises(TypeError, match="output_size must be an int"):
+        nn.AdaptiveMaxPool2d((2, 2.5))
+    with pytest.raises(ValueError, match="pair"):
+        nn.AdaptiveMaxPool2d((1, 2, 3))

@@ -13,6 +13,8 @@ from .dropout import *  # noqa: F403
 from .dropout import __all__ as _dropout
 from .flatten import *  # noqa: F403
 from .flatten import __all__ as _flatten
+from .interpolate import *  # noqa: F403
+from .interpolate import __all__ as _interpolate
 from .linear import *  # noqa: F403
 from .linear import __all__ as _linear
 from .losses import *  # noqa: F403
@@ -22,4 +24,4 @@ from .normalization import __all__ as _normalization
 from .pooling import *  # noqa: F403
 from .pooling import __all__ as _pooling
 
-__all__ = [*_conv, *_pooling, *_activations, *_linear, *_flatten, *_normalization, *_dropout, *_losses]
+__all__ = [*_conv, *_pooling, *_interpolate, *_activations, *_linear, *_flatten, *_normalization, *_dropout, *_losses]

@@ -21,6 +21,11 @@ Average pooling pads with zeros. Its divisor is the window size clipped to the p
 add in another order than PyTorch's row-major loop (equal up to rounding). When the windows tile the input
 (stride = kernel, no padding, no overhang: the usual 2x2 pooling) the backward pass repeats each share over its
 ``kh x kw`` tile.
+
+Adaptive pooling (PyTorch's windows ``[floor(i * H / out), ceil((i + 1) * H / out))``, of at most two sizes per axis)
+takes these same ops when its windows tile the input, the global mean for ``output_size=1``, and otherwise gathers
+each axis's windows with one ``take`` (:mod:`xpcnn._axis_maps`); its backward passes gather through the transposed
+windows. Adaptive max pooling follows max pooling's rules above (first maximum, last NaN, ``cache.indices``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,21 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from array_api_compat import device as device_of
+
+from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._validation import as_bool, as_int, check_cache, check_floating, check_ndim, check_upstream, int_pair, namespace_and_device
+from .._validation import (
+    as_bool,
+    as_int,
+    check_cache,
+    check_floating,
+    check_ndim,
+    check_upstream,
+    int_pair,
+    namespace_and_device,
+)
 from .._windows import (
     WindowGeometry,
     batch_pieces,
@@ -52,6 +69,12 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d_forward",
     "avg_pool2d_backward",
+    "AdaptiveAvgPool2dCache",
+    "AdaptiveMaxPool2dCache",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "adaptive_max_pool2d_backward",
 ]
 
 
@@ -364,3 +387,278 @@ def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, 
             axis_counts.append(end - start)
         counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
     return counts[0][:, None] * counts[1][None, :]
+
+
+# -- adaptive pooling -------------------------------------------------------------------------------------------------
+
+MAX_KERNEL_ELEMENTS = 2**15 - 1
+"""Pooling's kernel limit (max_pool2d's int16 offsets): larger tiling windows take the gathered path."""
+
+
+class AdaptiveAvgPool2dCache(NamedTuple):
+    """divisor: (out_h, out_w) array in x's dtype, the size of each window (the sum is divided by it);
+    rows, cols: the windows along the height and the width (None for the global mean: one window);
+    pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None."""
+
+    divisor: Any
+    rows: Any
+    cols: Any
+    pooled: Any
+    x_shape: tuple
+
+
+class AdaptiveMaxPool2dCache(NamedTuple):
+    """flat_indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each maximum;
+    chosen_columns: (N, C, H, out_w) int16 (int32 for planes wider than 32767), the column of each row's window
+    maximum (the first pass, along the rows); rows, cols: the windows. pooled: max_pool2d's cache when the windows
+    tile x (then every other array is None)."""
+
+    flat_indices: Any
+    chosen_columns: Any
+    rows: Any
+    cols: Any
+    pooled: Any
+    x_shape: tuple
+    dtype: Any
+
+    @property
+    def indices(self):
+        """(N, C, out_h, out_w) int64: the flat position ``row * W + col`` in x of each output's maximum, as
+        PyTorch's ``return_indices``."""
+        return self.pooled.indices if self.pooled is not None else self.flat_indices
+
+
+@half_in_float32
+def adaptive_avg_pool2d_forward(x, output_size):
+    """Adaptive average pooling as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output ``(i, j)`` is the mean of rows ``[floor(i * H / out_h), ceil((i + 1) * H / out_h))`` and likewise columns
+    (windows of at most two sizes per axis, neighbours overlapping by at most one row or column; an output larger
+    than x repeats rows and columns). ``output_size=1`` is the global mean over H and W; windows that tile x are
+    avg_pool2d's, with kernel = stride = ``(H // out_h, W // out_w)``.
+
+    Parameters
+    ----------
+    x : array, (N, C, H, W), real floating; H and W at least 1.
+    output_size : int or pair
+        (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w)
+    cache : AdaptiveAvgPool2dCache
+
+    Raises
+    ------
+    ValueError
+        x not 4-D, or with an empty height or width; an output size below 0; a pair of the wrong length.
+    TypeError
+        x not a floating array; ``output_size`` not an int, None or a pair of them.
+    """
+    xp, device = _check_adaptive_input(x)
+    in_size = tuple(x.shape[2:])
+    out_size = _adaptive_output_size(output_size, in_size)
+    if out_size == (1, 1):  # global average pooling: one mean per plane
+        divisor = xp.full((1, 1), in_size[0] * in_size[1], dtype=x.dtype, device=device)
+        return xp.mean(x, axis=(2, 3), keepdims=True), AdaptiveAvgPool2dCache(divisor, None, None, None, tuple(x.shape))
+    kernel = _tiling_kernel(in_size, out_size)
+    if kernel is not None:
+        out, pooled = avg_pool2d_forward(x, kernel)
+        return out, AdaptiveAvgPool2dCache(pooled.divisor, None, None, pooled, tuple(x.shape))
+    rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
+    divisor = _window_sizes(xp, rows, cols, x.dtype, device)
+    cache = AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape))
+    if 0 in out_size:
+        return xp.zeros((*x.shape[:2], *out_size), dtype=x.dtype, device=device), cache
+    return _window_sums(xp, x, rows, cols) / divisor, cache
+
+
+@half_in_float32_backward
+def adaptive_avg_pool2d_backward(dout, cache: AdaptiveAvgPool2dCache):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx[r, c] = sum of dout[i, j] / divisor[i, j]`` over the
+    windows ``(i, j)`` that hold ``(r, c)`` (through the transposed windows: no scatter).
+
+    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    """
+    check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
+    divisor, rows, cols, pooled, x_shape = cache
+    if pooled is not None:
+        return avg_pool2d_backward(dout, pooled)
+    out_size = tuple(divisor.shape) if rows is None else (rows.out_size, cols.out_size)
+    xp, device = check_upstream(dout, (*x_shape[:2], *out_size), divisor, divisor.dtype)
+    share = dout / divisor
+    if rows is None:  # the global mean: each plane's share everywhere
+        return xp.asarray(xp.broadcast_to(share, x_shape), copy=True)
+    if 0 in out_size:
+        return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    return _window_sums(xp, share, rows.transposed, cols.transposed)
+
+
+@half_in_float32
+def adaptive_max_pool2d_forward(x, output_size):
+    """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
+    :func:`adaptive_avg_pool2d_forward`), with max_pool2d's rules: the gradient goes to the first maximum of each
+    window in row-major order, NaN propagates (its gradient and index go to the last NaN of the window), and
+    ``cache.indices`` holds the flat positions ``row * W + col`` as PyTorch's ``return_indices``.
+
+    Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``). Other windows are
+    gathered along the rows (one ``take``; a running maximum over the taps gives each row's window maximum and its
+    first-maximum column), then across them, as max_pool2d's separable passes.
+
+    Parameters
+    ----------
+    x : array, (N, C, H, W), real floating; H and W at least 1.
+    output_size : int or pair
+        (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w)
+    cache : AdaptiveMaxPool2dCache
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`adaptive_avg_pool2d_forward`.
+    """
+    xp, device = _check_adaptive_input(x)
+    in_size, lead = tuple(x.shape[2:]), tuple(x.shape[:2])
+    out_size = _adaptive_output_size(output_size, in_size)
+    kernel = _tiling_kernel(in_size, out_size)
+    if kernel is not None:
+        out, pooled = max_pool2d_forward(x, kernel)
+        return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype)
+    rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
+    if 0 in out_size:
+        empty = xp.zeros((*lead, *out_size), dtype=xp.int64, device=device)
+        return xp.zeros((*lead, *out_size), dtype=x.dtype, device=device), AdaptiveMaxPool2dCache(
+            empty, None, rows, cols, None, tuple(x.shape), x.dtype)
+    index = _position_dtype(xp, max(in_size))
+    # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
+    # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
+    column_positions = per_tap(xp, cols.flat_index, cols, -1, dtype=index, device=device)
+    row_maxima, chosen_columns = _first_maximum(
+        xp, taps(gathered(xp, x, cols, -1), -1), [column_positions[k, ...] for k in range(cols.width)]
+    )
+    # Across the rows, each tap's candidate is the flat position of its row's maximum: row * W + column.
+    row_positions = per_tap(xp, rows.flat_index, rows, -2, dtype=xp.int64, device=device) * in_size[1]
+    column_taps = taps(gathered(xp, chosen_columns, rows, -2), -2)
+    candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
+    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, -2), -2), candidates)
+    return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype)
+
+
+@half_in_float32_backward
+def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
+    """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
+    element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
+    column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
+    columns: tap ``k`` of every window gets the gradient where the window chose it, and the taps are added back
+    to the positions they read through the transposed windows (no scatter; a non-finite ``dout`` reaches only the
+    chosen element).
+
+    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    """
+    check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
+    flat, chosen_columns, rows, cols, pooled, x_shape, dtype = cache
+    if pooled is not None:
+        return max_pool2d_backward(dout, pooled)
+    xp, device = check_upstream(dout, flat.shape, flat, dtype)
+    if chosen_columns is None:  # an empty output
+        return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    to_rows = _routed_back(xp, dout, flat // x_shape[3], rows, -2)
+    return _routed_back(xp, to_rows, chosen_columns, cols, -1)
+
+
+def _check_adaptive_input(x):
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C, H, W)")
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
+    return xp, device
+
+
+def adaptive_output_size(output_size) -> tuple:
+    """Check an adaptive pooling's ``output_size`` (also for the layers' constructors): an (out_h, out_w) pair of
+    ints >= 0 or None (None keeps the input's size on that axis)."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair (out_h, out_w), got {output_size!r}")
+        pair = output_size
+    elif output_size is None:
+        raise TypeError("output_size must be an int or a pair of ints or None (None keeps that axis), got None")
+    else:
+        pair = (output_size, output_size)
+    return tuple(None if v is None else as_int(v, "output_size", minimum=0) for v in pair)
+
+
+def _adaptive_output_size(output_size, in_size) -> tuple[int, int]:
+    return tuple(n if v is None else v for v, n in zip(adaptive_output_size(output_size), in_size))
+
+
+def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
+    """The kernel (= stride) of windows that tile x exactly, when every axis divides evenly and the kernel is
+    within pooling's limit."""
+    if 0 in out_size or any(n % out for n, out in zip(in_size, out_size)):
+        return None
+    kernel = tuple(n // out for n, out in zip(in_size, out_size))
+    return kernel if kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS else None
+
+
+def _window_sizes(xp, rows, cols, dtype, device):
+    """(out_h, out_w): the number of elements of every window, in ``dtype``."""
+    counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device) for m in (rows, cols)]
+    return counts[0][:, None] * counts[1][None, :]
+
+
+def _window_sums(xp, x, rows, cols):
+    """The sums over the taps of ``rows`` (along the height) and ``cols`` (along the width) of (N, C, H, W) x, one
+    axis after the other: first the order that carries fewer elements, gathers along the width (the last axis,
+    several times slower per element on NumPy) counted twice. The order changes the rounding only."""
+    height, width = x.shape[2:]
+    out_h, out_w = rows.out_size, cols.out_size
+    if out_h * width + 2 * out_h * out_w <= 2 * height * out_w + out_h * out_w:
+        return combined(xp, combined(xp, x, rows, -2), cols, -1)
+    return combined(xp, combined(xp, x, cols, -1), rows, -2)
+
+
+def _first_maximum(xp, values, positions):
+    """The running maximum of ``values`` (same-shaped arrays, one per tap, in order) and the position it came
+    from (``positions``: one integer array per tap, broadcasting against the values and never decreasing from tap
+    to tap), by PyTorch's rule: take a tap strictly greater than the maximum so far, or a NaN. So the first
+    maximum wins, or the last NaN where there is one; a repeated last tap changes neither.
+
+    Written without ``where`` (a slow select on NumPy): ``maximum`` propagates NaN as the rule does, and the
+    positions never decrease, so taking tap k is ``maximum(chosen, take * positions[k])``."""
+    best = values[0]
+    chosen = xp.broadcast_to(positions[0], tuple(best.shape))
+    for value, position in zip(values[1:], positions[1:]):
+        take = xp.astype((value > best) | xp.isnan(value), position.dtype)
+        best = xp.maximum(best, value)
+        chosen = xp.maximum(chosen, take * position)
+    return best, xp.asarray(chosen, copy=True) if len(values) == 1 else chosen
+
+
+def _routed_back(xp, grad, chosen, axis_map, axis: int):
+    """Adjoint of taking the chosen tap along ``axis`` (-1 or -2): position ``r`` receives the gradient of every
+    output that chose it. ``grad``, ``chosen`` (the chosen positions): (..., out_size, ...) along ``axis``.
+
+    Tap ``k`` of every output gets ``grad`` where the output chose that tap, 0 elsewhere (a product with the 0/1
+    mask where grad is known to be finite, else a ``where``: ``inf * 0`` would be NaN); the taps are then added back
+    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`)."""
+    device, fast = device_of(grad), known_finite(xp, grad)
+    positions = per_tap(xp, axis_map.tap_positions, axis_map, axis, dtype=chosen.dtype, device=device)
+    parts = []
+    for k in range(axis_map.width):
+        mask = chosen == positions[k, ...]
+        parts.append(grad * xp.astype(mask, grad.dtype) if fast else xp.where(mask, grad, 0.0))
+    zero_shape = list(grad.shape)
+    zero_shape[axis] = 1
+    parts.append(xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device))
+    return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
+
+
+def _position_dtype(xp, size: int):
+    """The smallest of int16 and int32 that holds positions below ``size``."""
+    return xp.int16 if size < 2**15 else xp.int32

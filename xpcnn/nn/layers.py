@@ -14,8 +14,9 @@ from ..config import resolve_workspace_limit
 from ..functional.activations import check_approximate
 from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.dropout import check_probability
+from ..functional.interpolate import interpolate_options
 from ..functional.normalization import as_normalized_shape
-from ..functional.pooling import avg_pool_options, pool_options
+from ..functional.pooling import adaptive_output_size, avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
@@ -25,6 +26,9 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "Upsample",
     "ReLU",
     "LeakyReLU",
     "Sigmoid",
@@ -213,6 +217,47 @@ class AvgPool2d(_Stateless):
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                          count_include_pad=count_include_pad, divisor_override=divisor_override,
                          workspace_limit=workspace_limit)
+
+
+class AdaptiveAvgPool2d(_Stateless):
+    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size)."""
+
+    forward_fn, backward_fn = F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward
+
+    def __init__(self, output_size):
+        adaptive_output_size(output_size)
+        super().__init__(output_size=output_size)
+
+
+class AdaptiveMaxPool2d(_Stateless):
+    """Max pooling to a fixed output size, as ``torch.nn.AdaptiveMaxPool2d`` (the argmax positions are in the
+    forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``)."""
+
+    forward_fn, backward_fn = F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward
+
+    def __init__(self, output_size):
+        adaptive_output_size(output_size)
+        super().__init__(output_size=output_size)
+
+
+class Upsample(_Stateless):
+    """Resizing by ``F.interpolate_forward``, as ``torch.nn.Upsample``: a ``size`` or a ``scale_factor``, mode
+    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). The options are checked
+    here; the sizes when x arrives."""
+
+    forward_fn, backward_fn = F.interpolate_forward, F.interpolate_backward
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+        _, scales, _, _ = interpolate_options(size, scale_factor, mode, align_corners)
+        if scales is not None:  # kept as floats, as PyTorch
+            scale_factor = scales if isinstance(scale_factor, (tuple, list)) else scales[0]
+        super().__init__(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+
+    def __repr__(self):
+        o = self.options
+        shape = f"scale_factor={o['scale_factor']!r}" if o["scale_factor"] is not None else f"size={o['size']!r}"
+        corners = "" if o["align_corners"] is None else f", align_corners={o['align_corners']!r}"
+        return f"Upsample({shape}, mode={o['mode']!r}{corners})"
 
 
 class _Activation(_Stateless):

@@ -1,0 +1,243 @@
+"""Resizing 2-D images, as ``torch.nn.functional.interpolate`` on NCHW input: modes ``nearest``, ``nearest-exact``
+and ``bilinear`` (``align_corners`` False or True), to a ``size`` or by a ``scale_factor``, and the backward pass.
+
+Each axis is resized on its own (:mod:`xpcnn._axis_maps`): output ``i`` along an axis reads the input positions of its
+*taps*, one for the nearest modes, two with weights ``(1 - t, t)`` for ``bilinear``. The forward pass resizes the
+width, then the height (PyTorch's order of operations: each row is interpolated, then the rows); the backward pass
+gathers through the transposed taps, which adds every gradient back to the positions its output read.
+
+The source positions follow PyTorch's CPU kernels exactly, rounding included. With ``scale_factor`` (and PyTorch's
+default ``recompute_scale_factor=None``) the output size is ``floor(n * scale_factor)`` and the *scale* that maps
+output to input coordinates is ``1 / scale_factor``, not ``n / out``; with ``size`` it is ``n / out``.
+
+* ``nearest`` (OpenCV's rule): ``src = min(floor(i * scale), n - 1)``, computed in float32 whatever the dtype, except
+  that an unchanged size copies and a doubled size takes ``i // 2``.
+* ``nearest-exact`` (Pillow's and scikit-image's): ``src = min(floor((i + 0.5) * scale), n - 1)``, in float32.
+* ``bilinear``: ``src = scale * (i + 0.5) - 0.5`` (one fused multiply-add, clamped at 0), or ``i * (n - 1) / (out - 1)``
+  with ``align_corners=True`` (``scale_factor`` is then ignored); ``i0 = min(floor(src), n - 1)``,
+  ``i1 = min(i0 + 1, n - 1)``, ``t = clamp(src - i0, 0, 1)``. Computed in the input's precision (float32 for 16-bit
+  floats). An unchanged size is the identity map (``i0 = i1 = i``, ``t = 0``).
+
+Float64 and ``nearest``: PyTorch's own float64 kernels do not always follow the float32 rule above: where
+``i * scale`` is an exact integer that float32 rounding puts just below (``scale_factor=3.7``, ``i=111``) they
+sometimes take the integer, depending on the tensor's size. xpcnn always follows the rule.
+
+Values at the edges are PyTorch's too: both neighbours of a bilinear output are read even where a weight is 0, so an
+``inf`` input turns such outputs into NaN (``0 * inf``), and an ``inf`` upstream gradient likewise puts NaN on the
+neighbour with weight 0 (both as PyTorch, including at an unchanged size).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from fractions import Fraction
+from typing import Any, NamedTuple
+
+from .._axis_maps import AxisMap, combined
+from .._precision import half_in_float32, half_in_float32_backward
+from .._validation import (
+    as_bool,
+    as_float,
+    as_int,
+    check_cache,
+    check_floating,
+    check_ndim,
+    check_upstream,
+    namespace_and_device,
+)
+
+__all__ = ["InterpolateCache", "interpolate_forward", "interpolate_backward"]
+
+MODES = ("nearest", "nearest-exact", "bilinear")
+NEAREST_MODES = ("nearest", "nearest-exact")
+FLOAT32_BITS, FLOAT64_BITS = 24, 53  # significand bits of the precision the source positions are computed in
+
+
+class InterpolateCache(NamedTuple):
+    """rows, cols: the taps along the height and the width; anchor: an empty array on x's device (checks dout's
+    library and device)."""
+
+    rows: AxisMap
+    cols: AxisMap
+    x_shape: tuple
+    dtype: Any
+    anchor: Any
+
+
+@half_in_float32
+def interpolate_forward(x, *, size=None, scale_factor=None, mode: str = "nearest", align_corners: bool | None = None):
+    """Resize x as ``torch.nn.functional.interpolate(x, size, scale_factor, mode, align_corners)``.
+
+    Parameters
+    ----------
+    x : array, (N, C, H, W), real floating
+        C, H and W must be at least 1 (N may be 0).
+    size : int or pair of ints, optional
+        The output's (height, width). Exactly one of ``size`` and ``scale_factor`` is given.
+    scale_factor : float or pair of floats, optional
+        Output size ``floor(H * scale_factor)``; the scale of the source positions is ``1 / scale_factor``.
+    mode : {"nearest", "nearest-exact", "bilinear"}
+    align_corners : bool, optional
+        Bilinear only (None means False): map the corner pixels' centres onto each other.
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w), x's dtype and device
+    cache : InterpolateCache
+
+    Raises
+    ------
+    ValueError
+        Both or neither of ``size`` and ``scale_factor``; a pair of the wrong length; an output size below 1; a
+        ``scale_factor`` that is not positive and finite; an unknown ``mode``; ``align_corners`` with a nearest
+        mode; x not 4-D or with an empty channel, height or width axis.
+    TypeError
+        x not a floating array; ``size`` not made of ints, ``scale_factor`` not made of numbers (bools and strings
+        are refused); ``align_corners`` not a bool.
+    """
+    sizes, scales, mode, align_corners = interpolate_options(size, scale_factor, mode, align_corners)
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    check_ndim(x, "x", 4, "(N, C, H, W)")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(
+            f"x must have non-empty channel, height and width axes (N may be 0), got shape {tuple(x.shape)}"
+        )
+    in_size = tuple(x.shape[2:])
+    out_size = _output_size(in_size, sizes, scales)
+    scales = scales or (None, None)
+    bits = FLOAT64_BITS if xp.finfo(x.dtype).bits == 64 else FLOAT32_BITS
+    rows, cols = (
+        axis_taps(mode, n, out, scale, align_corners, bits) for n, out, scale in zip(in_size, out_size, scales)
+    )
+    out = combined(xp, combined(xp, x, cols, -1), rows, -2)  # each row, then the rows
+    if rows.identity and cols.identity:
+        out = xp.asarray(out, copy=True)  # an unchanged size: never hand back x itself
+    anchor = xp.empty((0,), dtype=x.dtype, device=device)
+    return out, InterpolateCache(rows, cols, tuple(x.shape), x.dtype, anchor)
+
+
+@half_in_float32_backward
+def interpolate_backward(dout, cache: InterpolateCache):
+    """Gradient of :func:`interpolate_forward`: ``dx = rows^T @ dout @ cols``, each output's gradient added back to
+    the positions it read with its weights (through the transposed taps: no scatter).
+
+    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    Raises TypeError for another op's cache or a dout of another dtype, ValueError for a dout of another shape.
+    """
+    check_cache(cache, InterpolateCache, "interpolate")
+    rows, cols, x_shape, dtype, anchor = cache
+    xp, _ = check_upstream(dout, (*x_shape[:2], rows.out_size, cols.out_size), anchor, dtype)
+    dx = combined(xp, combined(xp, dout, rows.transposed, -2), cols.transposed, -1)
+    if rows.identity and cols.identity:
+        dx = xp.asarray(dx, copy=True)
+    return dx
+
+
+def interpolate_options(size, scale_factor, mode, align_corners):
+    """Check the options that do not depend on x (also for :class:`xpcnn.nn.Upsample`'s constructor). Returns
+    ``(sizes, scale_factors, mode, align_corners)``: the (height, width) pair of ints >= 1 given as ``size``, or
+    None; the pair of positive finite floats given as ``scale_factor``, or None; ``align_corners`` False for
+    ``bilinear`` when None."""
+    if size is not None and scale_factor is not None:
+        raise ValueError("only one of size or scale_factor should be defined")
+    if size is None and scale_factor is None:
+        raise ValueError("either size or scale_factor should be defined")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    if mode in NEAREST_MODES:
+        if align_corners is not None:
+            raise ValueError(
+                f"align_corners option can only be set with the interpolating modes (bilinear), got mode={mode!r} "
+                f"with align_corners={align_corners!r}"
+            )
+    else:
+        align_corners = False if align_corners is None else as_bool(align_corners, "align_corners")
+    sizes = scales = None
+    if size is not None:
+        sizes = tuple(as_int(v, "size") for v in _pair(size, "size", "an int"))
+        if min(sizes) < 1:
+            raise ValueError(f"size must be >= 1 on both axes, got {size!r}")
+    else:
+        scales = tuple(as_float(v, "scale_factor") for v in _pair(scale_factor, "scale_factor", "a number"))
+        if min(scales) <= 0:
+            raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
+    return sizes, scales, mode, align_corners
+
+
+def _pair(value, name: str, kind: str) -> tuple:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"{name} must be {kind} or a pair of them (one per spatial axis of the (N, C, H, W) input), "
+                f"got {value!r}"
+            )
+        return tuple(value)
+    return (value, value)
+
+
+def _output_size(in_size, sizes, scales) -> tuple[int, int]:
+    """The output (height, width): ``sizes``, or ``floor(n * scale_factor)`` (at least 1)."""
+    if sizes is not None:
+        return sizes
+    out = tuple(math.floor(n * s) for n, s in zip(in_size, scales))
+    if min(out) < 1:
+        raise ValueError(
+            f"output size must be >= 1 on both axes, got {out} = floor({tuple(in_size)} * scale_factor {scales})"
+        )
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def axis_taps(
+    mode: str, n: int, out: int, scale_factor: float | None, align_corners: bool | None, bits: int
+) -> AxisMap:
+    """The taps of ``out`` outputs along an axis of ``n`` inputs (built in Python, as PyTorch's CPU kernels compute
+    them, in a precision of ``bits`` significand bits)."""
+    if mode == "bilinear":
+        return _bilinear_taps(n, out, scale_factor, align_corners, bits)
+    if mode == "nearest" and out == n:
+        sources = list(range(out))
+    elif mode == "nearest" and out == 2 * n:
+        sources = [i // 2 for i in range(out)]
+    else:
+        scale = _float32(1.0 / scale_factor) if scale_factor is not None else _float32(n / out)
+        offset = 0.5 if mode == "nearest-exact" else 0.0
+        sources = [min(math.floor(_float32((i + offset) * scale)), n - 1) for i in range(out)]
+    return AxisMap(n, tuple((s,) for s in sources))
+
+
+def _bilinear_taps(n: int, out: int, scale_factor, align_corners: bool, bits: int) -> AxisMap:
+    if out == n:
+        return AxisMap(n, tuple((i, i) for i in range(n)), tuple((1.0, 0.0) for _ in range(n)))
+    rounded = _float32 if bits == FLOAT32_BITS else float
+    if align_corners:
+        scale = rounded((n - 1) / (out - 1)) if out > 1 else 0.0
+    else:
+        scale = rounded(1.0 / scale_factor) if scale_factor is not None else rounded(n / out)
+    taps, weights = [], []
+    for i in range(out):
+        if align_corners:
+            src = rounded(scale * i)
+        else:
+            src = max(_fused_multiply_add(scale, i + 0.5, -0.5, bits), 0.0)
+        i0 = min(math.floor(_float32(src)), n - 1)  # floorf: float32 even for float64
+        t = min(max(rounded(src - i0), 0.0), 1.0)
+        taps.append((i0, min(i0 + 1, n - 1)))
+        weights.append((rounded(1.0 - t), t))
+    return AxisMap(n, tuple(taps), tuple(weights))
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _fused_multiply_add(a: float, b: float, c: float, bits: int) -> float:
+    """``a * b + c`` rounded once to ``bits`` significand bits, as PyTorch's compiled kernels compute it on CPUs
+    with FMA. In float32 the double ``a * b + c`` is exact wherever the result is >= 0 (the only results kept)."""
+    if bits == FLOAT32_BITS:
+        return _float32(a * b + c)
+    return float(Fraction(a) * Fraction(b) + Fraction(c))
