@@ -10,6 +10,8 @@ against -1.49); these do. For one step, the script prints where the pooling laye
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 import xpcnn
@@ -64,7 +66,10 @@ def pooling_gradient(model, x, y):
     return pool_input, g, model.layers[at].backward(g)
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                            epilog="Trains each seed network and prints its predictions and pooling gradients; "
+                                   "it takes no options.").parse_args(argv)
     np.set_printoptions(precision=4, suppress=True)
     x, y = seed_data()
     print(f"targets: {y[:, 0]}")

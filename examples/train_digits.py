@@ -67,14 +67,15 @@ def plot_history(history, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["numpy", "cupy", "torch"], default="numpy")
-    parser.add_argument("--device", default=None, help="e.g. cuda for --backend torch")
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--out", type=Path, default=Path("digits-output"))
-    parser.add_argument("--no-progress", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--backend", choices=["numpy", "cupy", "torch"], default="numpy", help="array library")
+    parser.add_argument("--device", default=None, help="device for the backend, e.g. cuda for --backend torch")
+    parser.add_argument("--epochs", type=int, default=25, help="passes over the training images")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate")
+    parser.add_argument("--out", type=Path, default=Path("digits-output"), help="folder for weights and plot")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()

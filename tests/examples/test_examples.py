@@ -40,3 +40,36 @@ def test_digits_demo_runs_and_saves(tmp_path):
     assert history["val_accuracy"][-1] > 0.5
     assert (tmp_path / "lenet_digits.npz").stat().st_size > 0
     assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resnet_example_runs_and_saves(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("matplotlib")
+    import train_resnet
+
+    history, _ = train_resnet.main(["--epochs", "1", "--train-size", "256", "--no-progress", "--out", str(tmp_path)])
+    assert len(history["val_accuracy"]) == 1 and 0.0 <= history["val_accuracy"][0] <= 1.0
+    assert "test accuracy 0." in capsys.readouterr().out
+    assert (tmp_path / "resnet_mnist.npz").stat().st_size > 0
+    assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unet_example_denoises(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("matplotlib")
+    import denoise_unet
+
+    noisy, denoised, _ = denoise_unet.main(["--epochs", "1", "--train-size", "512", "--no-progress",
+                                            "--out", str(tmp_path)])
+    assert 0.2 < noisy < 0.3 and denoised < noisy
+    assert "noisy mse 0." in capsys.readouterr().out
+    assert (tmp_path / "denoised.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("script", ["train_digits", "train_resnet", "denoise_unet", "seed_networks"])
+def test_example_help_describes_its_options(script):
+    import subprocess
+
+    path = Path(__file__).parents[2] / "examples" / f"{script}.py"
+    result = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage:" in result.stdout
