@@ -222,6 +222,7 @@ def norm_cases(draw):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
+@st.composite
 def adaptive_cases(draw):
     """Input sizes 1-9, output sizes 1-12 (smaller, equal, larger, dividing or not), None for an axis too."""
     size = (draw(st.integers(1, 9)), draw(st.integers(1, 9)))
@@ -270,6 +271,8 @@ def test_normalization_equals_naive_loops(make_backend, case):
             np.testing.assert_allclose(xp.to_numpy(got), want, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("make_backend", BACKENDS)
+@PROPERTY
 @given(case=adaptive_cases())
 def test_adaptive_avg_pool2d_equals_naive_loops(make_backend, case):
     xp = make_backend()
