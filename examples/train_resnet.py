@@ -27,6 +27,8 @@ import numpy as np
 import xpcnn
 from xpcnn import nn
 
+from train_digits import plot_history  # noqa: E402  (the same loss and accuracy curves)
+
 
 def basic_block(cin: int, cout: int, stride: int, common: dict) -> nn.Module:
     """ResNet's basic block: conv-BN-ReLU-conv-BN plus the shortcut (a strided 1x1 projection where the shape
@@ -148,28 +150,6 @@ def _progress(enabled, total, desc):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def plot_history(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = range(1, len(history["loss"]) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, history["loss"], label="train")
-    ax_loss.plot(epochs, history["val_loss"], label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.plot(epochs, history["accuracy"], label="train")
-    ax_acc.plot(epochs, history["val_accuracy"], label="test")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):

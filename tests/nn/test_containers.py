@@ -204,3 +204,63 @@ def test_errors_name_the_branch():
     block(x)
     with pytest.raises(ValueError, match=r"dout must have shape \(1, 4, 4, 4\)"):
         block.backward(np.zeros((1, 3, 4, 4), np.float32))
+
+
+def _unet_level(common):
+    """A U-Net level from the containers: the level's input joined with its way down and back up."""
+    down = nn.Sequential(nn.Conv2d(3, 6, 3, stride=2, padding=1, **common), nn.ReLU())
+    inner = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, **common), nn.GroupNorm(2, 6, **common), nn.GELU())
+    up = nn.Sequential(nn.ConvTranspose2d(6, 3, 4, stride=2, padding=1, **common), nn.ReLU())
+    return nn.Sequential(nn.Concat(nn.Identity(), nn.Sequential(down, inner, up)),
+                         nn.Conv2d(6, 2, 3, padding=1, **common))
+
+
+def _torch_unet_level(torch, model):
+    tnn = torch.nn
+
+    class Level(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.path = tnn.Sequential(
+                tnn.Sequential(tnn.Conv2d(3, 6, 3, 2, 1), tnn.ReLU()),
+                tnn.Sequential(tnn.Conv2d(6, 6, 3, 1, 1), tnn.GroupNorm(2, 6), tnn.GELU()),
+                tnn.Sequential(tnn.ConvTranspose2d(6, 3, 4, 2, 1), tnn.ReLU()))
+            self.merge = tnn.Conv2d(6, 2, 3, 1, 1)
+
+        def forward(self, x):
+            return self.merge(torch.cat([x, self.path(x)], dim=1))
+
+    net = Level().double()
+    from xpcnn._host import to_numpy
+
+    names = {"0.1.": "path.", "1.": "merge."}
+    state = {}
+    for key, value in model.state_dict().items():
+        prefix = next(p for p in names if key.startswith(p))
+        state[names[prefix] + key[len(prefix):]] = torch.tensor(np.asarray(to_numpy(value), dtype=np.float64))
+    net.load_state_dict(state)
+    return net
+
+
+@pytest.mark.torch_reference
+def test_unet_level_matches_torch(xp, torch):
+    _skip_dask(xp)
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    nn.manual_seed(7)
+    model = _unet_level(dict(xp=xp.namespace, device=xp.device, dtype=dtype))
+    net = _torch_unet_level(torch, model)
+    x, target = RNG.standard_normal((2, 3, 8, 6)), RNG.standard_normal((2, 2, 8, 6))
+    xt = torch.tensor(x, requires_grad=True)
+    loss_ref = torch.nn.functional.mse_loss(net(xt), torch.tensor(target))
+    loss_ref.backward()
+    criterion = nn.MSELoss()
+    loss = criterion(model(xp.asarray(x, dtype)), xp.asarray(target, dtype))
+    dx = model.backward(criterion.backward())
+    assert_close(xp, loss, loss_ref.detach().numpy(), np_dtype)
+    assert_close(xp, dx, xt.grad.numpy(), np_dtype)
+    params = dict(net.named_parameters())
+    grads = model.named_gradients()
+    assert len(grads) == len(params)
+    for name, grad in grads.items():
+        torch_name = name.replace("0.1.", "path.", 1) if name.startswith("0.1.") else "merge." + name[2:]
+        assert_close(xp, grad, params[torch_name].grad.numpy(), np_dtype)
