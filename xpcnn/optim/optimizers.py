@@ -14,10 +14,10 @@ import math
 import array_api_compat
 from array_api_compat import array_namespace
 
-from ._host import from_numpy, to_numpy
-from ._validation import as_bool, as_float, namespace_and_device
+from .._host import from_numpy, to_numpy
+from .._validation import as_bool, as_float, namespace_and_device
 
-__all__ = ["SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
 class Optimizer:
@@ -25,7 +25,7 @@ class Optimizer:
     number >= 0. Raises a TypeError for a model, raw arrays or anything else in place of the parameters."""
 
     def __init__(self, params, lr):
-        from .nn.module import Module, Parameter
+        from ..nn.module import Module, Parameter
 
         if isinstance(params, Module):
             raise TypeError(f"params must be the model's parameters: pass model.parameters(), got a {type(params).__name__}")
@@ -55,6 +55,81 @@ class Optimizer:
     def _update(self, xp, param, grad, state):
         raise NotImplementedError
 
+    _hyperparameters: tuple = ()
+
+    def state_dict(self) -> dict:
+        """The optimizer's state in ``torch.optim``'s layout: ``{"state": {index: {name: array or number}},
+        "param_groups": [{"lr": ..., <hyperparameters>, "params": [0, 1, ...]}]}``. The arrays are the state's own
+        (never written in place, so the dict stays valid while training goes on); nothing is copied to host.
+
+        Returns
+        -------
+        dict
+
+        Example
+        -------
+        >>> import numpy as np
+        >>> from xpcnn import nn, optim
+        >>> opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1, momentum=0.9)
+        >>> opt.state_dict()["param_groups"][0]["lr"]
+        0.1
+        """
+        group = {"lr": self.lr}
+        for name in self._hyperparameters:
+            value = getattr(self, name)
+            group[name] = tuple(value) if isinstance(value, tuple) else value
+        group["params"] = list(range(len(self.params)))
+        return {"state": {i: dict(s) for i, s in enumerate(self.state) if s}, "param_groups": [group]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state from :meth:`state_dict` (possibly of a model since moved, cast or saved through the
+        host): arrays are converted to each parameter's library, device and dtype, and the hyperparameters of
+        the single parameter group are set (checked as in the constructor).
+
+        Raises
+        ------
+        TypeError
+            When ``state_dict`` is not such a dict.
+        ValueError
+            When the number of parameters, an index or the shape of a state array does not match.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            raise TypeError("state_dict must be a dict with keys 'state' and 'param_groups' (from state_dict())")
+        groups, states = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(groups, (list, tuple)) or len(groups) != 1 or not isinstance(groups[0], dict):
+            raise ValueError("state_dict must hold exactly one parameter group")
+        group = groups[0]
+        n = len(group.get("params", ()))
+        if n != len(self.params):
+            raise ValueError(
+                f"loaded state dict has {n} parameters but the optimizer has {len(self.params)}; "
+                "it comes from another model"
+            )
+        if not isinstance(states, dict):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(states).__name__}")
+        new_states = [{} for _ in self.params]
+        for index, entry in states.items():
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                raise ValueError(f"state_dict['state'] has key {index!r}, not a parameter index in [0, {n})")
+            param = self.params[index].data
+            for name, value in entry.items():
+                if array_api_compat.is_array_api_obj(value) and tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"state_dict['state'][{index}][{name!r}] has shape {tuple(value.shape)} but parameter "
+                        f"{index} has shape {tuple(param.shape)}"
+                    )
+                new_states[index][name] = value
+            _follow(new_states[index], param)
+        unknown = set(group) - {"lr", "params", *self._hyperparameters}
+        if unknown:
+            raise ValueError(f"state_dict's parameter group has keys {sorted(unknown)} that {type(self).__name__} does not take")
+        self._set_hyperparameters({k: v for k, v in group.items() if k != "params"})
+        self.state = new_states
+
+    def _set_hyperparameters(self, group: dict) -> None:
+        if "lr" in group:
+            self.lr = as_float(group["lr"], "lr", minimum=0.0)
+
 
 class SGD(Optimizer):
     """``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` at the first step), ``g`` including
@@ -68,6 +143,16 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov = weight_decay, nesterov
+
+    _hyperparameters = ("momentum", "dampening", "weight_decay", "nesterov")
+
+    def _set_hyperparameters(self, group):
+        super()._set_hyperparameters(group)
+        for name in ("momentum", "dampening", "weight_decay"):
+            if name in group:
+                setattr(self, name, as_float(group[name], name, minimum=None if name == "dampening" else 0.0))
+        if "nesterov" in group:
+            self.nesterov = as_bool(group["nesterov"], "nesterov")
 
     def _update(self, xp, param, grad, state):
         if self.weight_decay:
@@ -95,6 +180,19 @@ class Adam(Optimizer):
         self.betas = (beta1, beta2)
         self.eps = as_float(eps, "eps", minimum=0.0)
         self.weight_decay = as_float(weight_decay, "weight_decay", minimum=0.0)
+
+    _hyperparameters = ("betas", "eps", "weight_decay")
+
+    def _set_hyperparameters(self, group):
+        super()._set_hyperparameters(group)
+        if "betas" in group:
+            betas = group["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+            self.betas = (as_float(betas[0], "betas[0]"), as_float(betas[1], "betas[1]"))
+        for name in ("eps", "weight_decay"):
+            if name in group:
+                setattr(self, name, as_float(group[name], name, minimum=0.0))
 
     def _update(self, xp, param, grad, state):
         beta1, beta2 = self.betas
