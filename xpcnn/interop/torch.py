@@ -71,7 +71,8 @@ def function(forward, backward, *, n_grads=None):
     class XpcnnFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, kwargs, *args):
-            out, cache = forward(*args, **kwargs)
+            # Detached views (same memory): xpcnn sees plain tensors, never ones that require grad.
+            out, cache = forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
             ctx.cache = cache
             ctx.float_inputs = tuple(_is_float_tensor(torch, a) for a in args)
             return out
@@ -164,7 +165,7 @@ def _make_wrapper(torch):
         @staticmethod
         def forward(ctx, wrapper, x, *params):
             ctx.wrapper = wrapper
-            out = wrapper.xpcnn_module.forward(x)
+            out = wrapper.xpcnn_module.forward(x.detach())  # a detached view: the same memory
             # Each module keeps one forward pass's cache; this call's caches go with its autograd node, so that
             # the module can be called again (shared weights, gradcheck) before this call's backward pass.
             ctx.caches = [(m, m._cache) for m in wrapper.xpcnn_module.modules()]
