@@ -143,3 +143,17 @@ def test_rejects_non_torch_modules():
         module(torch.nn.Linear(3, 2))
     with pytest.raises(ValueError, match="n_grads"):
         function(F.relu_forward, F.relu_backward, n_grads=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_tensors_stay_on_the_device():
+    conv2d = function(F.conv2d_forward, F.conv2d_backward)
+    x = torch.randn(2, 3, 9, 9, device="cuda", **f64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device="cuda", **f64, requires_grad=True)
+    out = conv2d(x, w, None, stride=2)
+    assert out.device.type == "cuda"
+    assert torch.autograd.gradcheck(lambda x, w: conv2d(x, w, None, stride=2), (x, w))
+    wrapped = module(nn.Sequential(nn.Conv2d(3, 4, 3, xp=torch, device=torch.device("cuda"), **f64, seed=7),
+                                   nn.ReLU(), nn.MaxPool2d(2)))
+    assert all(p.device.type == "cuda" for p in wrapped.parameters())
+    assert torch.autograd.gradcheck(lambda x, *_: wrapped(x), (x, *wrapped.parameters()))
