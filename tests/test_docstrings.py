@@ -17,6 +17,8 @@ MODULES = sorted(
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
+    if name.startswith("xpcnn.interop."):  # the adapters' examples need their framework (no dependency of xpcnn)
+        pytest.importorskip(name.rsplit(".", 1)[1])
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
