@@ -108,6 +108,10 @@ def _params():
     return _model().parameters()
 
 
+def _sgd():
+    return optim.SGD(_params(), lr=0.1, momentum=0.9)
+
+
 POOL = dict(stride="pair", padding="pair", dilation="pair", ceil_mode="bool", kernel_size="pair")
 TARGETS = [
     Target("conv2d_forward", F.conv2d_forward,
@@ -247,6 +251,19 @@ TARGETS = [
            bad=dict(betas=[(0.9,), (0.9, 1.0), (0.9, "0.9"), (0.9, float("nan"))], eps=[-1.0])),
     Target("AdamW", optim.AdamW, lambda: dict(params=_params(), lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1),
            dict(params="array", lr="float", betas="float", eps="float", weight_decay="float")),
+    Target("StepLR", lambda **kw: optim.lr_scheduler.StepLR(_sgd(), **kw), lambda: dict(step_size=3, gamma=0.5),
+           dict(step_size="int", gamma="float"), bad=dict(step_size=[0])),
+    Target("CosineAnnealingLR", lambda **kw: optim.lr_scheduler.CosineAnnealingLR(_sgd(), **kw),
+           lambda: dict(T_max=10, eta_min=0.0), dict(T_max="int", eta_min="float")),
+    Target("OneCycleLR", lambda **kw: optim.lr_scheduler.OneCycleLR(_sgd(), **kw),
+           lambda: dict(max_lr=0.1, total_steps=20, pct_start=0.3, anneal_strategy="cos", three_phase=False),
+           dict(max_lr="float", total_steps="int", pct_start="float", anneal_strategy="choice", three_phase="bool"),
+           bad=dict(pct_start=[1.5]), optional=()),
+    Target("clip_grad_norm_", optim.clip_grad_norm_,
+           lambda: dict(parameters=_params(), max_norm=1.0, norm_type=2.0, error_if_nonfinite=False),
+           dict(max_norm="float", norm_type="float", error_if_nonfinite="bool")),
+    Target("clip_grad_value_", optim.clip_grad_value_, lambda: dict(parameters=_params(), clip_value=0.5),
+           dict(clip_value="float")),
     Target("fit", _fit, _fit_call,
            dict(model="array", loss_fn="array", optimizer="array", x="floating_array", y="floating_array",
                 epochs="int", batch_size="int", seed="seed", shuffle="bool", progress="bool",
