@@ -77,15 +77,6 @@ def mnist_split(test_size: int = 1000, seed: int = 0, standardize: bool = True):
     return images[train], images[test], labels[train], labels[test]
 
 
-def one_cycle(step: int, total: int, max_lr: float, warmup: float = 0.3) -> float:
-    """PyTorch's OneCycleLR (cosine): from max_lr / 25 up to max_lr over ``warmup`` of the steps, then down to
-    max_lr / 25e4."""
-    start, end, peak = max_lr / 25, max_lr / 25e4, max(1, int(warmup * total))
-    if step < peak:
-        return start + (max_lr - start) * (1 - math.cos(math.pi * step / peak)) / 2
-    return end + (max_lr - end) * (1 + math.cos(math.pi * (step - peak) / max(1, total - peak))) / 2
-
-
 SHIFT = 2
 """Augmentation: each batch is cropped from the training images padded by SHIFT pixels, at a random offset (the
 images move by up to SHIFT pixels in each direction)."""
@@ -109,7 +100,9 @@ def train(model, data, *, epochs: int, batch_size: int, max_lr: float, weight_de
                                 weight_decay=weight_decay)
     n = x_train.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
-    total, step = epochs * steps_per_epoch, 0
+    # PyTorch's one-cycle schedule: up from max_lr / 25 over 30% of the steps, then cosine down to max_lr / 25e4.
+    scheduler = xpcnn.optim.lr_scheduler.OneCycleLR(optimizer, max_lr, total_steps=epochs * steps_per_epoch,
+                                                    cycle_momentum=False)
     rng = np.random.default_rng(seed)
     history = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
     for epoch in range(epochs):
@@ -121,13 +114,12 @@ def train(model, data, *, epochs: int, batch_size: int, max_lr: float, weight_de
             index = order[start:start + batch_size]
             dy, dx = (int(v) for v in rng.integers(0, 2 * SHIFT + 1, 2)) if augment else (SHIFT, SHIFT)
             xb, yb = crop(xp.take(x_train, index, axis=0), dy, dx), xp.take(y_train, index, axis=0)
-            optimizer.lr = one_cycle(step, total, max_lr)
             optimizer.zero_grad()
             out = model(xb)
             loss = loss_fn(out, yb)
             model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step()
-            step += 1
+            scheduler.step()
             loss_sum = loss_sum + loss * index.shape[0]
             correct = correct + xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64))
             if bar is not None:
