@@ -149,7 +149,7 @@ def main(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--backend", choices=["numpy", "cupy", "torch"], default="numpy", help="array library")
     parser.add_argument("--device", default=None, help="device for the backend, e.g. cuda for --backend torch")
-    parser.add_argument("--epochs", type=int, default=15, help="passes over the 4,000 training images")
+    parser.add_argument("--epochs", type=int, default=8, help="passes over the 4,000 training images")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step")
     parser.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
