@@ -190,7 +190,8 @@ def main(argv=None):
     checks = "; ".join(NETWORKS[o["network"]][0] + " " + ", ".join(f"{a:.6f}/{b:.6f}" for a, b in
                                                                   zip(o["check_losses"], t["check_losses"]))
                        for o, t in zip(rows[::2], rows[1::2]))
-    print(f"# training step, {titles}, {args.backend}; {info['cores']} cores; BLAS {info['blas']}")
+    print(f"# training step, {titles}, {args.backend}; {info['cores']} cores; BLAS {info['blas']}; "
+          f"PyTorch {info.get('torch_threads')} threads")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     print(f"# losses of the first two steps, xpcnn against PyTorch: {checks}")
