@@ -148,6 +148,10 @@ def machine_info():
             info[name] = importlib.import_module(name).__version__
         except ImportError:
             pass
+    try:
+        info["torch_threads"] = importlib.import_module("torch").get_num_threads()
+    except ImportError:
+        pass
     return info
 
 

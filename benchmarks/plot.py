@@ -14,8 +14,8 @@ from pathlib import Path
 def ratios(payload):
     """(label, xpcnn time / PyTorch time) pairs; for training, PyTorch's images/s over xpcnn's."""
     if payload["benchmark"] == "train":
-        ours = next(r for r in payload["rows"] if r["contender"] == "xpcnn")
-        return [(f"train step ({payload['backend']})", 1.0 / ours["vs_torch"])]
+        return [(f"train step, {TRAIN_TITLES.get(network, network)} ({payload['backend']})", 1.0 / ours["vs_torch"])
+                for network, ours, _ in _train_pairs(payload)]
     return [
         (f"{r['workload']} {r['op']} {r['pass']} ({payload['dtype']})", r["vs_torch"])
         for r in payload["rows"]
@@ -38,14 +38,25 @@ def markdown(payloads):
             for (workload, op, passes), by in cases.items():
                 lines.append(_layer_row(workload, op, passes, payload["dtype"], by))
         else:
-            ours = next(r for r in payload["rows"] if r["contender"] == "xpcnn")
-            torch = next(r for r in payload["rows"] if r["contender"] == "torch")
-            per_round = ours.get("vs_torch_rounds")
-            lines += ["", f"| training step (digits LeNet, batch {ours['batch_size']}) | xpcnn images/s "
-                      "| PyTorch images/s | ratio | ratio per round |", "|---|---|---|---|---|",
-                      f"| {payload['backend']} | {ours['images_per_s']:.0f} | {torch['images_per_s']:.0f} "
-                      f"| **{ours['vs_torch']:.2f}** | {_number(per_round)} |"]
+            lines += ["", "| training step | backend | batch | xpcnn images/s | PyTorch images/s | ratio "
+                      "| ratio per round |", "|---|---|---|---|---|---|---|"]
+            for network, ours, torch in _train_pairs(payload):
+                lines.append(f"| {TRAIN_TITLES.get(network, network)} | {payload['backend']} | {ours['batch_size']} "
+                             f"| {ours['images_per_s']:.0f} | {torch['images_per_s']:.0f} "
+                             f"| **{ours['vs_torch']:.2f}** | {_number(ours.get('vs_torch_rounds'))} |")
     return "\n".join(lines) + "\n"
+
+
+TRAIN_TITLES = {"lenet": "digits LeNet", "resnet": "MNIST ResNet"}
+
+
+def _train_pairs(payload):
+    """(network, xpcnn row, PyTorch row) for each network of a bench_train.py run, in order (rows written before
+    the script took ``--network`` have no network: the digits LeNet)."""
+    by = {}
+    for r in payload["rows"]:
+        by.setdefault(r.get("network", "lenet"), {})[r["contender"]] = r
+    return [(network, rows["xpcnn"], rows["torch"]) for network, rows in by.items()]
 
 
 def _layer_row(workload, op, passes, dtype, by):
