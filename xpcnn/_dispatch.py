@@ -11,7 +11,7 @@ from array_api_compat import is_cupy_array, is_numpy_array, is_torch_array
 def updates_in_place(array) -> bool:
     """Whether arrays of ``array``'s library may be updated in place (``+=``, slice assignment): NumPy, CuPy and
     PyTorch. xpcnn only ever updates arrays it made itself. Elsewhere ``array_api_extra.at`` adds (JAX's arrays
-    are immutable), a few microseconds slower per call, and padding concatenates blocks (3x slower on NumPy)."""
+    are immutable), slower per call, and padding concatenates blocks (slower; benchmarks/README.md)."""
     return is_numpy_array(array) or is_cupy_array(array) or is_torch_array(array)
 
 

@@ -122,8 +122,8 @@ def windows(x_padded, geometry: WindowGeometry):
 
 
 SHORT_ROWS = 16
-"""Output rows shorter than this are gathered by ``take``: a strided copy pays a fixed cost per row (about 6 ns
-on NumPy), a ``take`` about 0.6 ns per element whatever the layout (benchmarks/README.md)."""
+"""Output rows shorter than this are gathered by ``take``: a strided copy pays a fixed cost per row, a ``take`` a
+cost per element whatever the layout (the figures are in benchmarks/README.md)."""
 
 MAX_TAKE_INDICES = 2**14
 """``take`` also needs a plane's windows to hold at most this many elements: their indices are built in Python

@@ -394,9 +394,8 @@ def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_row
 
     With ``wide_rows`` (stride 1 without overhang, out_channels <= C * K, weights known finite) dout's rows are
     first extended with zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous
-    run (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time: 7-19% faster forward + backward for
-    1 -> 6 channels 5x5 on 28x28, 6 -> 16 5x5 on 14x14, 3 -> 32 7x7 on 64x64. The zeros stay zeros through the
-    product only with finite weights.
+    run (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time (NumPy pays per row; figures in
+    benchmarks/README.md). The zeros stay zeros through the product only with finite weights.
     """
     m, groups, group_out, _ = dout.shape
     num_offsets, (out_h, out_w) = len(geometry.offsets()), geometry.out_size
@@ -420,7 +419,7 @@ def _weight_gradient(xp, dout, cols):
 
     A product per sample, summed, when P >= Og; otherwise one product with the batch folded into the positions,
     at the price of a transposed copy of cols: per sample, the thin (Og x P) by (P x Cg*K) products would write,
-    and the sum read, P / Og times more than that copy (4x4 outputs of 64 channels: 2.3x faster).
+    and the sum read, P / Og times more than that copy (figures in benchmarks/README.md).
     """
     m, groups, group_out, positions = dout.shape
     if positions >= group_out:

@@ -55,8 +55,8 @@ def function(forward, backward, *, n_grads=None):
     (4, 3, 3, 3)
     """
     # Imported here, never at module level: JAX is no dependency of xpcnn (only this adapter needs it).
-    import jax
-    import jax.numpy as jnp
+    import jax  # host: the adapter's own framework, imported only when the adapter is used
+    import jax.numpy as jnp  # host: likewise
     import numpy as np  # host: only to recognise NumPy arrays among the arguments; nothing is copied
 
     if n_grads is not None and (not isinstance(n_grads, int) or isinstance(n_grads, bool) or n_grads < 0):

@@ -19,7 +19,7 @@ __all__ = ["function", "module"]
 
 def _torch():
     # Imported here, never at module level: PyTorch is no dependency of xpcnn (only this adapter needs it).
-    import torch
+    import torch  # host: the adapter's own framework, imported only when the adapter is used
 
     return torch
 

@@ -89,7 +89,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     if not with_grad:
         import numpy as np  # host: nothing to clip, a plain zero
 
-        return np.asarray(0.0)
+        return np.asarray(0.0)  # host: no gradient gives no namespace to make the zero in
     xp, device = namespace_and_device(**{f"parameters[{i}].grad": p.grad for i, p in enumerate(with_grad)})
     for i, p in enumerate(with_grad):
         check_floating(xp, p.grad, f"parameters[{i}].grad")
