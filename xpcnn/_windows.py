@@ -28,6 +28,7 @@ import array_api_extra as xpx
 from array_api_compat import device as device_of
 
 from ._dispatch import updates_in_place
+from ._tuning import profile_for
 
 _AXES = ("height", "width")
 
@@ -121,22 +122,14 @@ def windows(x_padded, geometry: WindowGeometry):
         yield i, j, x_padded[..., rows, cols]
 
 
-SHORT_ROWS = 16
-"""Output rows shorter than this are gathered by ``take``: a strided copy pays a fixed cost per row, a ``take`` a
-cost per element whatever the layout (the figures are in benchmarks/README.md)."""
-
-MAX_TAKE_INDICES = 2**14
-"""``take`` also needs a plane's windows to hold at most this many elements: their indices are built in Python
-once per geometry and kept (for the last 32 geometries, up to about 0.6 MiB each)."""
-
-
 def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=None):
     """Every window of the (unpadded) ``x``, ``(..., H, W) -> (..., kh * kw, out_h, out_w)``; offsets in row-major
-    order, positions in the padding hold ``fill``. ``by_take`` chooses the method (default: rows shorter than
-    :data:`SHORT_ROWS`, at most :data:`MAX_TAKE_INDICES` window elements per plane); both give identical arrays."""
+    order, positions in the padding hold ``fill``. ``by_take`` chooses the method (default: the cost model's
+    choice, :attr:`xpcnn._tuning.Profile.take_short_rows` and ``take_max_indices``); both give identical arrays."""
     if by_take is None:
+        profile = profile_for(x)
         elements = len(geometry.offsets()) * math.prod(geometry.out_size)
-        by_take = geometry.out_size[1] < SHORT_ROWS and elements <= MAX_TAKE_INDICES
+        by_take = geometry.out_size[1] < profile.take_short_rows and elements <= profile.take_max_indices
     if not by_take:
         return xp.stack([window for _, _, window in windows(pad(xp, x, geometry, fill), geometry)], axis=-3)
     lead, (height, width) = tuple(x.shape[:-2]), geometry.in_size

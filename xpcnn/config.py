@@ -1,39 +1,60 @@
-"""Global settings.
+"""Global settings: the device profile of the cost model, and the workspace limit.
 
-``workspace_limit``: the most bytes a convolution may spend on its column buffer (the im2col matrix of the
-kernel-offset slices, ``kh * kw`` times the size of the input it covers), and a pooling op on its temporaries.
-Larger batches are processed in pieces of whole samples that fit (at least one sample at a time); results are the
-same. Small pieces also stay in the CPU's caches, which makes them faster than one large buffer: the default,
-2 MiB, was as fast as or faster than 256 KiB, 512 KiB and 1 MiB on every benchmark workload (a machine with 1 MiB
-of L2 per core and a shared 32 MiB L3). Set it globally with :func:`set_workspace_limit` (or the
-:func:`workspace_limit` context manager), or per call with ``conv2d_forward(..., workspace_limit=...)`` and the
-pooling functions' ``workspace_limit=``.
+``device_profile``: the thresholds and algorithm choices of every op come from a profile per kind of device
+(:mod:`xpcnn._tuning`): ``"host"`` for CPU memory, ``"accelerator"`` for GPUs. The profile is picked from each
+input's library and device; :func:`device_profile` forces one for the code inside it, on any backend (the results
+are the same; only the speed differs).
+
+``workspace_limit``: the most bytes a convolution may spend on one batch piece's column buffer (the im2col matrix
+of the kernel-offset slices, ``kh * kw`` times the size of the input it covers), and a pooling op on its
+temporaries. Larger batches are processed in pieces of whole samples that fit (at least one sample at a time); the
+results are the same. By default the profile's value (2 MiB on the host, where small pieces stay in the CPU's
+caches; 512 MiB on an accelerator, where each piece costs kernel launches). Set it globally with
+:func:`set_workspace_limit` (None goes back to the profile's), temporarily with the :func:`workspace_limit` context
+manager, or per call with the ops' ``workspace_limit=`` argument.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-DEFAULT_WORKSPACE_LIMIT = 2 * 2**20
+from ._tuning import HOST, PROFILES, Profile, forced_profile, profile_for
 
-_settings = {"workspace_limit": DEFAULT_WORKSPACE_LIMIT}
+__all__ = ["device_profile", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
+           "resolve_workspace_limit", "DEFAULT_WORKSPACE_LIMIT"]
+
+DEFAULT_WORKSPACE_LIMIT = HOST.workspace_limit
+"""The host profile's workspace limit (kept for compatibility)."""
+
+_settings: dict[str, int | None] = {"workspace_limit": None}
 
 
-def get_workspace_limit() -> int:
+def get_workspace_limit() -> int | None:
+    """The global workspace limit in bytes, or None when each op takes its device profile's."""
     return _settings["workspace_limit"]
 
 
-def set_workspace_limit(nbytes: int) -> None:
-    """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least)."""
-    _settings["workspace_limit"] = resolve_workspace_limit(nbytes)
+def set_workspace_limit(nbytes: int | None) -> None:
+    """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least); None: the
+    device profile's value."""
+    _settings["workspace_limit"] = None if nbytes is None else _checked_limit(nbytes)
 
 
-def resolve_workspace_limit(nbytes=None) -> int:
-    """``nbytes`` checked (an int >= 1), or the global setting when None."""
+def resolve_workspace_limit(nbytes: int | None = None, array: Any = None) -> int:
+    """``nbytes`` checked (an int >= 1); when None, the global setting, else the profile's for ``array``'s device
+    (the host's when no array is given)."""
+    if nbytes is not None:
+        return _checked_limit(nbytes)
+    if _settings["workspace_limit"] is not None:
+        return _settings["workspace_limit"]
+    return (HOST if array is None else profile_for(array)).workspace_limit
+
+
+def _checked_limit(nbytes) -> int:
     from ._validation import as_int
 
-    if nbytes is None:
-        return get_workspace_limit()
     nbytes = as_int(nbytes, "workspace_limit")
     if nbytes < 1:
         raise ValueError(f"workspace_limit must be >= 1 byte, got {nbytes}")
@@ -41,11 +62,38 @@ def resolve_workspace_limit(nbytes=None) -> int:
 
 
 @contextmanager
-def workspace_limit(nbytes: int):
-    """Temporarily set the workspace limit."""
+def workspace_limit(nbytes: int | None) -> Iterator[None]:
+    """Temporarily set the global workspace limit (None: the device profile's)."""
     previous = get_workspace_limit()
     set_workspace_limit(nbytes)
     try:
         yield
     finally:
         _settings["workspace_limit"] = previous
+
+
+@contextmanager
+def device_profile(name: str | Profile) -> Iterator[Profile]:
+    """Force the cost model's profile (``"host"`` or ``"accelerator"``) for every op called inside, whatever the
+    arrays' device. Results are identical under both; the thresholds and algorithm choices differ.
+
+    Examples
+    --------
+    >>> import numpy as np, xpcnn
+    >>> from xpcnn.functional import conv2d_forward
+    >>> with xpcnn.config.device_profile("accelerator"):
+    ...     out, cache = conv2d_forward(np.ones((2, 1, 5, 5)), np.ones((1, 1, 3, 3)))
+    >>> out.shape
+    (2, 1, 3, 3)
+    """
+    if isinstance(name, Profile):
+        profile = name
+    elif isinstance(name, str) and name in PROFILES:
+        profile = PROFILES[name]
+    else:
+        raise ValueError(f"device_profile must be one of {sorted(PROFILES)} or a Profile, got {name!r}")
+    token = forced_profile().set(profile)
+    try:
+        yield profile
+    finally:
+        forced_profile().reset(token)

@@ -201,7 +201,7 @@ def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
     out, cache = conv2d_forward(x, w, **options)
     dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
     geometry = cache.geometry
-    assert conv._transposed_geometry(geometry, 4, 4) is not None
+    assert conv._transposed_geometry(geometry, 4, 4, 2.0) is not None
     by_convolution = conv2d_backward(dout, cache)
     monkeypatch.setattr(conv, "_transposed_geometry", lambda *args: None)
     by_col2im = conv2d_backward(dout, cache)
@@ -240,7 +240,7 @@ def test_wide_row_col2im_equals_the_standard_one(xp, monkeypatch, options):
     x = xp.asarray(rng.standard_normal((3, 2, 7, 6)), dtype)
     w = xp.asarray(rng.standard_normal((8, 2 // options.get("groups", 1), 3, 3)), dtype)
     out, cache = conv2d_forward(x, w, **options)
-    assert conv._transposed_geometry(cache.geometry, 2, 8) is None  # 2 -> 8 channels: col2im
+    assert conv._transposed_geometry(cache.geometry, 2, 8, 2.0) is None  # 2 -> 8 channels: col2im
     dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
     calls = []
     monkeypatch.setattr(conv, "scatter_wide_rows", lambda *args, **kw: calls.append(1) or wide(*args, **kw))

@@ -45,6 +45,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._dispatch import known_finite
+from .._tuning import profile_for
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     as_bool,
@@ -131,7 +132,7 @@ def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, gro
     stride, padding, dilation = conv_options((kh, kw), stride, padding, dilation)
     geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
 
-    limit = resolve_workspace_limit(workspace_limit)
+    limit = resolve_workspace_limit(workspace_limit, x)
     out, columns = _correlate(xp, x, weight, geometry, groups, limit)
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
@@ -250,7 +251,7 @@ def conv_transpose2d_forward(
     options = conv_transpose_options(stride, padding, output_padding, dilation)
     geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
 
-    limit = resolve_workspace_limit(workspace_limit)
+    limit = resolve_workspace_limit(workspace_limit, x)
     out = _correlate_transposed(xp, x, weight, geometry, groups, out_channels, limit, device)
     if bias is not None:
         out = out + xp.reshape(bias, (1, out_channels, 1, 1))
@@ -365,7 +366,8 @@ def _correlate_transposed(xp, dout, weight, geometry: WindowGeometry, groups: in
     """
     n, out_channels = dout.shape[:2]
     finite = known_finite(xp, weight)
-    transposed = _transposed_geometry(geometry, channels, out_channels) if finite else None
+    ratio = profile_for(dout).transposed_dx_ratio
+    transposed = _transposed_geometry(geometry, channels, out_channels, ratio) if finite else None
     if transposed is not None:
         dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
         return dx
@@ -417,12 +419,13 @@ def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_row
 def _weight_gradient(xp, dout, cols):
     """``sum_n dout[n, g] @ cols[n, g]^T``, (G, Og, Cg*K), from dout (m, G, Og, P) and cols (m, G, Cg*K, P).
 
-    A product per sample, summed, when P >= Og; otherwise one product with the batch folded into the positions,
-    at the price of a transposed copy of cols: per sample, the thin (Og x P) by (P x Cg*K) products would write,
-    and the sum read, P / Og times more than that copy (figures in benchmarks/README.md).
+    A product per sample, summed, when ``P >= ratio * Og`` (the cost model's
+    ``per_sample_weight_gradient_ratio``); otherwise one product with the batch folded into the positions, at the
+    price of a transposed copy of cols: per sample, the thin (Og x P) by (P x Cg*K) products would write, and the
+    sum read, P / Og times more than that copy.
     """
     m, groups, group_out, positions = dout.shape
-    if positions >= group_out:
+    if positions >= profile_for(dout).per_sample_weight_gradient_ratio * group_out:
         return xp.sum(xp.matmul(dout, xp.matrix_transpose(cols)), axis=0)
     dout = xp.reshape(xp.permute_dims(dout, (1, 2, 0, 3)), (groups, group_out, m * positions))
     cols = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (groups, m * positions, cols.shape[2]))
@@ -467,12 +470,13 @@ def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int)
     return out, columns
 
 
-def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int):
+def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int, ratio: float):
     """The geometry of dx as a correlation of dout (stride 1, padding ``d(k-1) - p`` before, and after whatever
     gives back the input's size: ``d(k-1) - p`` too, plus a transposed convolution's output_padding) when that
-    path applies and is the cheaper one; None for col2im."""
+    path applies and is the cheaper one (``O * H * W <= ratio * C * out_h * out_w``, the cost model's
+    ``transposed_dx_ratio``); None for col2im."""
     (height, width), (out_h, out_w) = geometry.in_size, geometry.out_size
-    if geometry.stride != (1, 1) or out_channels * height * width > 2 * in_channels * out_h * out_w:
+    if geometry.stride != (1, 1) or out_channels * height * width > ratio * in_channels * out_h * out_w:
         return None
     pads = tuple(
         (d * (k - 1) - before, size - out + before)

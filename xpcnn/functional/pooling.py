@@ -295,7 +295,7 @@ def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit) -> list[slice
     workspace limit. Small pieces stay in the CPU's caches while the kernel offsets are walked."""
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     per_sample = x.shape[1] * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
-    return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit)))
+    return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit, x)))
 
 
 def _check_input(x):

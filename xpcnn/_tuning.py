@@ -1,0 +1,102 @@
+"""The cost model: every tuning threshold and algorithm choice of xpcnn in one place, with a profile per device kind.
+
+An op never hard-codes a threshold: it asks :func:`profile_for` for the profile of its input's device and reads the
+named field. Two profiles exist:
+
+``host``
+    NumPy, PyTorch CPU tensors, array-api-strict (every device: they are all host memory), JAX on the CPU, Dask
+    with NumPy chunks. Batches are cut into pieces small enough to stay in the CPU's caches.
+``accelerator``
+    CuPy, PyTorch CUDA/MPS tensors, JAX on a GPU, Dask with CuPy chunks. Every kernel launch costs a few
+    microseconds, so batches are processed whole wherever a workspace in the hundreds of MiB holds them.
+
+The profile is chosen from the array's library and device without a device synchronisation. It can be forced on
+any backend with :func:`xpcnn.config.device_profile` (``with device_profile("accelerator"): ...``), which is how the
+CPU-only tests run the accelerator's code paths; the results are the same under both profiles.
+
+Where the figures behind each value come from: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from typing import Any
+
+from array_api_compat import is_cupy_array, is_dask_array, is_jax_array, is_torch_array
+
+__all__ = ["Profile", "HOST", "ACCELERATOR", "PROFILES", "profile_for", "forced_profile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Thresholds and algorithm choices for one kind of device. Every field is read by name by the ops."""
+
+    name: str
+    workspace_limit: int
+    """Bytes a convolution may spend on one batch piece's column buffer (and padded input), and a pooling op on its
+    temporaries; larger batches are processed in pieces of whole samples (at least one)."""
+    take_short_rows: int
+    """Windows are gathered with one ``take`` (instead of ``kh * kw`` strided slices) when the output rows are
+    shorter than this: a strided copy pays a fixed cost per row, a ``take`` a cost per element."""
+    take_max_indices: int
+    """... and when one plane's windows hold at most this many elements (their index array is built once per
+    geometry and kept)."""
+    transposed_dx_ratio: float
+    """With stride 1, dx is computed as a correlation of dout (instead of col2im) when it gathers at most this many
+    times the values col2im adds: ``O * H * W <= ratio * C * out_h * out_w``."""
+    per_sample_weight_gradient_ratio: float
+    """The weight gradient is a product per sample, summed, when ``P >= ratio * Og`` (positions against output
+    channels per group); otherwise one product with the batch folded into the positions."""
+
+
+HOST = Profile(
+    name="host",
+    workspace_limit=2 * 2**20,
+    take_short_rows=16,
+    take_max_indices=2**14,
+    transposed_dx_ratio=2.0,
+    per_sample_weight_gradient_ratio=1.0,
+)
+
+ACCELERATOR = Profile(
+    name="accelerator",
+    workspace_limit=512 * 2**20,
+    take_short_rows=2**31,  # always one gather: one kernel instead of kh * kw
+    take_max_indices=2**24,
+    transposed_dx_ratio=2.0,
+    per_sample_weight_gradient_ratio=float("inf"),  # one product with the batch folded in: one kernel
+)
+
+PROFILES = {profile.name: profile for profile in (HOST, ACCELERATOR)}
+
+_forced: contextvars.ContextVar[Profile | None] = contextvars.ContextVar("xpcnn_forced_profile", default=None)
+
+
+def forced_profile() -> contextvars.ContextVar:
+    """The context variable behind :func:`xpcnn.config.device_profile` (None: chosen per array)."""
+    return _forced
+
+
+def profile_for(array: Any) -> Profile:
+    """The profile for ``array``'s device: the forced one inside :func:`xpcnn.config.device_profile`, else
+    ``accelerator`` for GPU arrays (CuPy, PyTorch on a non-CPU device, JAX on a non-CPU platform, Dask with CuPy
+    chunks) and ``host`` for everything else. Looks only at metadata: no device synchronisation."""
+    forced = _forced.get()
+    if forced is not None:
+        return forced
+    return ACCELERATOR if _on_accelerator(array) else HOST
+
+
+def _on_accelerator(array: Any) -> bool:
+    if is_cupy_array(array):
+        return True
+    if is_torch_array(array):
+        return array.device.type != "cpu"
+    if is_jax_array(array):
+        devices = getattr(array, "devices", None)
+        platforms = {d.platform for d in devices()} if callable(devices) else set()
+        return bool(platforms - {"cpu"})
+    if is_dask_array(array):
+        return is_cupy_array(getattr(array, "_meta", None))
+    return False
