@@ -94,8 +94,12 @@ def _on_accelerator(array: Any) -> bool:
     if is_torch_array(array):
         return array.device.type != "cpu"
     if is_jax_array(array):
-        devices = getattr(array, "devices", None)
-        platforms = {d.platform for d in devices()} if callable(devices) else set()
+        try:
+            platforms = {d.platform for d in array.devices()}
+        except Exception:  # a tracer under jax.jit has no device: the default backend's
+            import jax
+
+            platforms = {jax.default_backend()}
         return bool(platforms - {"cpu"})
     if is_dask_array(array):
         return is_cupy_array(getattr(array, "_meta", None))
