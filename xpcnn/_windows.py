@@ -20,14 +20,16 @@ supports.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
 from dataclasses import dataclass
 
 import array_api_extra as xpx
 from array_api_compat import device as device_of
+from array_api_compat import is_lazy_array
 
-from ._dispatch import updates_in_place
+from ._dispatch import take_nonnegative, updates_in_place
 from ._tuning import profile_for
 
 _AXES = ("height", "width")
@@ -135,11 +137,38 @@ def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=Non
     lead, (height, width) = tuple(x.shape[:-2]), geometry.in_size
     device = device_of(x)
     flat = xp.reshape(x, (*lead, height * width))
-    indices, reaches_padding = _window_indices(geometry)
-    indices = xp.asarray(indices, dtype=xp.int64, device=device)
+    indices, reaches_padding = window_indices_on(xp, geometry, device, cache=not is_lazy_array(x))
     if reaches_padding:  # one more element, ``fill``, at flat position H * W
         flat = xp.concat([flat, xp.full((*lead, 1), fill, dtype=x.dtype, device=device)], axis=-1)
-    return xp.reshape(xp.take(flat, indices, axis=-1), (*lead, len(geometry.offsets()), *geometry.out_size))
+    gathered = take_nonnegative(xp, flat, indices, axis=-1)
+    return xp.reshape(gathered, (*lead, len(geometry.offsets()), *geometry.out_size))
+
+
+INDEX_CACHE_SIZE = 32
+"""How many device index arrays :func:`window_indices_on` keeps (the least recently used goes first)."""
+
+_index_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def window_indices_on(xp, geometry: WindowGeometry, device, *, cache: bool = True):
+    """:func:`_window_indices` as an int64 array on ``device``, and whether any index is the padding's.
+
+    With ``cache`` the array is made once per (library, device, geometry) and kept (at most
+    :data:`INDEX_CACHE_SIZE`, least recently used dropped): later calls copy nothing from the host. Lazy arrays
+    (JAX, also under ``jax.jit``; Dask) pass ``cache=False``: an array made while tracing must not outlive the
+    trace.
+    """
+    key = (getattr(xp, "__name__", repr(xp)), repr(device), geometry)
+    if cache and key in _index_cache:
+        _index_cache.move_to_end(key)
+        return _index_cache[key]
+    host, reaches_padding = _window_indices(geometry)
+    entry = (xp.asarray(host, dtype=xp.int64, device=device), reaches_padding)  # host: built once, then kept
+    if cache:
+        _index_cache[key] = entry
+        while len(_index_cache) > INDEX_CACHE_SIZE:
+            _index_cache.popitem(last=False)
+    return entry
 
 
 @functools.lru_cache(maxsize=32)
@@ -206,7 +235,8 @@ def _accumulated(xp, shape, indices, parts, *, dtype, device):
 
 
 def _add_in_place(grad, index, part):
-    grad[index] += part
+    view = grad[index]  # a view: these libraries update views in place (updates_in_place)
+    view += part  # not ``grad[index] += part``, which then copies the view onto itself
     return grad
 
 
