@@ -343,18 +343,19 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    json_path = common.output_path(args.json)  # checked (its folder made) before measuring
     state_before = common.machine_state()
     rows = bench(args)
     info = common.machine_info()
     info["state"] = dict(before=state_before, after=common.machine_state())
-    print(f"# {args.backend} {args.dtype}; {info['cores']} cores; BLAS {info['blas']}; torch {info.get('torch')}")
+    print(f"# {args.backend} {args.dtype}; {common.cpu_summary(info)}; BLAS {info['blas']}; torch {info.get('torch')}")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     common.print_table(rows, ["workload", "op", "pass", "contender", "median_ms", "min_ms", "max_ms", "vs_torch",
                               "vs_torch_rounds", "vs_mirror", "vs_mirror_rounds", "gflops", "gemm_share", "peak_mb",
                               "peak_vs_io"])
-    if args.json:
-        common.write_json(args.json, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
+    if json_path:
+        common.write_json(json_path, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
                                           machine=info, rows=rows))
     return rows
 
