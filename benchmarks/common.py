@@ -106,11 +106,14 @@ def paired_ratio(ours: dict, reference: dict):
     return statistics.median(pairs) if pairs else None
 
 
-def machine_state(size_mib: int = 64, repeats: int = 5):
+def machine_state(size_mib: int = 64, repeats: int = 5, quick: bool = False):
     """How fast this shared machine is right now, on the host: a large float32 copy (GB/s, memory-bound) and a
     float32 GEMM (GFLOP/s, compute-bound), medians of ``repeats``. Other tenants can halve the copy bandwidth for
     minutes at a time while the GEMM rate barely moves; im2col and pooling are memory-bound, so their times move
-    with the copy figure. Taken before and after each run and written with the results."""
+    with the copy figure. Taken before and after each run and written with the results. ``quick``: a 4 MiB copy,
+    one repeat (the smoke test; the figures then say little)."""
+    if quick:
+        size_mib, repeats = 4, 1
     src = np.ones(size_mib * 2**18, dtype=np.float32)
     dst = np.empty_like(src)
     a = np.ones((512, 512), dtype=np.float32)
