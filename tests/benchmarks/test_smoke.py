@@ -48,6 +48,16 @@ def test_bench_layers_plot_and_train(tmp_path, monkeypatch, capsys):
     assert "| digits LeNet | numpy | 2 |" in table and "| MNIST ResNet | numpy | 2 |" in table
     assert "vs_torch" in capsys.readouterr().out
 
+    import gpu_summary  # the GPU check's summary, fed the CPU results under the GPU run's file names
+
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    (gpu / "layers_cupy_float32.json").write_text((results / "float32.json").read_text())
+    (gpu / "train_cupy.json").write_text((results / "train.json").read_text())
+    rows = gpu_summary.main([str(gpu)])
+    assert {r["what"] for r in rows} >= {"conv2d (c) fwd+bwd", "lenet training step (images/s)"}
+    assert json.loads((gpu / "summary.json").read_text())["rows"] == rows
+
 
 def test_a_bad_output_path_fails_before_measuring(tmp_path, monkeypatch):
     import bench_layers
