@@ -76,12 +76,9 @@ def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, sett
     rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`).
 
     In every round each contender first runs untimed, ``warmup`` calls and at least ``settle_s`` seconds, right
-    before its timed call. The first calls after another library has run pay for the switch: that library's
-    worker threads go on spinning for work for a while (OpenBLAS's for about 0.1 s) on the same cores, and the
-    contender's own threads have to wake up. Measured on a 2-core machine: PyTorch's conv (c) forward +
-    backward took 90-112 ms straight after xpcnn's and 55-60 ms when run alone, and its digits training step 2.4-3.7
-    ms alone against 5-6 ms interleaved; timed straight after the other, each library looked faster than it is
-    against the other. Settled, each is timed in its steady state, as in a training loop of its own.
+    before its timed call, so that each is timed in its steady state, as in a training loop of its own: the first
+    calls after another library has run pay for the switch (that library's worker threads go on spinning on the
+    same cores, the contender's own threads have to wake up). benchmarks/README.md, "Method", gives the figures.
     """
     samples = {name: [] for name in contenders}
     for _ in range(repeats):
