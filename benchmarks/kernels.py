@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 NO_KERNEL = frozenset({"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "lift_fresh",
-                       "_unsafe_view",
+                       "_unsafe_view", "_record_function_enter", "_record_function_enter_new",
+                       "_record_function_exit",
                        "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "is_same_size",
                        "_has_compatible_shallow_copy_type"})
 """Operators that launch nothing (allocation only, metadata) or are recorded separately (host transfers)."""
