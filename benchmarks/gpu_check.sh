@@ -9,16 +9,16 @@
 # wheels in $XPCNN_WHEELS (default: wheels/ in the repository root) into a private folder, without the network.
 # Fetch them beforehand on a machine with pip (pure-Python wheels, any platform):
 #
-#   pip download --no-deps -d wheels/ array-api-compat array-api-extra array-api-strict hypothesis \
-#       sortedcontainers attrs
+#   pip download --no-deps -d wheels/ array-api-compat==1.16.0 array-api-extra==0.11.5 array-api-strict==2.6.1 \
+#       hypothesis sortedcontainers attrs          # the versions the suite is tested with here
 #
 # Each step has its own time limit (tests 240 s, layers 110 s, training 60 s; override with XPCNN_TEST_S,
 # XPCNN_LAYERS_S, XPCNN_TRAIN_S); a step that fails or runs out is reported in the summary and the next one runs.
 set -u
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT_DIR=$(mkdir -p "${1:-${OUT:-gpu-check}}" && cd "${1:-${OUT:-gpu-check}}" && pwd)  # relative to the caller's cwd
 cd "$ROOT"
-OUT_DIR=$(mkdir -p "${1:-${OUT:-gpu-check}}" && cd "${1:-${OUT:-gpu-check}}" && pwd)
 PY=${PYTHON:-python3}
 WHEELS=${XPCNN_WHEELS:-$ROOT/wheels}
 START=$(date +%s)
