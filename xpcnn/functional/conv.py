@@ -282,7 +282,7 @@ def conv2d_forward(
     xp, x, conv = args.xp, args.x, args.conv
     limit = resolve_workspace_limit(workspace_limit, x)
     plan = conv2d_plan(xp, x, weight, conv, _plan)
-    out, columns = _correlate(xp, x, weight, conv, limit, keep_columns=plan.keep_columns)
+    out, columns = _forward(xp, x, weight, conv, plan, limit)
     if bias is not None:
         out = out + _per_channel(xp, bias, conv.data_format)
     cache = Conv2dCache(x, weight, bias is not None, conv, plan, limit, args.unbatched, columns)
@@ -680,6 +680,14 @@ def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
 # The parts of the passes. NCHW columns are (m, G, Cg*K, P), rows in (channel, offset) order as the weights;
 # NHWC columns are (G, m*P, K*Cg): the batch's positions as rows, channels contiguous within each offset.
 # --------------------------------------------------------------------------------------------------------------
+
+
+def _forward(xp, x, weight, conv: ConvShape, plan: Conv2dPlan, limit: int):
+    """conv2d's output without bias by ``plan.forward``, and the columns the backward pass may reuse (or None).
+    One branch per :class:`ForwardAlgorithm`: another algorithm (Winograd, say) plugs in here."""
+    if plan.forward == ForwardAlgorithm.IM2COL:
+        return _correlate(xp, x, weight, conv, limit, keep_columns=plan.keep_columns)
+    raise ValueError(f"no forward algorithm {plan.forward!r}")
 
 
 def _correlate(xp, x, weight, conv: ConvShape, limit: int, *, keep_columns: bool = False):
