@@ -137,8 +137,15 @@ def plane_index(rows: slice, cols: slice, *, channels_last: bool = False) -> tup
 def windows(x_padded, geometry: WindowGeometry, *, channels_last: bool = False):
     """Yield ``(i, j, slice)`` for every kernel offset; each slice is ``(..., out_h, out_w)`` (channels-last:
     ``(..., out_h, out_w, C)``)."""
-    for i, j in geometry.offsets():
-        yield i, j, x_padded[plane_index(*geometry.slices(i, j), channels_last=channels_last)]
+    for i, j, rows, cols in _offset_slices(geometry):
+        yield i, j, x_padded[plane_index(rows, cols, channels_last=channels_last)]
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_slices(geometry: WindowGeometry) -> tuple[tuple[int, int, slice, slice], ...]:
+    """``(i, j, rows, cols)`` for every kernel offset, built once per geometry (the batch pieces of an op, and
+    its backward pass, share it)."""
+    return tuple((i, j, *geometry.slices(i, j)) for i, j in geometry.offsets())
 
 
 def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=None, channels_last: bool = False):
@@ -205,7 +212,7 @@ def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype
     Returns an array of shape ``(*leading_shape, H, W)``. With ``channels_last`` the parts are
     ``(N, out_h, out_w, C)``, ``leading_shape`` is ``(N, C)`` and the result ``(N, H, W, C)``.
     """
-    slices = [plane_index(*geometry.slices(i, j), channels_last=channels_last) for i, j in geometry.offsets()]
+    slices = [plane_index(rows, cols, channels_last=channels_last) for _, _, rows, cols in _offset_slices(geometry)]
     shape = ((*leading_shape[:-1], *geometry.padded_size, leading_shape[-1]) if channels_last
              else (*leading_shape, *geometry.padded_size))
     grad = _accumulated(xp, shape, slices, parts, dtype=dtype, device=device)
