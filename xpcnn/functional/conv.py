@@ -72,7 +72,6 @@ from .._validation import (
 )
 from .._windows import (
     WindowGeometry,
-    batch_pieces,
     concat_pieces,
     map_pieces,
     samples_per_piece,
@@ -96,7 +95,8 @@ __all__ = [
 Array: TypeAlias = Any
 """An array of any array API library (NumPy, CuPy, PyTorch, JAX, Dask, array-api-strict)."""
 
-IntPair: TypeAlias = "int | tuple[int, int]"
+IntPair: TypeAlias = int | tuple[int, int]
+"""An int for both axes, or a (height, width) pair."""
 
 NCHW, NHWC = "NCHW", "NHWC"
 DATA_FORMATS = (NCHW, NHWC)
@@ -478,33 +478,14 @@ def conv_transpose2d_forward(
         empty kernels or planes, arrays from different libraries or devices, bad stride, padding, dilation or
         data_format, output_padding not below the stride or dilation, an output smaller than 1 x 1.
     """
-    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
-    data_format = data_format_checked(data_format)
-    check_floating(xp, x, "x")
-    x, unbatched = _batched(xp, x, "x", data_format, names="C_in")
-    _check_weight(weight, "weight", "(in_channels, out_channels // groups, kh, kw)")
-    check_same_dtype(weight, "weight", x, "x")
-    groups = as_int(groups, "groups", minimum=1)
-    in_channels, group_out, kh, kw = weight.shape
-    channels, (height, width) = _channels_and_size(x, data_format)
-    if min(height, width) < 1:
-        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
-    if in_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels, got weight with {in_channels} input channels")
-    if channels != in_channels:
-        raise ValueError(f"x has {channels} channels but weight expects weight.shape[0] = {in_channels}"
-                         + _layout_hint(x, data_format, lambda c: c == in_channels))
-    out_channels = group_out * groups
-    _check_bias(bias, out_channels, "out_channels = weight.shape[1] * groups", x)
-    options = conv_transpose_options(stride, padding, output_padding, dilation)
-    geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
-    conv = ConvShape(geometry, out_channels, in_channels, groups, data_format)  # the convolution it transposes
-
+    args = _conv_transpose2d_arguments(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                                       data_format)
+    xp, x, conv, unbatched = args.xp, args.x, args.conv, args.unbatched
     limit = resolve_workspace_limit(workspace_limit, x)
     plan = conv2d_plan(xp, x, weight, conv, _plan)
     out = _input_gradient(xp, x, weight, conv, plan.dx, limit)
     if bias is not None:
-        out = out + _per_channel(xp, bias, data_format)
+        out = out + _per_channel(xp, bias, conv.data_format)
     cache = ConvTranspose2dCache(x, weight, bias is not None, conv, plan, limit, unbatched)
     return (out[0, ...] if unbatched else out), cache
 
@@ -561,6 +542,34 @@ def conv_transpose2d_backward(
     dx = concat_pieces(xp, [dx for _, dx in parts]) if input_grad else None
     dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
     return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
+
+
+def _conv_transpose2d_arguments(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                                data_format) -> _Arguments:
+    """conv_transpose2d's arguments checked (each error names the argument) and normalised; ``conv`` is the
+    convolution it transposes."""
+    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
+    data_format = data_format_checked(data_format)
+    check_floating(xp, x, "x")
+    x, unbatched = _batched(xp, x, "x", data_format, names="C_in")
+    _check_weight(weight, "weight", "(in_channels, out_channels // groups, kh, kw)")
+    check_same_dtype(weight, "weight", x, "x")
+    groups = as_int(groups, "groups", minimum=1)
+    in_channels, group_out, kh, kw = weight.shape
+    channels, (height, width) = _channels_and_size(x, data_format)
+    if min(height, width) < 1:
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels, got weight with {in_channels} input channels")
+    if channels != in_channels:
+        raise ValueError(f"x has {channels} channels but weight expects weight.shape[0] = {in_channels}"
+                         + _layout_hint(x, data_format, lambda c: c == in_channels))
+    out_channels = group_out * groups
+    _check_bias(bias, out_channels, "out_channels = weight.shape[1] * groups", x)
+    options = conv_transpose_options(stride, padding, output_padding, dilation)
+    geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
+    conv = ConvShape(geometry, out_channels, in_channels, groups, data_format)  # the convolution it transposes
+    return _Arguments(xp, x, conv, unbatched)
 
 
 def conv_transpose_options(stride=1, padding=0, output_padding=0, dilation=1):
