@@ -397,12 +397,36 @@ def _correlate(xp, x, weight, pads, groups, tf: WinogradTransform, layout: _Layo
     like = dict(dtype=x.dtype, device=device_of(x))
     u = _filter_transform(xp, weight, groups, tf, layout, like)
     piece = _samples_per_piece(channels, out_channels, tiles, tf, x.dtype, xp, limit)
+    parts = [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
+    in_place = updates_in_place(x)
+    tiled = xp.empty(_tiled_shape(n, out_channels, tiles, tf, layout), **like) if in_place else None
     outs = []
-    for start in range(0, max(n, 1), piece):
-        part = x[start : min(start + piece, n), ...]
-        v = _data_transform(xp, part, pads, tiles, tf, layout, groups, like)
-        outs.append(_inverse_output_tiles(xp, _product(xp, u, v, layout), tf, layout, out_size, tiles, out_channels))
-    return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+    for part in parts:
+        v = _data_transform(xp, x[part, ...], pads, tiles, tf, layout, groups, like)
+        y = _output_tiles(xp, _product(xp, u, v, layout), tf, layout, tiles, out_channels)
+        if in_place:  # each piece written once into the tiled output (no reshape copy, no concatenation)
+            tiled[part, ...] = y
+        else:
+            outs.append(xp.reshape(y, _tiled_shape(y.shape[0], out_channels, tiles, tf, layout)))
+    if not in_place:
+        tiled = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+    return _untiled(xp, tiled, n, out_channels, tiles, tf, layout, out_size)
+
+
+def _tiled_shape(n, out_channels, tiles, tf: WinogradTransform, layout: _Layout):
+    """The output as whole tiles: (n, O, th, m, tw, m) in NCHW, (n, th, m, tw, m, O) in NHWC."""
+    (th, tw), m = tiles, tf.m
+    return (n, out_channels, th, m, tw, m) if layout.name == "NCHW" else (n, th, m, tw, m, out_channels)
+
+
+def _untiled(xp, tiled, n, out_channels, tiles, tf: WinogradTransform, layout: _Layout, out_size):
+    """The tiles side by side, (n, O, th * m, tw * m) or (n, th * m, tw * m, O), cropped to the output size."""
+    (th, tw), m = tiles, tf.m
+    if layout.name == "NCHW":
+        out = xp.reshape(tiled, (n, out_channels, th * m, tw * m))
+        return out[..., : out_size[0], : out_size[1]]
+    out = xp.reshape(tiled, (n, th * m, tw * m, out_channels))
+    return out[:, : out_size[0], : out_size[1], :]
 
 
 def _weight_gradient(xp, x, dout, pads, groups, tf: WinogradTransform, layout: _Layout, out_size, limit):
@@ -453,22 +477,55 @@ def _data_transform(xp, x, pads, tiles, tf: WinogradTransform, layout: _Layout, 
     """
     n, channels = _nchw_shape(x, layout)[:2]
     th, tw = tiles
-    padded = _pad(xp, x, pads, tiles, tf, layout, like)
     bt = _matrix(xp, tf.BT, like)
-    if layout.name == "NCHW":  # each row slice (n, C, th, Wp) -> (C, n, th, Wp): the stack is channel-major
-        rows = [xp.permute_dims(padded[:, :, _steps(i, tf.m, th), :], (1, 0, 2, 3)) for i in range(tf.alpha)]
-        rows = _along_first(xp, bt, xp.stack(rows, axis=0))  # (alpha, C, n, th, Wp)
+    rows = _along_first(xp, bt, _row_stack(xp, x, pads, tiles, tf, layout, like))
+    if layout.name == "NCHW":  # rows (alpha, C, n, th, Wp)
         cols = xp.stack([rows[..., _steps(j, tf.m, tw)] for j in range(tf.alpha)], axis=1)
         v = _along_second(xp, bt, cols)  # (alpha, alpha, C, n, th, tw)
         v = xp.reshape(v, (tf.alpha**2, channels, n * th * tw))
         return xp.reshape(v, (tf.alpha**2, groups, channels // groups, n * th * tw))
-    rows = xp.stack([padded[:, _steps(i, tf.m, th), ...] for i in range(tf.alpha)], axis=0)
-    rows = _along_first(xp, bt, rows)  # (alpha, n, th, Wp, C)
-    cols = xp.stack([rows[:, :, :, _steps(j, tf.m, tw), :] for j in range(tf.alpha)], axis=1)
+    cols = xp.stack([rows[:, :, :, _steps(j, tf.m, tw), :] for j in range(tf.alpha)], axis=1)  # rows (alpha, n, th, Wp, C)
     v = _along_second(xp, bt, cols)  # (alpha, alpha, n, th, tw, C)
     v = xp.reshape(v, (tf.alpha**2, n * th * tw, channels))
     v = xp.reshape(v, (tf.alpha**2, n * th * tw, groups, channels // groups))
     return xp.permute_dims(v, (0, 2, 1, 3))  # a view when groups is 1
+
+
+def _row_stack(xp, x, pads, tiles, tf: WinogradTransform, layout: _Layout, like):
+    """The alpha row slices of the padded input, stacked: row i of tile row t is padded row ``t * m + i``.
+    (alpha, C, n, th, Wp) in NCHW (channel-major), (alpha, n, th, Wp, C) in NHWC; ``Wp = tw * m + 2``.
+
+    Where arrays update in place, each slice of x is assigned straight into a zero stack (the padding is never
+    materialised); elsewhere x is padded first and the slices stacked."""
+    th, tw = tiles
+    if not updates_in_place(x):
+        padded = _pad(xp, x, pads, tiles, tf, layout, like)
+        if layout.name == "NCHW":  # each (n, C, th, Wp) slice made channel-major by the stack's copy
+            slices = [xp.permute_dims(padded[:, :, _steps(i, tf.m, th), :], (1, 0, 2, 3)) for i in range(tf.alpha)]
+        else:
+            slices = [padded[:, _steps(i, tf.m, th), ...] for i in range(tf.alpha)]
+        return xp.stack(slices, axis=0)
+    n, channels, height, width = _nchw_shape(x, layout)
+    (top, _), (left, _) = pads
+    padded_w = tw * tf.m + KERNEL - 1
+    cols = slice(max(0, -left), min(width, padded_w - left))  # x's columns inside the padded width
+    dest_cols = slice(cols.start + left, cols.stop + left)
+    if layout.name == "NCHW":
+        stack = xp.zeros((tf.alpha, channels, n, th, padded_w), **like)
+    else:
+        stack = xp.zeros((tf.alpha, n, th, padded_w, channels), **like)
+    for i in range(tf.alpha):
+        # tile row t reads x's row t * m + i - top: the tile rows [first, last) whose row lies inside x
+        first = max(0, -(-(top - i) // tf.m))
+        last = min(th, (height - 1 - i + top) // tf.m + 1)
+        if last <= first or cols.stop <= cols.start:
+            continue
+        rows = _steps(first * tf.m + i - top, tf.m, last - first)
+        if layout.name == "NCHW":
+            stack[i, :, :, first:last, dest_cols] = xp.permute_dims(x[:, :, rows, cols], (1, 0, 2, 3))
+        else:
+            stack[i, :, first:last, dest_cols, :] = x[:, rows, cols, :]
+    return stack
 
 
 def _product(xp, u, v, layout: _Layout):
@@ -479,9 +536,9 @@ def _product(xp, u, v, layout: _Layout):
     return v * u if u.shape[-2] == 1 else xp.matmul(v, u)  # v (T, G, P, Cg), u (T, G, Cg, Og)
 
 
-def _inverse_output_tiles(xp, m_prod, tf: WinogradTransform, layout: _Layout, out_size, tiles, out_channels):
-    """Y = A^T M A for every tile, the m x m tiles laid side by side and cropped: (n, O, H_out, W_out) or
-    (n, H_out, W_out, O)."""
+def _output_tiles(xp, m_prod, tf: WinogradTransform, layout: _Layout, tiles, out_channels):
+    """Y = A^T M A for every tile, as a permuted view in the order of :func:`_tiled_shape`:
+    (n, O, th, m, tw, m) in NCHW, (n, th, m, tw, m, O) in NHWC."""
     th, tw = tiles
     at = _matrix(xp, tf.AT, dict(dtype=m_prod.dtype, device=device_of(m_prod)))
     if layout.name == "NHWC":  # (T, G, P, Og) -> (T, P, G, Og): a view when G is 1
@@ -493,16 +550,14 @@ def _inverse_output_tiles(xp, m_prod, tf: WinogradTransform, layout: _Layout, ou
     y = _along_first(xp, at, _along_second(xp, at, m_prod))  # (m, m, ...)
     if layout.name == "NCHW":
         y = xp.reshape(y, (tf.m, tf.m, out_channels, n, th, tw))
-        y = xp.reshape(xp.permute_dims(y, (3, 2, 4, 0, 5, 1)), (n, out_channels, th * tf.m, tw * tf.m))
-        return y[..., : out_size[0], : out_size[1]]
+        return xp.permute_dims(y, (3, 2, 4, 0, 5, 1))
     y = xp.reshape(y, (tf.m, tf.m, n, th, tw, out_channels))
-    y = xp.reshape(xp.permute_dims(y, (2, 3, 0, 4, 1, 5)), (n, th * tf.m, tw * tf.m, out_channels))
-    return y[:, : out_size[0], : out_size[1], :]
+    return xp.permute_dims(y, (2, 3, 0, 4, 1, 5))
 
 
 def _output_tiles_adjoint(xp, dout, tf: WinogradTransform, layout: _Layout, tiles, groups, like):
     """A dY A^T for every m x m tile of dout (zero padded at the bottom and right to whole tiles): the adjoint of
-    :func:`_inverse_output_tiles`. (T, G, Og, P) in NCHW, (T, G, P, Og) in NHWC, P = n * th * tw."""
+    :func:`_output_tiles`. (T, G, Og, P) in NCHW, (T, G, P, Og) in NHWC, P = n * th * tw."""
     n, out_channels, out_h, out_w = _nchw_shape(dout, layout)
     th, tw = tiles
     extra = ((0, th * tf.m - out_h), (0, tw * tf.m - out_w))
@@ -552,7 +607,8 @@ def _along_first(xp, mat, a):
 def _along_second(xp, mat, a):
     """Contract ``mat`` (p, k) with the second axis of a (q, k, ...): (q, p, ...), q matrix products."""
     rest = tuple(a.shape[2:])
-    prod = xp.matmul(mat, xp.reshape(a, (a.shape[0], a.shape[1], math.prod(rest))))
+    stacked = xp.broadcast_to(mat, (a.shape[0], *mat.shape))
+    prod = xp.matmul(stacked, xp.reshape(a, (a.shape[0], a.shape[1], math.prod(rest))))
     return xp.reshape(prod, (a.shape[0], mat.shape[0], *rest))
 
 
