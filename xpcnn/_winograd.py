@@ -395,6 +395,9 @@ def _correlate(xp, x, weight, pads, groups, tf: WinogradTransform, layout: _Layo
     out_channels = weight.shape[0]
     tiles = tuple(-(-size // tf.m) for size in out_size)
     like = dict(dtype=x.dtype, device=device_of(x))
+    if n == 0:  # an empty batch (Dask cannot reshape empty arrays)
+        shape = (0, out_channels, *out_size) if layout.name == "NCHW" else (0, *out_size, out_channels)
+        return xp.zeros(shape, **like)
     u = _filter_transform(xp, weight, groups, tf, layout, like)
     piece = _samples_per_piece(channels, out_channels, tiles, tf, x.dtype, xp, limit)
     parts = [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
