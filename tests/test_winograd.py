@@ -241,4 +241,21 @@ def test_applies_and_pays_off():
     assert not winograd_applies((3, 3), (1, 1), (2, 2))
     assert not winograd_applies((5, 5), (1, 1), (1, 1))
     assert winograd_pays_off(1, 32, (28, 28)) is None
-    assert winograd_pays_off(64, 64, (32, 32)) in TILES
+    assert winograd_pays_off(1, 1, (28, 28)) is None  # depthwise
+    assert winograd_pays_off(64, 64, (2, 2)) is None
+    assert winograd_pays_off(64, 64, (32, 32)) == 4
+    assert winograd_pays_off(512, 512, (7, 7)) == 2
+
+
+def test_default_tile_follows_the_channels():
+    """tile=None: F(4x4) up to F4_MAX_CHANNELS channels per group, F(2x2) beyond (the same values either way)."""
+    from xpcnn._winograd import F4_MAX_CHANNELS, _transform
+
+    assert _transform(None, 64, 64).m == 4
+    assert _transform(None, F4_MAX_CHANNELS + 1, 16).m == 2
+    assert _transform(None, 16, F4_MAX_CHANNELS + 1).m == 2
+    assert _transform(2, 16, 16).m == 2
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((1, 3, 6, 5)), rng.standard_normal((2, 3, 3, 3))
+    np.testing.assert_allclose(winograd_forward(None, x, w, 1), winograd_forward(None, x, w, 1, tile=4), rtol=0,
+                               atol=0)

@@ -45,8 +45,7 @@ Memory: the batch is processed in pieces of whole samples whose transformed inpu
 rows) fit into ``workspace_limit`` bytes (at least one sample per piece); the weight gradient sums the pieces'
 products in the transform domain and transforms back once.
 
-When it pays off (proposed cost-model rule; figures in benchmarks/bench_winograd.py's output): see
-:func:`winograd_pays_off`.
+When it pays off (a proposed cost-model rule): see :func:`winograd_pays_off`.
 """
 
 from __future__ import annotations
@@ -131,14 +130,16 @@ F4X4_3X3 = WinogradTransform(
 TRANSFORMS = {2: F2X2_3X3, 4: F4X4_3X3}
 """The transforms by output tile size m."""
 
-DEFAULT_TILE = 2
-"""F(2x2, 3x3) unless a tile is asked for: its transforms are exact in binary and its float32 error stays at
-the direct method's; F(4x4, 3x3) is faster where channels are many (see :func:`winograd_pays_off`)."""
+F4_MAX_CHANNELS = 256
+"""With ``tile=None``, F(4x4, 3x3) up to this many channels per group (input and output), F(2x2, 3x3) beyond.
+F(4x4)'s float32 error grows with the channels summed: at 256 it used 0.43 of the float32 tolerance of the
+PyTorch comparison tests (tests/helpers.py), against 0.03 for F(2x2) and 0.02 for im2col
+(benchmarks/winograd_error.py). F(4x4) was the faster of the two on every shape measured."""
 
 DEFAULT_WORKSPACE_LIMIT = 4 * 2**20
 """Bytes for one batch piece's working arrays when the caller gives no limit: on the host, pieces that stay in the
-CPU's caches were fastest (conv (c), F(4x4): 2-4 MiB best, 16 MiB ~30% slower, 64 MiB ~2x); an accelerator wants
-the whole batch (fewer kernel launches): pass its profile's workspace limit."""
+CPU's caches were the fastest (2-4 MiB, measured on conv (c) with benchmarks/bench_winograd.py --workspace-mib);
+an accelerator wants the whole batch in one piece (fewer kernel launches): pass its profile's workspace limit."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def winograd_forward(
     padding: Any = 0,
     groups: int = 1,
     *,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     data_format: str = "NCHW",
     workspace_limit: int | None = None,
 ) -> Any:
@@ -167,8 +168,9 @@ def winograd_forward(
         Zero padding, each >= 0.
     groups : int
         Divides C and O.
-    tile : 2 or 4
-        m of F(m x m, 3 x 3).
+    tile : 2, 4 or None
+        m of F(m x m, 3 x 3); None: 4 up to :data:`F4_MAX_CHANNELS` channels per group, else 2 (the same choice
+        in the three functions for one layer).
     data_format : "NCHW" or "NHWC"
     workspace_limit : int, optional
         Bytes for one batch piece's working arrays (default :data:`DEFAULT_WORKSPACE_LIMIT`).
@@ -188,6 +190,7 @@ def winograd_forward(
     )
     n, channels, height, width = _nchw_shape(x, layout)
     _check_weight(weight, channels, groups)
+    tf = _transform(tf, weight.shape[1], weight.shape[0] // groups)
     out_size = _out_size((height, width), pads)
     return _correlate(xp, x, weight, pads, groups, tf, layout, out_size, limit)
 
@@ -200,7 +203,7 @@ def winograd_input_grad(
     groups: int,
     in_size: tuple[int, int],
     *,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     data_format: str = "NCHW",
     workspace_limit: int | None = None,
 ) -> Any:
@@ -222,6 +225,7 @@ def winograd_input_grad(
             f"dout has {out_channels} channels but weight of shape {tuple(weight.shape)} expects weight.shape[0]"
         )
     _check_weight(weight, weight.shape[1] * groups, groups)
+    tf = _transform(tf, weight.shape[1], weight.shape[0] // groups)
     expected = _out_size((height, width), pads)
     if (out_h, out_w) != expected:
         raise ValueError(
@@ -240,7 +244,7 @@ def winograd_weight_grad(
     padding: Any,
     groups: int,
     *,
-    tile: int = DEFAULT_TILE,
+    tile: int | None = None,
     data_format: str = "NCHW",
     workspace_limit: int | None = None,
 ) -> Any:
@@ -260,6 +264,7 @@ def winograd_weight_grad(
         raise ValueError(
             f"groups={groups} must divide the input channels ({channels}) and the output channels ({out_channels})"
         )
+    tf = _transform(tf, channels // groups, out_channels // groups)
     expected = _out_size((height, width), pads)
     if dn != n or (out_h, out_w) != expected:
         raise ValueError(
@@ -274,23 +279,30 @@ def winograd_applies(kernel: tuple[int, int], stride: tuple[int, int], dilation:
     return tuple(kernel) == (KERNEL, KERNEL) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def winograd_pays_off(in_channels: int, out_channels: int, out_size: tuple[int, int], *, device: str = "host"):
-    """A proposed cost-model rule: the tile m to use (2 or 4) for a 3 x 3, stride-1 convolution, or None for
-    im2col. ``in_channels`` and ``out_channels`` are per group.
+def winograd_pays_off(
+    group_channels: int, group_out: int, out_size: tuple[int, int], *, device: str = "host"
+) -> int | None:
+    """A proposed cost-model rule (for :mod:`xpcnn._tuning`): the tile m of F(m x m, 3 x 3) for a 3 x 3, stride-1,
+    dilation-1 convolution with ``group_channels`` input and ``group_out`` output channels per group and an output
+    of ``out_size``, or None for im2col.
 
-    On the host (NumPy/PyTorch CPU, measured by benchmarks/bench_winograd.py on a 2-core AVX-512 Xeon) the
-    transforms cost memory traffic proportional to C + O per tile while the GEMMs save multiplies proportional to
-    C * O, so Winograd pays off from about 16 channels on each side. F(4x4) needs outputs of at least 8 x 8 (fewer
-    tiles are wasted in the cropped border) and many channels for its transforms to amortise, and its float32
-    error is larger; F(2x2) elsewhere. On an accelerator every transform is a few kernel launches; the same rule
-    with a batch-wide workspace is a reasonable start until measured.
+    * im2col below 16 channels per group on either side (depthwise included: the GEMMs Winograd shrinks are
+      small there and its transforms, which cost memory passes per channel, dominate) and for outputs smaller
+      than 4 x 4 (most of every tile would be cropped);
+    * otherwise F(4x4, 3x3) up to :data:`F4_MAX_CHANNELS` channels per group (its float32 error), F(2x2, 3x3)
+      beyond.
+
+    Measured on the host (NumPy, benchmarks/bench_winograd.py; the figures are in its JSON results and
+    benchmarks/README.md): forward + dx + dweight with F(4x4) took less time than im2col from 16 channels up
+    (ResNet stages at 28 x 28 down to 7 x 7, conv (c), 128 channels), more on a LeNet-like 6 -> 16 layer; F(2x2)
+    was never faster than F(4x4). The accelerator profile is not measured yet (no GPU here): each batch piece is
+    some ten small kernels there, so take the same rule with the whole batch as one piece until gpu_check says
+    otherwise.
     """
     del device  # one rule until an accelerator is measured
-    if min(in_channels, out_channels) < 16:
+    if min(group_channels, group_out) < 16 or min(out_size) < 4:
         return None
-    if min(out_size) >= 8 and min(in_channels, out_channels) >= 32:
-        return 4
-    return 2
+    return 4 if max(group_channels, group_out) <= F4_MAX_CHANNELS else 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,14 +348,21 @@ def _setup(xp, names, a, b, padding, groups, tile, data_format, workspace_limit)
         )
     if data_format not in _LAYOUTS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    if tile not in TRANSFORMS:
+    if tile is not None and tile not in TRANSFORMS:
         raise ValueError(f"tile must be one of {tuple(TRANSFORMS)} (F(m x m, 3 x 3)), got {tile!r}")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups must be an int >= 1, got {groups!r}")
     limit = DEFAULT_WORKSPACE_LIMIT if workspace_limit is None else workspace_limit
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"workspace_limit must be an int >= 1 byte, got {workspace_limit!r}")
-    return xp, _LAYOUTS[data_format], TRANSFORMS[tile], _padding_pairs(padding), limit
+    return xp, _LAYOUTS[data_format], tile, _padding_pairs(padding), limit
+
+
+def _transform(tile, group_channels: int, group_out: int) -> WinogradTransform:
+    """The transform for ``tile``, or for None the one :data:`F4_MAX_CHANNELS` picks."""
+    if tile is None:
+        tile = 4 if max(group_channels, group_out) <= F4_MAX_CHANNELS else 2
+    return TRANSFORMS[tile]
 
 
 def _padding_pairs(padding) -> tuple[tuple[int, int], tuple[int, int]]:
