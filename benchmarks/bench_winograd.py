@@ -2,7 +2,7 @@
 
     python benchmarks/bench_winograd.py                          # conv (c), 1 thread and default threads
     python benchmarks/bench_winograd.py --threads 1 --rounds 9 --configs c resnet32_14 --json out.json
-    python benchmarks/bench_winograd.py --quick                  # a smoke run: small shapes, 2 rounds
+    python benchmarks/bench_winograd.py --quick                  # a smoke run: one small shape, 1 thread, 2 rounds
 
 For every configuration, thread setting and pass (forward; forward + backward = forward, dx and dweight) it prints
 the median wall time over ``--rounds`` interleaved rounds (every contender once per round, each settled for
@@ -169,7 +169,8 @@ def child(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["c"])
-    parser.add_argument("--threads", choices=["1", "default", "both"], default="both")
+    parser.add_argument("--threads", choices=["1", "default", "both"], default=None,
+                        help="thread settings to measure (default: both; 1 with --quick)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workspace-mib", type=int, default=4, help="Winograd's workspace_limit in MiB")
     parser.add_argument("--quick", action="store_true", help="smoke run: one small shape, 2 rounds")
@@ -181,6 +182,8 @@ def main(argv=None):
         return child(args)
     if args.quick:
         args.rounds = min(args.rounds, 2)
+    if args.threads is None:
+        args.threads = "1" if args.quick else "both"
     path = Path(args.json).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)  # checked before measuring, not after
     rows, machines = [], {}

@@ -2,6 +2,7 @@
 
     python benchmarks/winograd_error.py                       # every configuration, table + results/winograd_error.json
     python benchmarks/winograd_error.py --only c resnet64_7 --json out.json
+    python benchmarks/winograd_error.py --quick --json /tmp/e.json  # a smoke run on one small shape
 
 For each configuration (x ~ N(0, 1), weights ~ N(0, 1 / fan_in), dout ~ N(0, 1)) and each of forward, dx and
 dweight, the float64 reference is PyTorch's float64 convolution (xpcnn's im2col in float64 without torch). Each
@@ -44,6 +45,7 @@ CONFIGS = {
     "resnet64_7": ((16, 64, 7, 7), 64, 1),
     "wide256_14": ((8, 256, 14, 14), 256, 1),  # many channels: the longest sums
 }
+QUICK = {"quick": ((2, 8, 9, 9), 8, 1)}
 
 
 def _errors(got, ref):
@@ -78,7 +80,7 @@ def _torch_float32(x, w, dout, padding):
 
 
 def measure(name, seed=0):
-    shape, out_channels, padding = CONFIGS[name]
+    shape, out_channels, padding = {**CONFIGS, **QUICK}[name]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
     w = rng.standard_normal((out_channels, shape[1], 3, 3)) / np.sqrt(9 * shape[1])
@@ -110,12 +112,13 @@ def measure(name, seed=0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="smoke run: one small shape")
     parser.add_argument("--json", default="benchmarks/results/winograd_error.json",
                         help="output path, relative to the working directory")
     args = parser.parse_args(argv)
     path = Path(args.json).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [row for name in args.only for row in measure(name)]
+    rows = [row for name in (list(QUICK) if args.quick else args.only) for row in measure(name)]
     for row in rows:
         row["rel_max"], row["tol_use"] = float(f"{row['rel_max']:.3g}"), float(f"{row['tol_use']:.3g}")
     common.print_table(rows, ["config", "x", "out_channels", "contender", "result", "rel_max", "tol_use"])
