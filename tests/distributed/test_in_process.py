@@ -257,3 +257,26 @@ def test_an_error_inside_a_replica_is_raised_on_the_driver():
     with pytest.raises(ValueError, match="more than one value per channel in the global batch"):
         xd.fit(xd.InProcess(2), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x[:3], y[:3]),
                batch_size=2, progress=False)
+
+
+# -- backends ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.eager_only
+def test_every_eager_backend_trains_as_fit(xp):
+    """On the model's own namespace and device (array-api-strict's device1 raises on any leak to the default
+    device or through NumPy): 3 replicas within 1e-12 of fit, the shuffle and the masks made there too."""
+    if not xp.float64:
+        pytest.skip("float64 comparison")
+    from xpcnn._host import to_numpy
+
+    x, y = data()
+    X, Y = xp.asarray(x), xp.asarray(y)
+    ref, model = bn_dropout_model().to(xp.namespace, xp.device), bn_dropout_model().to(xp.namespace, xp.device)
+    xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("adam", ref), X, Y, epochs=2, batch_size=BATCH,
+              progress=False)
+    xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), make_optimizer("adam", model), (X, Y), epochs=2,
+           batch_size=BATCH, progress=False)
+    host = lambda m: {k: to_numpy(v) for k, v in m.state_dict().items()}  # noqa: E731
+    assert max_difference(host(model), host(ref)) < 1e-12
+    assert model.parameters()[0].data.device == X.device
