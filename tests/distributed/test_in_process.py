@@ -168,6 +168,28 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
                batch_size=30, checkpoint=str(tmp_path), progress=False)
 
 
+def test_resuming_follows_the_checkpoints_number_of_replicas(tmp_path):
+    x, y = data()
+    whole = bn_dropout_model()
+    xd.fit(xd.InProcess(3), whole, nn.CrossEntropyLoss(), make_optimizer("sgd", whole), (x, y), epochs=2,
+           batch_size=BATCH, progress=False)
+    model = bn_dropout_model()
+    with pytest.raises(Crash):
+        xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y), epochs=2,
+               batch_size=BATCH, checkpoint=str(tmp_path), checkpoint_every=2, progress=False,
+               on_step=lambda step: (_ for _ in ()).throw(Crash) if step == 3 else None)
+    xd.fit(xd.InProcess(1), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y), epochs=2,
+           batch_size=BATCH, checkpoint=str(tmp_path), progress=False)  # InProcess(1): 3 replicas all the same
+    assert bitwise_equal(model.state_dict(), whole.state_dict())
+    with pytest.raises(Crash):
+        xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y), epochs=2,
+               batch_size=BATCH, checkpoint=str(tmp_path), checkpoint_every=2, progress=False,
+               on_step=lambda step: (_ for _ in ()).throw(Crash) if step == 3 else None)
+    with pytest.warns(RuntimeWarning, match="with 2 gives the same steps up to the order"):
+        xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y), epochs=2,
+               batch_size=BATCH, checkpoint=str(tmp_path), replicas=2, progress=False)
+
+
 def test_damaged_checkpoint_is_refused(tmp_path):
     x, y = data()
     model = bn_dropout_model()

@@ -57,7 +57,7 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
     validation_data : same forms as ``data``, or None
         Evaluated after every epoch, each replica on its slice.
     checkpoint : str or None
-        A directory: every ``checkpoint_every`` steps and at the end of every epoch the state (model, optimizer,
+        A directory: every ``checkpoint_every`` steps and at the end of training the state (model, optimizer,
         position in the data, history) is written there atomically (npz + JSON manifest, no pickle). If it holds
         an unfinished checkpoint of the same run (same data size, batch size, seed, replicas), training resumes
         from it; a finished one is started over.
@@ -116,10 +116,11 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
     _probe(model, loss_fn, spec, xp, device)
 
     backend = backend_for(client, timeout)
+    requested = replicas is not None
     count = backend.default_replicas() if replicas is None else as_int(replicas, "replicas", minimum=1)
     config = {"data": spec, "validation": val_spec, "seed": seed, "shuffle": shuffle, "batch_size": batch_size,
               "validation_size": val_size}
-    run = _Run(backend, pickle.dumps((model, optimizer)), loss_fn, config, count, n, epochs,
+    run = _Run(backend, pickle.dumps((model, optimizer)), loss_fn, config, count, requested, n, epochs,
                isinstance(loss_fn, CrossEntropyLoss), checkpoint, checkpoint_every, max_restarts, progress, on_step)
     final = run.train()
     model.load_state_dict({k: v for k, v in final["model"].items()})
@@ -152,9 +153,10 @@ def _probe(model, loss_fn, spec, xp, device) -> None:
 class _Run:
     """The driver's state of one training run: where it is, the history, the last snapshot."""
 
-    def __init__(self, backend, blob, loss_fn, config, count, n, epochs, classify, checkpoint, checkpoint_every,
-                 max_restarts, progress, on_step):
+    def __init__(self, backend, blob, loss_fn, config, count, count_requested, n, epochs, classify, checkpoint,
+                 checkpoint_every, max_restarts, progress, on_step):
         self.backend, self.blob, self.loss_fn, self.config = backend, blob, loss_fn, config
+        self.count_requested = count_requested  # False: the number of replicas follows a checkpoint's
         self.count, self.n, self.epochs, self.classify = count, n, epochs, classify
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.max_restarts, self.progress, self.on_step = max_restarts, progress, on_step
@@ -195,13 +197,21 @@ class _Run:
             return None
         meta = saved["meta"]
         ours = self._meta(self._fresh_position())
-        different = [k for k in ("n", "replicas", "batch_size", "seed", "shuffle") if meta[k] != ours[k]]
+        different = [k for k in ("n", "batch_size", "seed", "shuffle") if meta[k] != ours[k]]
         if different:
             raise ValueError(
                 f"checkpoint {self.checkpoint!r} holds an unfinished run with other settings "
                 f"({', '.join(f'{k}={meta[k]!r}, now {ours[k]!r}' for k in different)}); "
                 "resume it with the same settings or give another directory"
             )
+        if meta["replicas"] != self.count:
+            if self.count_requested:
+                warnings.warn(
+                    f"checkpoint {self.checkpoint!r} was written by a run with {meta['replicas']} replicas; resuming "
+                    f"with {self.count} gives the same steps up to the order of the gradient sums, not the same bits",
+                    RuntimeWarning, stacklevel=4)
+            else:
+                self.count = meta["replicas"]
         position = {k: meta[k] for k in ("epoch", "batch", "step", "history")}
         arrays = saved["driver_arrays"]
         position["loss_sum"] = arrays.get("loss_sum")
