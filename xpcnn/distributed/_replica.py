@@ -43,6 +43,7 @@ class Replica:
         self.reduction = loss_fn.reduction
         self.classify = isinstance(loss_fn, CrossEntropyLoss)
         self.loss_fn = CrossEntropyLoss("sum", check_targets=False) if self.classify else type(loss_fn)("sum")
+        _copy_arrays(model, optimizer)
         params = model.parameters()
         self.xp, self.device = namespace_and_device(model=params[0].data)
         self.conversation = Conversation()
@@ -174,6 +175,17 @@ class Replica:
         state = {int(i): {k: (from_numpy(to_numpy(v), xp, device) if array_api_compat.is_array_api_obj(v) else v)
                           for k, v in s.items()} for i, s in opt["state"].items()}
         self.optimizer.load_state_dict({"state": state, "param_groups": [dict(g) for g in opt["param_groups"]]})
+
+
+def _copy_arrays(model, optimizer) -> None:
+    """Replace every array of the unpickled model and optimizer by a fresh copy (see :func:`fresh`)."""
+    for name, value in model.state_dict().items():
+        if value is not None:
+            model._assign(name, fresh(value))
+    for state in optimizer.state:
+        for key, value in state.items():
+            if array_api_compat.is_array_api_obj(value):
+                state[key] = fresh(value)
 
 
 def _fresh_tree(answer):
