@@ -102,6 +102,27 @@ def test_equals_single_process_fit_with_batch_norm_and_dropout(replicas, kind):
         assert bitwise_equal(model.state_dict(), ref.state_dict())
 
 
+def test_batch_norm_options_equal_fit():
+    """momentum=None (the cumulative average), no affine parameters, no running statistics."""
+    x, y = data()
+
+    def model():
+        nn.manual_seed(0)
+        f = np.float64
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False, dtype=f), nn.BatchNorm2d(4, momentum=None, dtype=f),
+            nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(256, affine=False, dtype=f), nn.Linear(256, 10, dtype=f),
+            nn.BatchNorm1d(10, track_running_stats=False, dtype=f),
+        )
+
+    ref, ours = model(), model()
+    xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("sgd", ref), x, y, epochs=2, batch_size=BATCH,
+              progress=False)
+    xd.fit(xd.InProcess(3), ours, nn.CrossEntropyLoss(), make_optimizer("sgd", ours), (x, y), epochs=2,
+           batch_size=BATCH, progress=False)
+    assert max_difference(ours.state_dict(), ref.state_dict()) < 1e-12
+
+
 def test_mse_mean_divides_by_every_term():
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((50, 6)), rng.standard_normal((50, 3))

@@ -130,10 +130,11 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
 
 
 def _probe(model, loss_fn, spec, xp, device) -> None:
-    """Run the first sample through the model in eval mode (a clear error now, not on a worker), and check every
-    cross-entropy target against the model's class count once."""
+    """Run the first two samples through the model in eval mode (a clear error now, not on a worker; two, for a
+    batch norm without running statistics), and check every cross-entropy target against the model's class count
+    once."""
     x, y = spec.open()
-    x1, y1 = (from_numpy(np.asarray(a[0:1]), xp, device) for a in (x, y))
+    x1, y1 = (from_numpy(np.asarray(a[0:2]), xp, device) for a in (x, y))
     was_training = model.training
     model.eval()
     try:
