@@ -55,7 +55,10 @@ class DaskActors:
         self._actors, self._futures = [], []
 
     def workers(self) -> list:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        """The workers' addresses, asked of the scheduler now (``client.scheduler_info()`` returns a cache that the
+        client's periodic refresh may have just replaced by one without the workers)."""
+        identity = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+        return sorted(identity["workers"])
 
     def default_replicas(self) -> int:
         workers = self.workers()
