@@ -67,3 +67,4 @@ def test_a_worker_killed_mid_epoch_changes_no_bit(client, in_process, tmp_path):
     assert steps[:5] == [1, 2, 3, 4, 4] or steps[:6] == [1, 2, 3, 4, 5, 4]  # step 4 (or 5) again after the restart
     assert bitwise_equal(state, in_process[0])
     assert history == in_process[1]
+

@@ -294,6 +294,21 @@ def test_bad_arguments_raise_before_training(change, error, match):
     assert bitwise_equal(model.state_dict(), before)
 
 
+def test_a_replica_that_cannot_be_built_raises_its_error(monkeypatch):
+    """Not taken for a lost worker (no restarts): the replica's own error, raised on the driver."""
+    from xpcnn.distributed import _replica
+
+    def unreadable(*args):
+        raise OSError("the data cannot be read here")
+
+    monkeypatch.setattr(_replica, "Samples", unreadable)
+    x, y = data()
+    model = dropout_model()
+    with pytest.raises(OSError, match="cannot be read here"):
+        xd.fit(xd.InProcess(2), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y),
+               batch_size=BATCH, progress=False)
+
+
 def test_an_error_inside_a_replica_is_raised_on_the_driver():
     x, y = data(4)
     model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64, dtype=np.float64), nn.Linear(64, 10, dtype=np.float64))

@@ -32,10 +32,7 @@ class InProcess:
         return self.replicas
 
     def build(self, blob: bytes, loss_fn, config, count: int, snapshot) -> None:
-        self._handles = []
-        for rank in range(count):
-            model, optimizer = pickle.loads(blob)
-            self._handles.append(Replica(model, optimizer, loss_fn, config, rank, count, snapshot))
+        self._handles = [_make_replica(blob, config, snapshot, loss_fn, rank, count) for rank in range(count)]
 
     def call(self, method: str, args_per_rank: list) -> list:
         return [getattr(h, method)(*args) for h, args in zip(self._handles, args_per_rank)]
@@ -52,7 +49,7 @@ class DaskActors:
 
     def __init__(self, client, timeout: float):
         self.client, self.timeout = client, timeout
-        self._actors, self._futures = [], []
+        self._actors, self._futures, self._shared = [], [], []
 
     def workers(self) -> list:
         """The workers' addresses, asked of the scheduler now (``client.scheduler_info()`` returns a cache that the
@@ -70,11 +67,14 @@ class DaskActors:
         try:
             self.client.wait_for_workers(1, timeout=self.timeout)
             workers = self.workers()
+            # sent once to every worker, straight from the driver (not through the scheduler, not once per rank)
+            shared = self.client.scatter([blob, config, snapshot], broadcast=True, direct=True, hash=False)
             futures = [
-                self.client.submit(_make_replica, blob, loss_fn, config, rank, count, snapshot, actor=True,
+                self.client.submit(_make_replica, *shared, loss_fn, rank, count, actor=True,
                                    workers=[workers[rank % len(workers)]], allow_other_workers=True, pure=False)
                 for rank in range(count)
             ]
+            self._shared = shared
             self._futures = futures
             self._actors = [f.result(timeout=self.timeout) for f in futures]
         except Exception as error:  # noqa: BLE001 - any failure to place them is a lost replica
@@ -111,14 +111,35 @@ class DaskActors:
                 actor.abort().result(timeout=5)
             except Exception:  # noqa: BLE001,S110 - a dead replica has nothing to abort
                 pass
-        for future in self._futures:
+        for future in self._futures + self._shared:
             future.release()
-        self._futures = []
+        self._futures, self._shared = [], []
 
 
-def _make_replica(blob, loss_fn, config, rank, count, snapshot):
-    model, optimizer = pickle.loads(blob)
-    return Replica(model, optimizer, loss_fn, config, rank, count, snapshot)
+def _make_replica(blob, config, snapshot, loss_fn, rank, count):
+    """A replica, or (when building one fails: unreadable data, say) one that answers every call with that error,
+    so that the driver raises it instead of taking it for a lost worker."""
+    try:
+        model, optimizer = pickle.loads(blob)
+        return Replica(model, optimizer, loss_fn, config, rank, count, snapshot)
+    except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it
+        return _FailedReplica(error)
+
+
+class _FailedReplica:
+    """Stands in for a replica that could not be built: every call answers with the error (methods spelled out:
+    a Dask actor's proxy looks them up on the class)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def _failed(self, *args):
+        return ("error", self.error)
+
+    step = resume = evaluate = state = digest = _failed
+
+    def abort(self):
+        return ("done", None)
 
 
 def backend_for(client, timeout: float):

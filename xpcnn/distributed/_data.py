@@ -2,7 +2,8 @@
 
 A data set is given as one of
 
-* a pair ``(x, y)`` of arrays (any backend; shipped to each replica once, as host NumPy arrays),
+* a pair ``(x, y)`` of arrays (any backend; sent once to every worker, straight from the driver, as host NumPy
+  arrays),
 * the path of an ``.npz`` file with arrays ``x`` and ``y``,
 * the path of a zarr group (a directory or any store URL zarr opens) with arrays ``x`` and ``y`` chunked along
   the samples, or a pair of ``zarr.Array``: each replica reads only the rows of its shards, step by step.
