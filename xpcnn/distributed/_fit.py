@@ -72,7 +72,8 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
     progress : bool
         A tqdm bar per epoch with the running loss (and accuracy).
     on_step : callable or None
-        Called on the driver with the global step number (1, 2, ...) after each step.
+        Called on the driver with the global step number (1, 2, ...) after each step (steps replayed after a
+        restart are reported again; an exception it raises ends training, the model left unchanged).
 
     Returns
     -------
@@ -258,7 +259,7 @@ class _Run:
                 self.restarts += 1
                 if self.restarts > self.max_restarts:
                     raise RuntimeError(f"gave up after {self.max_restarts} restarts: {error}") from error
-                snapshot = self._last_snapshot
+                snapshot = self._last_snapshot  # what the next build starts from
                 where = "the start" if snapshot is None else f"step {snapshot['position']['step']}"
                 warnings.warn(f"{error}; rebuilding the replicas and resuming from {where} "
                               f"(restart {self.restarts} of at most {self.max_restarts})", RuntimeWarning,
