@@ -556,11 +556,11 @@ def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, b
     groups = as_int(num_groups, "num_groups", minimum=1)
     eps = _check_eps(eps)
     n, channels = x.shape[0], x.shape[channel_axis(x.ndim, data_format)]
+    _check_params(x, (channels,), "one value per channel of x", data_format, weight=weight, bias=bias)
     if channels % groups:
         raise ValueError(
             f"num_groups={groups} must divide the channels of x ({data_format}), got x of shape {tuple(x.shape)}"
         )
-    _check_params(x, (channels,), "one value per channel of x", data_format, weight=weight, bias=bias)
     size = channels // groups
     positions = math.prod(x.shape[2:]) if data_format == NCHW else math.prod(x.shape[1:-1])
     if data_format == NCHW:  # (N, G, C/G, L): statistics over (2, 3), parameters along (0, 3)
