@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._dispatch import known_finite
+from .._dispatch import known_finite, multiply_by_mask
 from .._precision import half_in_float32, half_in_float32_backward
 from .._special import erf
 from .._validation import as_float, check_cache, check_floating, check_upstream, namespace_and_device
@@ -144,7 +144,7 @@ def relu_backward(dout, cache: ReluCache):
     out = cache.out
     xp, _ = check_upstream(dout, out.shape, out, out.dtype)
     if known_finite(xp, dout):  # out is >= 0 or NaN, so out != 0 is the same test
-        return dout * xp.astype(out != 0, dout.dtype)
+        return multiply_by_mask(xp, dout, out != 0)
     return xp.where(out <= 0, 0.0, dout)
 
 
