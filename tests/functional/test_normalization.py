@@ -546,7 +546,7 @@ def test_nhwc_batch_norm2d_and_torch_channels_last(torch):
         (lambda: F.batch_norm2d_forward(np.zeros((2, 4, 3)), data_format="NHWC"), r"x must be 4-D \(N, H, W, C\)"),
         (lambda: F.group_norm_forward(np.zeros((2, 5, 5, 4)), 2, np.ones(4)), "looks NHWC"),
         (lambda: F.group_norm_forward(np.zeros((2, 5, 5, 4)), 3, data_format="NHWC"),
-         r"num_groups=3 must divide the channels of x \(NHWC\)"),
+         r"num_groups=3 must divide the channels of x, got x of shape \(2, 5, 5, 4\) \(NHWC: channels last\)"),
     ],
 )
 def test_bad_data_format(call, word):

@@ -33,9 +33,10 @@ running statistics' blend and every gradient.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, TypeAlias
+from typing import NamedTuple
 
 from .._precision import half_in_float32, half_in_float32_backward
+from .._typing import Array
 from .._validation import (
     as_bool,
     as_float,
@@ -63,9 +64,6 @@ __all__ = [
     "group_norm_forward",
     "group_norm_backward",
 ]
-
-Array: TypeAlias = Any
-"""An array of any array API library (NumPy, CuPy, PyTorch, JAX, Dask, array-api-strict)."""
 
 NCHW, NHWC = "NCHW", "NHWC"
 DATA_FORMATS = (NCHW, NHWC)
@@ -248,10 +246,10 @@ class BatchNormCache(NamedTuple):
     running statistics."""
 
     normalized: Normalized
-    batch_mean: Any  # (C,), or None in evaluation and for an empty batch
-    batch_var: Any  # (C,) unbiased, or None likewise
-    running_mean: Any  # (C,) after this batch: updated in training, as given otherwise; None without them
-    running_var: Any  # (C,) likewise
+    batch_mean: Array | None  # (C,), or None in evaluation and for an empty batch
+    batch_var: Array | None  # (C,) unbiased, or None likewise
+    running_mean: Array | None  # (C,) after this batch: updated in training, as given otherwise; None without them
+    running_var: Array | None  # (C,) likewise
 
 
 BatchNorm2dCache = BatchNormCache  # the name it had when only 2-D batch norm existed
@@ -559,7 +557,8 @@ def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, b
     _check_params(x, (channels,), "one value per channel of x", data_format, weight=weight, bias=bias)
     if channels % groups:
         raise ValueError(
-            f"num_groups={groups} must divide the channels of x ({data_format}), got x of shape {tuple(x.shape)}"
+            f"num_groups={groups} must divide the channels of x, got x of shape {tuple(x.shape)}"
+            + (" (NHWC: channels last)" if data_format == NHWC else "")
         )
     size = channels // groups
     positions = math.prod(x.shape[2:]) if data_format == NCHW else math.prod(x.shape[1:-1])
