@@ -82,7 +82,7 @@ default, or channels last ``(N, *, C)``. Never guessed from the shapes. Paramete
 class Normalized(NamedTuple):
     """What the shared backward pass needs from a forward pass (the same for batch, layer and group norm)."""
 
-    centred: Array  # x - mean in the view's shape (x - running_mean for batch norm in evaluation)
+    centred: Array  # x - mean in the view's shape; x itself when ``offset`` is given
     inv_std: Array  # 1 / sqrt(var + eps), the statistics axes kept (length 1): broadcastable to the view
     count: int  # values per set of statistics (M)
     stats_axes: tuple | None  # the view's axes each set of statistics spans; None: constants (evaluation)
@@ -91,6 +91,7 @@ class Normalized(NamedTuple):
     param_axes: tuple  # the view's axes the parameters are broadcast along (summed for dweight, dbias)
     param_shape: tuple  # the parameters' own shape
     x_shape: tuple  # x's own shape (of out, dout and dx)
+    offset: Array | None = None  # the mean still to subtract from ``centred`` (batch norm in evaluation), or None
 
 
 def _sum(xp, a, axes: tuple) -> Array:
@@ -151,30 +152,46 @@ def _input_gradient(xp, g, centred, scale, inv_std, sum_g, sum_gc, count: int) -
 
 
 def _backward(xp, dout, norm: Normalized, input_grad: bool):
-    """``(dx, dweight, dbias)`` of ``out = weight * (x - mean) * inv_std + bias`` (see the module docstring)."""
-    centred, inv_std, count, stats_axes, weight, has_bias, param_axes, param_shape, x_shape = norm
-    g = xp.reshape(dout, centred.shape)
-    per_parameter = stats_axes is None or stats_axes == param_axes  # batch norm: sums per channel serve both
-    sum_dout = _sum(xp, g, param_axes) if has_bias or per_parameter else None
-    if per_parameter:  # dweight = sum(dout * xhat) = inv_std * sum(dout * centred)
-        sum_gc = _sum_of_products(xp, g, centred, param_axes)
-        dweight_full = sum_gc * inv_std
-    else:  # inv_std varies along the parameters' axes
-        dweight_full = None if weight is None else _sum_of_products(xp, g, centred * inv_std, param_axes)
-    dweight = None if weight is None else xp.reshape(dweight_full, param_shape)
-    dbias = xp.reshape(sum_dout, param_shape) if has_bias else None
+    """``(dx, dweight, dbias)`` of ``out = weight * (x - mean) * inv_std + bias`` (see the module docstring), each
+    None where not wanted (dx without ``input_grad``, a parameter the forward pass did not have). Batch norm's
+    statistics and parameters share their axes, so two per-channel sums serve all three gradients; layer and group
+    norm's parameters cross their sets of statistics."""
+    g = xp.reshape(dout, norm.centred.shape)
+    per_channel = norm.stats_axes is None or norm.stats_axes == norm.param_axes
+    dx, dweight, dbias = (_per_channel_gradients if per_channel else _grouped_gradients)(xp, g, norm, input_grad)
+    return (None if dx is None else xp.reshape(dx, norm.x_shape),
+            None if dweight is None else xp.reshape(dweight, norm.param_shape),
+            None if dbias is None or not norm.has_bias else xp.reshape(dbias, norm.param_shape))
+
+
+def _per_channel_gradients(xp, g, norm: Normalized, input_grad: bool):
+    """Batch norm: ``s = sum(dout)``, ``t = sum(dout * (x - mean))`` per channel; ``dbias = s``,
+    ``dweight = t * inv_std``, ``dx = scale * (dout - s / M - (x - mean) * inv_std**2 * t / M)`` with
+    ``scale = weight * inv_std`` (``dx = scale * dout`` for constant statistics)."""
+    inv_std, weight, axes = norm.inv_std, norm.weight, norm.param_axes
+    training = norm.stats_axes is not None
+    centred = norm.centred if norm.offset is None else norm.centred - norm.offset
+    sum_g = _sum(xp, g, axes)
+    sum_gc = _sum_of_products(xp, g, centred, axes) if weight is not None or (training and input_grad) else None
+    dweight = None if weight is None else sum_gc * inv_std
+    if not input_grad:
+        return None, dweight, sum_g
+    scale = inv_std if weight is None else inv_std * weight
+    dx = _input_gradient(xp, g, centred, scale, inv_std, sum_g, sum_gc, norm.count) if training else g * scale
+    return dx, dweight, sum_g
+
+
+def _grouped_gradients(xp, g, norm: Normalized, input_grad: bool):
+    """Layer and group norm: ``dbias = sum(dout)``, ``dweight = sum(dout * xhat)`` along the parameters' axes;
+    ``dx`` from ``dxhat = dout * weight`` and its two sums over each set of statistics."""
+    centred, inv_std, weight = norm.centred, norm.inv_std, norm.weight
+    dbias = _sum(xp, g, norm.param_axes) if norm.has_bias else None
+    dweight = None if weight is None else _sum_of_products(xp, g, centred * inv_std, norm.param_axes)
     if not input_grad:
         return None, dweight, dbias
-    if per_parameter:
-        scale = inv_std if weight is None else inv_std * weight
-        if stats_axes is None:  # constant statistics (batch norm in evaluation)
-            return xp.reshape(g * scale, x_shape), dweight, dbias
-        dx = _input_gradient(xp, g, centred, scale, inv_std, sum_dout, sum_gc, count)
-    else:
-        gw = g if weight is None else g * weight
-        dx = _input_gradient(xp, gw, centred, inv_std, inv_std, _sum(xp, gw, stats_axes),
-                             _sum_of_products(xp, gw, centred, stats_axes), count)
-    return xp.reshape(dx, x_shape), dweight, dbias
+    dxhat = g if weight is None else g * weight
+    sum_g, sum_gc = _sum(xp, dxhat, norm.stats_axes), _sum_of_products(xp, dxhat, centred, norm.stats_axes)
+    return _input_gradient(xp, dxhat, centred, inv_std, inv_std, sum_g, sum_gc, norm.count), dweight, dbias
 
 
 def _check_eps(eps, *, positive: bool = False) -> float:
@@ -295,7 +312,6 @@ def _batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
             )
         mean, centred, var = _moments(xp, v, axes, count)
         inv_std = 1.0 / xp.sqrt(var + eps)
-        stats_axes = axes
         if count > 0:  # an empty batch leaves the running statistics as they were, as PyTorch
             batch_mean = xp.reshape(mean, (channels,))
             batch_var = xp.reshape(var, (channels,)) * (count / (count - 1))
@@ -303,15 +319,18 @@ def _batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
                 factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, x.dtype)
                 new_mean = factor * batch_mean + (1.0 - factor) * running_mean
                 new_var = factor * batch_var + (1.0 - factor) * running_var
-    else:
-        inv_std = _broadcast(xp, 1.0 / xp.sqrt(running_var + eps), channel_shape)
-        centred = v - _broadcast(xp, running_mean, channel_shape)
-        stats_axes = None
     gamma = _broadcast(xp, weight, channel_shape)
-    scale = inv_std if gamma is None else inv_std * gamma  # out = (x - mean) * scale + bias: one multiply-add
-    out = _affine(xp, centred, scale, _broadcast(xp, bias, channel_shape))
-    norm = Normalized(centred, inv_std, count, stats_axes, gamma, bias is not None, axes, (channels,),
-                      tuple(x.shape))
+    beta = _broadcast(xp, bias, channel_shape)
+    if training:  # out = (x - mean) * scale + bias: one multiply-add on the centred values
+        scale = inv_std if gamma is None else inv_std * gamma
+        out = _affine(xp, centred, scale, beta)
+        norm = Normalized(centred, inv_std, count, axes, gamma, bias is not None, axes, (channels,), tuple(x.shape))
+    else:  # out = x * scale + (bias - running_mean * scale), as PyTorch: one multiply-add on x, nothing centred
+        inv_std = _broadcast(xp, 1.0 / xp.sqrt(running_var + eps), channel_shape)
+        mean = _broadcast(xp, running_mean, channel_shape)
+        scale = inv_std if gamma is None else inv_std * gamma
+        out = _affine(xp, v, scale, -mean * scale if beta is None else beta - mean * scale)
+        norm = Normalized(v, inv_std, count, None, gamma, bias is not None, axes, (channels,), tuple(x.shape), mean)
     return xp.reshape(out, x.shape), BatchNormCache(norm, batch_mean, batch_var, new_mean, new_var)
 
 
