@@ -19,8 +19,14 @@ They differ only in which values share statistics and which share parameters:
     layer norm   (*, S)      the trailing axes S = normalized_shape         S
     group norm   (N, C, *)   C / G channels and *, per sample and group     (C,)
 
+Batch and group norm also take channels-last input, ``(N, *, C)``, with ``data_format="NHWC"`` (computed in that
+layout, never guessed). Each pass reads and writes the data as few times as the array API allows: the mean, then
+the centred values' sum of squares (two-pass, stable), then ``out = (x - mean) * scale + shift`` with per-channel
+``scale = weight / sqrt(var + eps)`` (one multiply-add); backward from the two sums ``sum(dout)`` and
+``sum(dout * (x - mean))``, with dx in three passes.
+
 Batch norm in evaluation (``training=False``) uses running statistics instead, constants for the backward pass
-(``dx = dxhat / sqrt(running_var + eps)``). In training it returns the updated running statistics in its cache
+(``dx = dxhat / sqrt(running_var + eps)``), and computes ``x * scale + (bias - running_mean * scale)`` as PyTorch. In training it returns the updated running statistics in its cache
 (the caller's arrays are never written)::
 
     running_mean' = momentum * mean + (1 - momentum) * running_mean
