@@ -231,6 +231,7 @@ def norm_cases(draw):
     param_shape = shape[len(shape) - normalized_ndim:] if kind == "layer" else (channels,)
     return dict(kind=kind, x_shape=shape, num_groups=groups, normalized_ndim=normalized_ndim, param_shape=param_shape,
                 weight=draw(st.booleans()), bias=draw(st.booleans()), eps=draw(st.sampled_from([1e-5, 1e-2, 1.0])),
+                data_format="NCHW" if kind == "layer" else draw(st.sampled_from(["NCHW", "NHWC"])),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -257,30 +258,33 @@ def _adaptive_size(output_size, x_shape):
 @PROPERTY
 @given(case=norm_cases())
 def test_normalization_equals_naive_loops(make_backend, case):
-    """Batch (training), layer and group norm: values and gradients equal the row-by-row explicit Jacobians."""
+    """Batch (training), layer and group norm: values and gradients equal the row-by-row explicit Jacobians; batch
+    and group norm in both layouts (NHWC: x, out, dout, dx moved to channels last)."""
     xp = make_backend()
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(case["x_shape"]) * rng.uniform(0.1, 10) + rng.uniform(-5, 5)
     w = rng.standard_normal(case["param_shape"]) if case["weight"] else None
     b = rng.standard_normal(case["param_shape"]) if case["bias"] else None
     dout = rng.standard_normal(case["x_shape"])
-    args = [None if a is None else xp.asarray(a) for a in (x, w, b)]
+    layout = case["data_format"]
+    move = (lambda a: np.moveaxis(a, 1, -1)) if layout == "NHWC" else (lambda a: a)  # noqa: E731
+    args = [None if a is None else xp.asarray(a) for a in (move(x), w, b)]
     kind, eps = case["kind"], case["eps"]
     if kind == "batch":
-        out, cache = F.batch_norm_forward(*args, eps=eps)
-        grads = F.batch_norm_backward(xp.asarray(dout), cache)
+        out, cache = F.batch_norm_forward(*args, eps=eps, data_format=layout)
+        grads = F.batch_norm_backward(xp.asarray(move(dout)), cache)
     elif kind == "layer":
         out, cache = F.layer_norm_forward(args[0], case["param_shape"], *args[1:], eps=eps)
         grads = F.layer_norm_backward(xp.asarray(dout), cache)
     else:
-        out, cache = F.group_norm_forward(args[0], case["num_groups"], *args[1:], eps=eps)
-        grads = F.group_norm_backward(xp.asarray(dout), cache)
+        out, cache = F.group_norm_forward(args[0], case["num_groups"], *args[1:], eps=eps, data_format=layout)
+        grads = F.group_norm_backward(xp.asarray(move(dout)), cache)
     ref = reference.normalization(kind, x, w, b, eps, dout, num_groups=case["num_groups"],
                                   normalized_ndim=case["normalized_ndim"])
-    for got, want in zip((out, *grads), ref, strict=True):
+    for i, (got, want) in enumerate(zip((out, *grads), ref, strict=True)):
         assert (got is None) == (want is None)
         if got is not None:
-            np.testing.assert_allclose(xp.to_numpy(got), want, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(xp.to_numpy(got), move(want) if i < 2 else want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("make_backend", BACKENDS)

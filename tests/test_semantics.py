@@ -388,6 +388,24 @@ def norm_constant():
         assert np.isfinite(dx).all() and np.abs(dx).max() > 0
 
 
+def norm_channels_last():
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((2, 4, 3, 5)), rng.standard_normal((2, 4, 3, 5))
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    last = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    for forward, backward, args in ((F.batch_norm_forward, F.batch_norm_backward, ()),
+                                    (F.group_norm_forward, F.group_norm_backward, (2,))):
+        out, cache = forward(x, *args, w, b)
+        out_last, cache_last = forward(last(x), *args, w, b, data_format="NHWC")
+        np.testing.assert_allclose(out_last, last(out), rtol=1e-12, atol=1e-12)
+        (dx, dw, db), (dx_last, dw_last, db_last) = backward(dout, cache), backward(last(dout), cache_last)
+        np.testing.assert_allclose(dx_last, last(dx), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dw_last, dw, rtol=1e-12)
+        np.testing.assert_allclose(db_last, db, rtol=1e-12)
+    with pytest.raises(ValueError, match="data_format='NHWC'"):
+        F.batch_norm_forward(last(x), w, b)
+
+
 def batchnorm_empty():
     from xpcnn import nn
 

@@ -16,7 +16,7 @@ from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.conv import data_format_checked as _conv_data_format
 from ..functional.dropout import check_probability
 from ..functional.interpolate import interpolate_options
-from ..functional.normalization import as_normalized_shape
+from ..functional.normalization import NCHW, as_normalized_shape, channel_axis, check_data_format, layout_name
 from ..functional.pooling import adaptive_output_size, avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
@@ -424,16 +424,25 @@ class _Normalization(Module):
     def _affine_data(self):
         return tuple(None if p is None else p.data for p in (self.weight, self.bias))
 
+    data_format = NCHW  # where x's channels are (batch and group norm): "NCHW" (axis 1) or "NHWC" (the last axis)
+
     def _check_channels(self, x, channels: int, layouts: tuple[str, ...], ndims: tuple[int, ...] | None = None):
-        """A clear error for x whose channel axis (axis 1) is not ``channels`` long or whose rank is not one of
-        ``ndims`` (any rank >= 2 when None)."""
+        """A clear error for x whose channel axis (axis 1, the last for ``data_format="NHWC"``) is not ``channels``
+        long or whose rank is not one of ``ndims`` (any rank >= 2 when None); ``layouts`` name the NCHW shapes."""
         namespace_and_device(x=x)  # a TypeError for a non-array
         rank_ok = x.ndim >= 2 if ndims is None else x.ndim in ndims
-        if not rank_ok or x.shape[1] != channels:
-            raise ValueError(
-                f"{type(self).__name__} takes x of shape {' or '.join(layouts)} with C = {channels}, "
-                f"got shape {tuple(x.shape)}"
-            )
+        if rank_ok and x.shape[channel_axis(x.ndim, self.data_format)] == channels:
+            return
+        if self.data_format != NCHW:
+            layouts = tuple(layout_name(self.data_format, n) for n in ndims) if ndims else (layout_name("NHWC"),)
+        hint = ""
+        other = "NHWC" if self.data_format == NCHW else NCHW
+        if rank_ok and x.ndim > 2 and x.shape[channel_axis(x.ndim, other)] == channels:
+            hint = f"; x looks {other}: construct the layer with data_format={other!r}"
+        raise ValueError(
+            f"{type(self).__name__} takes x of shape {' or '.join(layouts)} with C = {channels}, "
+            f"got shape {tuple(x.shape)}{hint}"
+        )
 
     def backward(self, dout, *, input_grad=True):
         dx, dweight, dbias = type(self).backward_fn(dout, self._take_cache(), input_grad=input_grad)
@@ -442,6 +451,10 @@ class _Normalization(Module):
         if self.bias is not None:
             self.bias.accumulate(dbias)
         return dx
+
+
+def _data_format_repr(data_format: str) -> str:
+    return "" if data_format == NCHW else f", data_format={data_format!r}"
 
 
 class _BatchNorm(_Normalization):
@@ -453,6 +466,10 @@ class _BatchNorm(_Normalization):
     average) and counts the batch in ``num_batches_tracked``; an empty batch is counted but leaves the statistics as
     they were, as PyTorch. Evaluation normalises with the running statistics (with the batch's when they are not
     tracked). State dicts without ``num_batches_tracked`` (saved before it existed) still load.
+
+    ``data_format="NHWC"`` (keyword only, not in PyTorch) takes channels-last input, ``(N, H, W, C)`` (``(N, L,
+    C)`` for BatchNorm1d), computed in that layout; the default ``"NCHW"`` is PyTorch's. Parameters and buffers
+    are (C,) in both, so state dicts are interchangeable between the layouts.
     """
 
     backward_fn = F.batch_norm_backward
@@ -461,9 +478,11 @@ class _BatchNorm(_Normalization):
     optional_buffer_names = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, bias: bool = True, xp=None, device=None, dtype=None):
+                 track_running_stats: bool = True, *, bias: bool = True, data_format: str = NCHW, xp=None,
+                 device=None, dtype=None):
         super().__init__()
         self.num_features = _positive(num_features, "num_features")
+        self.data_format = check_data_format(data_format)
         self.eps = as_float(eps, "eps", minimum=0.0)
         self.momentum = None if momentum is None else as_float(momentum, "momentum")
         self.affine = as_bool(affine, "affine")
@@ -485,7 +504,7 @@ class _BatchNorm(_Normalization):
         out, self._cache = F.batch_norm_forward(
             x, *self._affine_data(), running_mean=self.running_mean, running_var=self.running_var,
             training=self.training or not self.track_running_stats, momentum=self.momentum, eps=self.eps,
-            num_batches_tracked=count,
+            num_batches_tracked=count, data_format=self.data_format,
         )
         if update:
             self.running_mean, self.running_var = self._cache.running_mean, self._cache.running_var
@@ -495,7 +514,8 @@ class _BatchNorm(_Normalization):
     def __repr__(self):
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, track_running_stats={self.track_running_stats})"
+            f"affine={self.affine}, bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+            f"{_data_format_repr(self.data_format)})"
         )
 
 
@@ -535,13 +555,15 @@ class LayerNorm(_Normalization):
 
 class GroupNorm(_Normalization):
     """Group normalisation, as ``torch.nn.GroupNorm``: the channels in ``num_groups`` groups, each normalised per
-    sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only)."""
+    sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only). ``data_format="NHWC"``
+    (keyword only) takes channels-last input ``(N, *, C)``, computed in that layout."""
 
     backward_fn = F.group_norm_backward
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
-                 bias: bool = True, xp=None, device=None, dtype=None):
+                 bias: bool = True, data_format: str = NCHW, xp=None, device=None, dtype=None):
         super().__init__()
+        self.data_format = check_data_format(data_format)
         self.num_groups = _positive(num_groups, "num_groups")
         self.num_channels = _positive(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
@@ -553,11 +575,12 @@ class GroupNorm(_Normalization):
 
     def forward(self, x):
         self._check_channels(x, self.num_channels, ("(N, C, *)",))
-        out, self._cache = F.group_norm_forward(x, self.num_groups, *self._affine_data(), eps=self.eps)
+        out, self._cache = F.group_norm_forward(x, self.num_groups, *self._affine_data(), eps=self.eps,
+                                                data_format=self.data_format)
         return out
 
     def __repr__(self):
         return (
             f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"bias={self.bias is not None})"
+            f"bias={self.bias is not None}{_data_format_repr(self.data_format)})"
         )
