@@ -338,3 +338,13 @@ def test_every_eager_backend_trains_as_fit(xp):
     host = lambda m: {k: to_numpy(v) for k, v in m.state_dict().items()}  # noqa: E731
     assert max_difference(host(model), host(ref)) < 1e-12
     assert model.parameters()[0].data.device == X.device
+
+
+def test_channels_last_batch_norm_is_refused():
+    x, y = data()
+    x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, data_format="NHWC"),
+                          nn.BatchNorm2d(4, data_format="NHWC"), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    with pytest.raises(ValueError, match="data_format='NHWC'.*synchronises channels-first batch norm only"):
+        xd.fit(xd.InProcess(2), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y),
+               batch_size=BATCH, progress=False)

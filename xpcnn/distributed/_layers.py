@@ -143,6 +143,12 @@ def check_supported(model: Module) -> None:
                 f"model module {name!r} is a {type(module).__name__}, a batch norm subclass that data-parallel "
                 "training cannot synchronise; use nn.BatchNorm1d/BatchNorm2d"
             )
+        if isinstance(module, _BatchNorm) and getattr(module, "data_format", "NCHW") != "NCHW":
+            raise ValueError(
+                f"model module {name!r} is a {type(module).__name__} with data_format="
+                f"{module.data_format!r}: data-parallel training synchronises channels-first batch norm only; "
+                "build it with data_format='NCHW'"
+            )
 
 
 def prepare(model: Module, context: ShardContext) -> bool:
