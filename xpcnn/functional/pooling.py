@@ -507,7 +507,7 @@ def _pool_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """``value`` as a (height, width) pair: an int, or a tuple/list of one int (both axes) or two."""
     if isinstance(value, (tuple, list)):
         if len(value) not in (1, 2):
-            raise ValueError(f"{name} must be an int or a tuple of one or two ints, got {value!r}")
+            raise ValueError(f"{name} must be an int or a pair of ints (or a tuple of one int), got {value!r}")
         pair = tuple(as_int(v, name) for v in value) * (3 - len(value))
     else:
         pair = (as_int(value, name),) * 2
@@ -772,7 +772,9 @@ def _batch_and_channels(shape, channels_last: bool) -> tuple[int, int]:
 def _check_adaptive_input(x, data_format: str) -> tuple[Any, Any, bool]:
     xp, device, last = _check_input(x, data_format)
     if min(_spatial_size(x, last)) < 1:
-        raise ValueError(f"x must have a non-empty height and width ({data_format}), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x must have a non-empty height and width, got shape {tuple(x.shape)} (data_format={data_format!r})"
+        )
     return xp, device, last
 
 
