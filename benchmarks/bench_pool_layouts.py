@@ -128,6 +128,9 @@ def main(argv=None):
                         help="add the NHWC contender that transposes to NCHW and back")
     parser.add_argument("--only", nargs="+", default=None,
                         help="configurations to run, e.g. max2s2 max3s1 max3s2 avg2s2 avg3s1 avg3s2 (default: all)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="PyTorch's intra-op threads (default: its own choice; xpcnn's element-wise NumPy work "
+                             "runs on one thread)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes and one round (smoke test)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows and the machine facts here")
     args = parser.parse_args(argv)
@@ -137,6 +140,10 @@ def main(argv=None):
     if args.json is not None:  # fail before measuring, not after
         args.json = Path(os.path.abspath(args.json))
         args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     state_before = common.machine_state()
     rows = bench(args)
     info = common.machine_info()

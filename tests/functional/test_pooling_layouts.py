@@ -251,3 +251,25 @@ def test_flatten_follows_the_layout():
     out = layer(x_last)
     np.testing.assert_array_equal(out, x_last.reshape(2, -1))  # (H, W, C): no transpose
     np.testing.assert_array_equal(layer.backward(out), x_last)
+
+
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind", ["normal", "nan"])
+@pytest.mark.parametrize("config", SPEED_CONFIGS + MAX_CONFIGS[:4], ids=config_id)
+def test_max_pool_same_under_both_profiles(config, kind, data_format):
+    """The accelerator's choices (separable passes for 3x3 at stride 2 too, no window copies) and the host's give
+    the same bits; NaN-free input takes the comparison without the NaN test on NumPy."""
+    from xpcnn.config import device_profile
+
+    rng = np.random.default_rng(11)
+    options = {k: v for k, v in config.items() if k != "x_shape"}
+    x = max_pool_input(kind, config["x_shape"], rng)
+    x = np.ascontiguousarray(x.transpose(TO_NHWC)) if data_format == "NHWC" else x
+    results = []
+    for profile in ("host", "accelerator"):
+        with device_profile(profile):
+            out, cache = F.max_pool2d_forward(x, **options, data_format=data_format)
+            dx = F.max_pool2d_backward(np.ones_like(out), cache)
+        results.append((out, cache.indices, dx))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

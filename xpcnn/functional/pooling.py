@@ -67,6 +67,7 @@ from .._windows import (
     window_geometry,
     windows,
 )
+from .._tuning import profile_for
 from ..config import resolve_workspace_limit
 
 __all__ = [
@@ -203,13 +204,16 @@ def max_pool2d_forward(
     xp, device, last = _check_input(x, data_format)
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
     first = _first_winners(xp, geometry, last, device)
+    profile = profile_for(x)
+    scan = dict(channels_last=last, nan_free=known_finite(xp, x), copy_windows=profile.copy_strided_windows)
+    separable = _separable_is_cheaper(geometry, profile.separable_max_pool_ratio)
     pieces = []
     for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
         x_padded = pad(xp, x[part, ...], geometry, -math.inf, channels_last=last)
-        if _separable_is_cheaper(geometry):
-            pieces.append(_separable_maximum(xp, x_padded, geometry, first, last, device))
+        if separable:
+            pieces.append(_separable_maximum(xp, x_padded, geometry, first, device, **scan))
         else:
-            pieces.append(_running_maximum(xp, x_padded, geometry, first, channels_last=last))
+            pieces.append(_running_maximum(xp, x_padded, geometry, first, **scan))
     out, winners, *column_winners = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
     column_winners = column_winners[0] if column_winners else None
     return out, MaxPool2dCache(winners, column_winners, geometry, x.dtype, workspace_limit, last)
@@ -230,25 +234,28 @@ def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, ax
     return codes[..., None] if channels_last else codes
 
 
-def _separable_maximum(xp, x_padded, geometry: WindowGeometry, first, channels_last: bool, device):
+def _separable_maximum(xp, x_padded, geometry: WindowGeometry, first, device, **scan):
     """The windows' maxima and Winner codes in two passes (:func:`by_axis`): along each padded row first (the column
     winners), then across the rows. A window's first maximum in row-major order is the first row maximum that
     beats the earlier rows' (NaN: the last NaN of the last row holding one), as the scan over all ``kh * kw``
-    elements finds it. Returns ``(out, winners, column_winners)``."""
+    elements finds it. ``scan``: :func:`_running_maximum`'s options. Returns ``(out, winners, column_winners)``."""
     along_rows, across_rows = by_axis(geometry)
-    kw = geometry.kernel[1]
-    first_columns = _first_winners(xp, geometry, channels_last, device, axes=(1,))
-    row_maxima, column_winners = _running_maximum(xp, x_padded, along_rows, first_columns, channels_last=channels_last)
+    kw, last = geometry.kernel[1], scan["channels_last"]
+    first_columns = _first_winners(xp, geometry, last, device, axes=(1,))
+    row_maxima, column_winners = _running_maximum(xp, x_padded, along_rows, first_columns, **scan)
     every_column = slice(None)
     candidates = (  # row i's winning column j (code FIRST + j) as the code of the offset i * kw + j
-        column_winners[spatial(across_rows.slices(i, 0)[0], every_column, channels_last=channels_last)] + i * kw
+        column_winners[spatial(across_rows.slices(i, 0)[0], every_column, channels_last=last)] + i * kw
         for i, _ in across_rows.offsets()
     )
-    out, winners = _running_maximum(xp, row_maxima, across_rows, first, candidates, channels_last=channels_last)
+    out, winners = _running_maximum(xp, row_maxima, across_rows, first, candidates, **scan)
     return out, winners, column_winners
 
 
-def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None, *, channels_last: bool = False):
+def _running_maximum(
+    xp, x, geometry: WindowGeometry, first, candidates=None, *, channels_last: bool = False, nan_free: bool = False,
+    copy_windows: bool = True,
+):
     """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the :class:`Winner` code of each:
     ``FIRST + k`` for the k-th slice (or ``candidates``' k-th array), ``first`` where nothing beats ``-inf``.
     PyTorch's rule: in order, take an element strictly greater than the maximum so far, or a NaN.
@@ -256,20 +263,24 @@ def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None, *,
     Written without ``where`` (a slow, branchy select on NumPy): ``maximum`` propagates NaN as the rule does, and
     the codes grow with k, so taking the k-th is ``maximum(chosen, take * candidate_k)``. The first slice is
     taken unless it lies in the padding (then its candidate is below ``first``) or the window has no element
-    in bounds (``first`` is NONE).
+    in bounds (``first`` is NONE). ``nan_free``: x is known to hold no NaN (checked by the caller), so the rule
+    needs no NaN test. ``copy_windows``: copy a slice that is strided along the width once, so that the
+    comparisons run on contiguous memory (:attr:`xpcnn._tuning.Profile.copy_strided_windows`).
     """
     out, chosen = None, None
     if candidates is None:
         candidates = (Winner.FIRST + k for k in range(len(geometry.offsets())))
+    copy = copy_windows and geometry.stride[1] > 1
     for (_, _, window), candidate in zip(windows(x, geometry, channels_last=channels_last), candidates, strict=True):
-        window = xp.asarray(window, copy=True)  # one strided read; the comparisons then run on contiguous memory
+        if copy:
+            window = xp.asarray(window, copy=True)
         if out is None:
-            out = window
+            out = window if copy else xp.asarray(window, copy=True)  # never hand back a view of x
             chosen = xp.maximum(first, candidate) * xp.astype(first != Winner.NONE, xp.int16)
             continue
-        take = xp.astype((window > out) | xp.isnan(window), xp.int16)
+        beats = window > out if nan_free else (window > out) | xp.isnan(window)
         out = xp.maximum(out, window)
-        chosen = xp.maximum(chosen, take * candidate)
+        chosen = xp.maximum(chosen, xp.astype(beats, xp.int16) * candidate)
     return out, xp.broadcast_to(chosen, out.shape)
 
 
@@ -307,11 +318,12 @@ def _lead_and_trail(shape, channels_last: bool) -> tuple[tuple, tuple]:
     return ((shape[0],), (shape[3],)) if channels_last else ((shape[0], shape[1]), ())
 
 
-def _separable_is_cheaper(geometry: WindowGeometry) -> bool:
-    """Whether the two passes of :func:`by_axis` walk fewer elements than the ``kh * kw`` slices (3x3 windows
-    with stride 1: 6336 against 9216 per 32x32 plane; 2x2 windows with stride 2: 1536 against 1024)."""
+def _separable_is_cheaper(geometry: WindowGeometry, ratio: float = 1.0) -> bool:
+    """Whether the two passes of :func:`by_axis` walk fewer than ``ratio`` times the elements of the ``kh * kw``
+    slices (3x3 windows with stride 1: 6336 against 9216 per 32x32 plane; 2x2 windows with stride 2: 1536 against
+    1024); :attr:`xpcnn._tuning.Profile.separable_max_pool_ratio`."""
     (kh, kw), (padded_h, _), (out_h, out_w) = geometry.kernel, geometry.padded_size, geometry.out_size
-    return kw * padded_h * out_w + kh * out_h * out_w < kh * kw * out_h * out_w
+    return kw * padded_h * out_w + kh * out_h * out_w < ratio * kh * kw * out_h * out_w
 
 
 def _routed(xp, grad, winners, geometry: WindowGeometry):
