@@ -205,10 +205,12 @@ def max_pool2d_forward(
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
     first = _first_winners(xp, geometry, last, device)
     profile = profile_for(x)
-    scan = dict(channels_last=last, nan_free=known_finite(xp, x), copy_windows=profile.copy_strided_windows)
     separable = _separable_is_cheaper(geometry, profile.separable_max_pool_ratio)
     pieces = []
     for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
+        # NaN-free pieces skip the NaN test (checked per piece, while it is in the CPU's caches)
+        scan = dict(channels_last=last, nan_free=known_finite(xp, x[part, ...]),
+                    copy_windows=profile.copy_strided_windows)
         x_padded = pad(xp, x[part, ...], geometry, -math.inf, channels_last=last)
         if separable:
             pieces.append(_separable_maximum(xp, x_padded, geometry, first, device, **scan))
@@ -298,6 +300,8 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     xp, device = check_upstream(dout, winners.shape, winners, dtype)
     lead, trail = _lead_and_trail(winners.shape, last)
     like = dict(dtype=dout.dtype, device=device, trailing_shape=trail)
+    if column_winners is None and _tiles_input(geometry):  # disjoint windows: interleave, nothing to add up
+        return _from_tile_parts(xp, list(_routed(xp, dout, winners, geometry)), geometry, device, last)
     if column_winners is None:
         return scatter_windows(xp, _routed(xp, dout, winners, geometry), geometry, lead, **like)
     along_rows, across_rows = by_axis(geometry)
@@ -445,20 +449,46 @@ def _tiles_input(geometry: WindowGeometry) -> bool:
 
 def _from_tiles(xp, share, geometry: WindowGeometry, device, channels_last: bool = False):
     """Each output value repeated over its tile; zeros for the rows and columns no window covers."""
+    (kh, kw), rows_axis, cols_axis = geometry.kernel, *((1, 2) if channels_last else (2, 3))
+    grad = xp.repeat(xp.repeat(share, kh, axis=rows_axis), kw, axis=cols_axis)
+    return _zero_extended(xp, grad, geometry, device, channels_last)
+
+
+def _zero_extended(xp, grad, geometry: WindowGeometry, device, channels_last: bool):
+    """The gradient of the tiles, ``(out_h * kh, out_w * kw)`` on the spatial axes, extended with zeros to x's
+    (H, W): the rows and columns past the last tile."""
     (out_h, out_w), (kh, kw), (height, width) = geometry.out_size, geometry.kernel, geometry.in_size
     rows_axis, cols_axis = (1, 2) if channels_last else (2, 3)
-    grad = xp.repeat(xp.repeat(share, kh, axis=rows_axis), kw, axis=cols_axis)
 
     def zeros(axis, size):
         shape = list(grad.shape)
         shape[axis] = size
-        return xp.zeros(tuple(shape), dtype=share.dtype, device=device)
+        return xp.zeros(tuple(shape), dtype=grad.dtype, device=device)
 
     if out_w * kw < width:
         grad = xp.concat([grad, zeros(cols_axis, width - out_w * kw)], axis=cols_axis)
     if out_h * kh < height:
         grad = xp.concat([grad, zeros(rows_axis, height - out_h * kh)], axis=rows_axis)
     return grad
+
+
+def _from_tile_parts(xp, parts, geometry: WindowGeometry, device, channels_last: bool = False):
+    """:func:`scatter_windows` for windows that tile x (:func:`_tiles_input`): element ``(i, j)`` of every tile,
+    ``parts[i * kw + j]`` (the output's shape), interleaved into place by two stacks and reshapes (no zeros to add
+    into, no strided adds); zeros for the rows and columns no window covers."""
+    (out_h, out_w), (kh, kw) = geometry.out_size, geometry.kernel
+    shape = parts[0].shape
+    if channels_last:  # (N, out_h, out_w, C): columns interleave on the axis before C
+        n, channels = shape[0], shape[3]
+        rows = [xp.reshape(xp.stack(parts[i * kw : (i + 1) * kw], axis=3), (n, out_h, out_w * kw, channels))
+                for i in range(kh)]
+        grad = xp.reshape(xp.stack(rows, axis=2), (n, out_h * kh, out_w * kw, channels))
+    else:  # (N, C, out_h, out_w)
+        lead = tuple(shape[:2])
+        rows = [xp.reshape(xp.stack(parts[i * kw : (i + 1) * kw], axis=-1), (*lead, out_h, out_w * kw))
+                for i in range(kh)]
+        grad = xp.reshape(xp.stack(rows, axis=-2), (*lead, out_h * kh, out_w * kw))
+    return _zero_extended(xp, grad, geometry, device, channels_last)
 
 
 def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool) -> list[slice]:
