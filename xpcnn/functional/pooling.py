@@ -305,13 +305,14 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     if column_winners is None:
         return scatter_windows(xp, _routed(xp, dout, winners, geometry), geometry, lead, **like)
     along_rows, across_rows = by_axis(geometry)
-    row_winners = (winners - Winner.FIRST) // geometry.kernel[1] + Winner.FIRST  # NONE stays NONE
     pieces = []
     for part in _pool_pieces(xp, dout, geometry, limit, last):
         piece_lead = (len(range(winners.shape[0])[part]), *lead[1:])
-        to_rows = _routed(xp, dout[part, ...], row_winners[part, ...], across_rows)
+        row_winners = (winners[part, ...] - Winner.FIRST) // geometry.kernel[1] + Winner.FIRST  # NONE stays NONE
+        finite = known_finite(xp, dout[part, ...])  # then so is what it routes to the rows
+        to_rows = _routed(xp, dout[part, ...], row_winners, across_rows, finite=finite)
         to_rows = scatter_windows(xp, to_rows, across_rows, piece_lead, **like)
-        to_columns = _routed(xp, to_rows, column_winners[part, ...], along_rows)
+        to_columns = _routed(xp, to_rows, column_winners[part, ...], along_rows, finite=finite)
         grad = scatter_windows(xp, to_columns, along_rows, piece_lead, **like)
         pieces.append(crop(grad, geometry, channels_last=last))
     return concat_pieces(xp, pieces)
@@ -330,14 +331,15 @@ def _separable_is_cheaper(geometry: WindowGeometry, ratio: float = 1.0) -> bool:
     return kw * padded_h * out_w + kh * out_h * out_w < ratio * kh * kw * out_h * out_w
 
 
-def _routed(xp, grad, winners, geometry: WindowGeometry):
+def _routed(xp, grad, winners, geometry: WindowGeometry, *, finite: bool | None = None):
     """For each slice k of ``geometry``: ``grad`` where ``winners == FIRST + k``, else 0.
 
-    Where grad is known to be finite (:func:`xpcnn._dispatch.known_finite`: NumPy, checked for free) a product
-    with the 0/1 mask, several times faster on NumPy than a ``where`` on a random mask. Otherwise the ``where``:
-    a non-finite grad must reach only the chosen element (``inf * 0`` would put NaN on the others).
+    Where grad is known to be finite (``finite``, or else :func:`xpcnn._dispatch.known_finite`: NumPy, checked
+    for free) a product with the 0/1 mask, several times faster on NumPy than a ``where`` on a random mask.
+    Otherwise the ``where``: a non-finite grad must reach only the chosen element (``inf * 0`` would put NaN on
+    the others).
     """
-    fast = known_finite(xp, grad)
+    fast = known_finite(xp, grad) if finite is None else finite
     for k in range(len(geometry.offsets())):
         chosen = winners == Winner.FIRST + k
         yield grad * xp.astype(chosen, grad.dtype) if fast else xp.where(chosen, grad, 0.0)
