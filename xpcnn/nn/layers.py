@@ -228,8 +228,9 @@ class MaxPool2d(_Stateless):
 
     forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, data_format="NCHW",
-                 workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, dilation: int | tuple[int, ...] = 1, ceil_mode: bool = False, *,
+                 data_format: str = "NCHW", workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, dilation, ceil_mode)  # bad settings fail here
         is_channels_last(data_format)
         _check_workspace_limit(workspace_limit)
@@ -265,8 +266,10 @@ class AvgPool2d(_Stateless):
 
     forward_fn, backward_fn = F.avg_pool2d_forward, F.avg_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None, *, data_format="NCHW", workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, *, data_format: str = "NCHW",
+                 workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, 1, ceil_mode)  # bad settings fail here
         avg_pool_options(count_include_pad, divisor_override)
         is_channels_last(data_format)
@@ -291,7 +294,7 @@ class AdaptiveAvgPool2d(_Stateless):
 
     forward_fn, backward_fn = F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward
 
-    def __init__(self, output_size, *, data_format="NCHW"):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
         is_channels_last(data_format)
         super().__init__(output_size=output_size, data_format=data_format)
@@ -313,7 +316,7 @@ class AdaptiveMaxPool2d(_Stateless):
 
     forward_fn, backward_fn = F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward
 
-    def __init__(self, output_size, *, data_format="NCHW"):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
         is_channels_last(data_format)
         super().__init__(output_size=output_size, data_format=data_format)
@@ -335,7 +338,8 @@ class Upsample(_Stateless):
 
     forward_fn, backward_fn = F.interpolate_forward, F.interpolate_backward
 
-    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None, *, data_format="NCHW"):
+    def __init__(self, size: int | tuple[int, ...] | None = None, scale_factor: float | tuple[float, ...] | None = None,
+                 mode: str = "nearest", align_corners: bool | None = None, *, data_format: str = "NCHW") -> None:
         _, scales, _, _ = interpolate_options(size, scale_factor, mode, align_corners)
         is_channels_last(data_format)
         if scales is not None:  # kept as floats, as PyTorch
@@ -467,7 +471,7 @@ class Flatten(_Stateless):
 
     forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
 
-    def __init__(self, start_dim=1, end_dim=-1, *, data_format="NCHW"):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1, *, data_format: str = "NCHW") -> None:
         is_channels_last(data_format)
         super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"),
                          data_format=data_format)
