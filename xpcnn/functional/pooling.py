@@ -259,31 +259,20 @@ def _running_maximum(
     copy_windows: bool = True,
 ):
     """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the :class:`Winner` code of each:
-    ``FIRST + k`` for the k-th slice (or ``candidates``' k-th array), ``first`` where nothing beats ``-inf``.
-    PyTorch's rule: in order, take an element strictly greater than the maximum so far, or a NaN.
-
-    Written without ``where`` (a slow, branchy select on NumPy): ``maximum`` propagates NaN as the rule does, and
-    the codes grow with k, so taking the k-th is ``maximum(chosen, take * candidate_k)``. The first slice is
-    taken unless it lies in the padding (then its candidate is below ``first``) or the window has no element
-    in bounds (``first`` is NONE). ``nan_free``: x is known to hold no NaN (checked by the caller), so the rule
-    needs no NaN test. ``copy_windows``: copy a slice that is strided along the width once, so that the
-    comparisons run on contiguous memory (:attr:`xpcnn._tuning.Profile.copy_strided_windows`).
+    ``FIRST + k`` for the k-th slice (or ``candidates``' k-th array), by :func:`_first_maximum`'s rule; ``first``
+    where nothing beats ``-inf``. The first slice is taken unless it lies in the padding (then its candidate is
+    below ``first``) or the window has no element in bounds (``first`` is NONE). ``nan_free``: x is known to hold
+    no NaN. ``copy_windows``: copy a slice that is strided along the width once, so that the comparisons run on
+    contiguous memory (:attr:`xpcnn._tuning.Profile.copy_strided_windows`).
     """
-    out, chosen = None, None
     if candidates is None:
         candidates = (Winner.FIRST + k for k in range(len(geometry.offsets())))
     copy = copy_windows and geometry.stride[1] > 1
-    for (_, _, window), candidate in zip(windows(x, geometry, channels_last=channels_last), candidates, strict=True):
-        if copy:
-            window = xp.asarray(window, copy=True)
-        if out is None:
-            out = window if copy else xp.asarray(window, copy=True)  # never hand back a view of x
-            chosen = xp.maximum(first, candidate) * xp.astype(first != Winner.NONE, xp.int16)
-            continue
-        beats = window > out if nan_free else (window > out) | xp.isnan(window)
-        out = xp.maximum(out, window)
-        chosen = xp.maximum(chosen, xp.astype(beats, xp.int16) * candidate)
-    return out, xp.broadcast_to(chosen, out.shape)
+    values = (xp.asarray(window, copy=True) if copy else window
+              for _, _, window in windows(x, geometry, channels_last=channels_last))
+    out, chosen = _first_maximum(xp, values, candidates, first=first, nan_free=nan_free)
+    single_view = len(geometry.offsets()) == 1 and not copy  # out would be a view of x: never hand one back
+    return (xp.asarray(out, copy=True) if single_view else out), chosen
 
 
 @accepts_unbatched_backward
@@ -867,21 +856,36 @@ def _window_sums(xp, x, rows, cols, channels_last: bool = False):
     return combined(xp, combined(xp, x, cols, width_axis), rows, height_axis)
 
 
-def _first_maximum(xp, values, positions):
-    """The running maximum of ``values`` (same-shaped arrays, one per tap, in order) and the position it came
-    from (``positions``: one integer array per tap, broadcasting against the values and never decreasing from tap
-    to tap), by PyTorch's rule: take a tap strictly greater than the maximum so far, or a NaN. So the first
-    maximum wins, or the last NaN where there is one; a repeated last tap changes neither.
+def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False):
+    """The running maximum of ``values`` (same-shaped arrays, one per tap or window slice, in order) and the
+    position it came from (``positions``: one integer array or int per value, broadcasting against the values and
+    never decreasing from one to the next), by PyTorch's rule: take a value strictly greater than the maximum so
+    far, or a NaN. So the first maximum wins, or the last NaN where there is one; a repeated last tap changes
+    neither. Max pooling and adaptive max pooling both choose by this one function.
+
+    ``first`` (max pooling's :class:`Winner` codes of each window's first element inside x): the first value is
+    taken only where its position is not below ``first``, and nothing where ``first`` is NONE (padding never wins;
+    a window of ``-inf`` chooses its first element inside x). ``nan_free``: the values are known to hold no NaN,
+    so the NaN test is skipped.
 
     Written without ``where`` (a slow select on NumPy): ``maximum`` propagates NaN as the rule does, and the
-    positions never decrease, so taking tap k is ``maximum(chosen, take * positions[k])``."""
-    best = values[0]
-    chosen = xp.broadcast_to(positions[0], tuple(best.shape))
-    for value, position in zip(values[1:], positions[1:]):
-        take = xp.astype((value > best) | xp.isnan(value), position.dtype)
+    positions never decrease, so taking value k is ``maximum(chosen, take * positions[k])``."""
+    best = chosen = None
+    steps = 0
+    for value, position in zip(values, positions, strict=True):
+        steps += 1
+        if best is None:
+            best = value
+            if first is None:
+                chosen = xp.broadcast_to(position, tuple(value.shape))
+            else:
+                chosen = xp.maximum(first, position) * xp.astype(first != Winner.NONE, xp.int16)
+            continue
+        take = value > best if nan_free else (value > best) | xp.isnan(value)
         best = xp.maximum(best, value)
-        chosen = xp.maximum(chosen, take * position)
-    return best, xp.asarray(chosen, copy=True) if len(values) == 1 else chosen
+        chosen = xp.maximum(chosen, xp.astype(take, chosen.dtype) * position)
+    chosen = xp.broadcast_to(chosen, tuple(best.shape))
+    return best, xp.asarray(chosen, copy=True) if steps == 1 else chosen
 
 
 def _routed_back(xp, grad, chosen, axis_map, axis: int):
