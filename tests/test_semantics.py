@@ -552,6 +552,36 @@ def interpolate_identity():
         np.testing.assert_array_equal(dx, x)
 
 
+def pool_nhwc_indices():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4))
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    out, cache = F.max_pool2d_forward(x, 3, stride=2, padding=1)
+    out_last, cache_last = F.max_pool2d_forward(x_last, 3, stride=2, padding=1, data_format="NHWC")
+    assert cache_last.indices.shape == (2, 3, 2, 3)  # (N, out_h, out_w, C)
+    np.testing.assert_array_equal(cache_last.indices.transpose(0, 3, 1, 2), cache.indices)  # h * W + w, as NCHW
+    np.testing.assert_array_equal(out_last.transpose(0, 3, 1, 2), out)
+
+
+def pool_unbatched():
+    image = np.random.default_rng(0).standard_normal((3, 6, 5))
+    for forward, backward, options in ((F.max_pool2d_forward, F.max_pool2d_backward, dict(kernel_size=(2,))),
+                                       (F.avg_pool2d_forward, F.avg_pool2d_backward, dict(kernel_size=2)),
+                                       (F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward,
+                                        dict(output_size=(2, 3)))):
+        out, cache = forward(image, **options)
+        batched, _ = forward(image[None], **options)
+        assert out.ndim == 3
+        np.testing.assert_array_equal(out, batched[0])
+        assert backward(np.ones_like(out), cache).shape == image.shape
+
+
+def interpolate_3d():
+    x = np.arange(6.0).reshape(1, 2, 3)  # (N, C, L): resized along L, as PyTorch
+    out, cache = F.interpolate_forward(x, scale_factor=2)
+    np.testing.assert_array_equal(out, np.repeat(x, 2, axis=-1))
+    np.testing.assert_array_equal(F.interpolate_backward(np.ones_like(out), cache), np.full(x.shape, 2.0))
+
+
 ROWS = {name.replace("_", "-"): fn for name, fn in list(globals().items())
         if callable(fn) and fn.__module__ == __name__ and not name.startswith(("test", "_"))}
 

@@ -54,6 +54,15 @@ class Profile:
     per_sample_weight_gradient_ratio: float
     """The weight gradient is a product per sample, summed, when ``P >= ratio * Og`` (positions against output
     channels per group); otherwise one product with the batch folded into the positions."""
+    separable_max_pool_ratio: float = 1.0
+    """Max pooling takes the two separable passes (along the rows, then across them: ``kh + kw`` slices) when they
+    walk fewer than ``ratio`` times the elements of the ``kh * kw`` slices (3x3 with stride 1: 0.69; 3x3 with
+    stride 2 and 2x2 with stride 2: above 1). Each slice costs a few kernel launches on an accelerator."""
+    copy_strided_windows: bool = True
+    """Max pooling copies each window slice that is strided along the width (stride > 1) once to contiguous memory
+    before its comparisons: on NumPy a strided operand costs every one of them (about 1.3-1.5x faster with the copy
+    at stride 2, slower at stride 1). An accelerator reads strided slices at little cost; a copy is one more
+    kernel."""
 
 
 HOST = Profile(
@@ -63,6 +72,8 @@ HOST = Profile(
     take_max_indices=2**14,
     transposed_dx_ratio=2.0,
     per_sample_weight_gradient_ratio=1.0,
+    separable_max_pool_ratio=1.0,
+    copy_strided_windows=True,
 )
 
 ACCELERATOR = Profile(
@@ -72,6 +83,8 @@ ACCELERATOR = Profile(
     take_max_indices=2**24,
     transposed_dx_ratio=2.0,
     per_sample_weight_gradient_ratio=float("inf"),  # one product with the batch folded in: one kernel
+    separable_max_pool_ratio=1.5,  # fewer slices, fewer launches: 3x3 at stride 2 too (6 slices, not 9)
+    copy_strided_windows=False,  # a strided read costs little; a copy is one more kernel per slice
 )
 
 PROFILES = {profile.name: profile for profile in (HOST, ACCELERATOR)}

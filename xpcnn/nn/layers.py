@@ -10,6 +10,7 @@ import math
 
 from .. import functional as F
 from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_device
+from .._windows import is_channels_last
 from ..config import resolve_workspace_limit
 from ..functional.activations import check_approximate
 from ..functional.conv import conv_options, conv_transpose_options
@@ -208,71 +209,165 @@ class _Stateless(Module):
         return type(self).backward_fn(dout, cache) if input_grad else None
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+        shown = {k: v for k, v in self.options.items() if not (k == "data_format" and v == "NCHW")}  # the default
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class MaxPool2d(_Stateless):
+    """Max pooling, as ``torch.nn.MaxPool2d`` (forward and backward: :func:`xpcnn.functional.max_pool2d_forward`).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation : int or tuple of one or two ints
+        (height, width); ``stride`` defaults to ``kernel_size``; ``padding`` (implicit ``-inf``) at most half the
+        kernel.
+    ceil_mode : bool
+        Round the output size up.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); never guessed from shapes.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: :mod:`xpcnn.config`'s).
+
+    The gradient of each window goes to its first maximum (NaN: the last NaN), as PyTorch. Bad settings raise here,
+    with the functional op's messages.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.MaxPool2d(2)(np.ones((1, 3, 8, 8), dtype=np.float32)).shape
+    (1, 3, 4, 4)
+    >>> nn.MaxPool2d(2, data_format="NHWC")(np.ones((1, 8, 8, 3), dtype=np.float32)).shape
+    (1, 4, 4, 3)
+    """
+
     forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, dilation: int | tuple[int, ...] = 1, ceil_mode: bool = False, *,
+                 data_format: str = "NCHW", workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, dilation, ceil_mode)  # bad settings fail here
+        is_channels_last(data_format)
         _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         ceil_mode=ceil_mode, workspace_limit=workspace_limit)
+                         ceil_mode=ceil_mode, data_format=data_format, workspace_limit=workspace_limit)
 
 
 class AvgPool2d(_Stateless):
+    """Average pooling, as ``torch.nn.AvgPool2d`` (forward and backward: :func:`xpcnn.functional.avg_pool2d_forward`).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding : int or tuple of one or two ints
+        (height, width); ``stride`` defaults to ``kernel_size``; ``padding`` (zeros) at most half the kernel.
+    ceil_mode : bool
+        Round the output size up.
+    count_include_pad : bool
+        Count the zero padding in the divisor (PyTorch's default True).
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); never guessed from shapes.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: :mod:`xpcnn.config`'s).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AvgPool2d(3, stride=1, padding=1, data_format="NHWC")(np.ones((2, 5, 5, 4))).shape
+    (2, 5, 5, 4)
+    """
+
     forward_fn, backward_fn = F.avg_pool2d_forward, F.avg_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None, *, workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, *, data_format: str = "NCHW",
+                 workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, 1, ceil_mode)  # bad settings fail here
         avg_pool_options(count_include_pad, divisor_override)
+        is_channels_last(data_format)
         _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                          count_include_pad=count_include_pad, divisor_override=divisor_override,
-                         workspace_limit=workspace_limit)
+                         data_format=data_format, workspace_limit=workspace_limit)
 
 
 class AdaptiveAvgPool2d(_Stateless):
-    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size)."""
+    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size).
+
+    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AdaptiveAvgPool2d((1, 1), data_format="NHWC")(np.ones((2, 7, 7, 16))).shape
+    (2, 1, 1, 16)
+    """
 
     forward_fn, backward_fn = F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
-        super().__init__(output_size=output_size)
+        is_channels_last(data_format)
+        super().__init__(output_size=output_size, data_format=data_format)
 
 
 class AdaptiveMaxPool2d(_Stateless):
     """Max pooling to a fixed output size, as ``torch.nn.AdaptiveMaxPool2d`` (the argmax positions are in the
-    forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``)."""
+    forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``).
+
+    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AdaptiveMaxPool2d(3)(np.ones((2, 4, 7, 7))).shape
+    (2, 4, 3, 3)
+    """
 
     forward_fn, backward_fn = F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
-        super().__init__(output_size=output_size)
+        is_channels_last(data_format)
+        super().__init__(output_size=output_size, data_format=data_format)
 
 
 class Upsample(_Stateless):
     """Resizing by ``F.interpolate_forward``, as ``torch.nn.Upsample``: a ``size`` or a ``scale_factor``, mode
-    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). The options are checked
-    here; the sizes when x arrives."""
+    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). ``data_format``: the
+    input's layout, ``"NCHW"`` (default) or ``"NHWC"``; a 3-D input is a batch of 1-D signals, as in PyTorch. The
+    options are checked here; the sizes when x arrives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.Upsample(scale_factor=2, data_format="NHWC")(np.ones((1, 4, 4, 3))).shape
+    (1, 8, 8, 3)
+    """
 
     forward_fn, backward_fn = F.interpolate_forward, F.interpolate_backward
 
-    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    def __init__(self, size: int | tuple[int, ...] | None = None, scale_factor: float | tuple[float, ...] | None = None,
+                 mode: str = "nearest", align_corners: bool | None = None, *, data_format: str = "NCHW") -> None:
         _, scales, _, _ = interpolate_options(size, scale_factor, mode, align_corners)
+        is_channels_last(data_format)
         if scales is not None:  # kept as floats, as PyTorch
-            scale_factor = scales if isinstance(scale_factor, (tuple, list)) else scales[0]
-        super().__init__(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+            scale_factor = scales
+        super().__init__(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                         data_format=data_format)
 
     def __repr__(self):
         o = self.options
         shape = f"scale_factor={o['scale_factor']!r}" if o["scale_factor"] is not None else f"size={o['size']!r}"
         corners = "" if o["align_corners"] is None else f", align_corners={o['align_corners']!r}"
-        return f"Upsample({shape}, mode={o['mode']!r}{corners})"
+        layout = "" if o["data_format"] == "NCHW" else f", data_format={o['data_format']!r}"
+        return f"Upsample({shape}, mode={o['mode']!r}{corners}{layout})"
 
 
 class _Activation(_Stateless):
@@ -375,10 +470,26 @@ class Identity(Module):
 
 
 class Flatten(_Stateless):
+    """Flattens axes ``start_dim..end_dim`` into one, as ``torch.nn.Flatten`` (:func:`xpcnn.functional.flatten_forward`).
+
+    ``data_format`` (``"NCHW"`` or ``"NHWC"``) names the input's layout; the order of the flattened features
+    follows it, without a transpose: an (N, C, H, W) input flattens (C, H, W), an (N, H, W, C) one (H, W, C)
+    (Keras's order). A ``Linear`` layer after it therefore sees its features in another order in each layout.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.Flatten(data_format="NHWC")(np.ones((2, 4, 4, 3))).shape
+    (2, 48)
+    """
+
     forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
 
-    def __init__(self, start_dim=1, end_dim=-1):
-        super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"))
+    def __init__(self, start_dim: int = 1, end_dim: int = -1, *, data_format: str = "NCHW") -> None:
+        is_channels_last(data_format)
+        super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"),
+                         data_format=data_format)
 
 
 class Dropout(Module):
