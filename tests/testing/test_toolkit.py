@@ -94,11 +94,17 @@ def test_wrt_integer_targets_and_options():
         check_gradients(F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward, (logits, target), wrt=[1])
 
 
-def test_a_backend_without_float64_skips():
+def test_a_backend_without_float64_runs_the_pair_in_float32():
     strict = pytest.importorskip("array_api_strict")
     backend = Backend("array_api_strict-no_float64", strict, strict.Device("no_float64"), float64=False)
-    with pytest.raises(pytest.skip.Exception, match="needs float64"):
-        check_gradients(scaled_tanh_forward, scaled_tanh_backward, [np.ones(2), 1.0], backend=backend)
+    result = check_gradients(scaled_tanh_forward, scaled_tanh_backward, [RNG.standard_normal(5), 1.0],
+                             backend=backend)
+    assert "backward in float32 on array_api_strict-no_float64; rtol=0.001" in str(result)
+    with pytest.raises(pytest.skip.Exception, match="in float64, which array_api_strict-no_float64 lacks"):
+        check_gradients(scaled_tanh_forward, scaled_tanh_backward, [np.ones(2), 1.0], backend=backend,
+                        dtype="float64")
+    with pytest.raises(GradientCheckError, match="FAILED"):
+        check_gradients(scaled_tanh_forward, wrong_backward, [RNG.standard_normal(5), 1.0], backend=backend)
 
 
 # -- check_against_torch ----------------------------------------------------------------------------------------------

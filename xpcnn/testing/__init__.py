@@ -30,10 +30,10 @@ True
 from .assertions import ATOL, RTOL, assert_close, default_tolerances
 from .backends import (API_VERSION, Backend, available_backends, backend_params, configure_array_api_strict,
                        numpy_backend, strict_backend, xp_fixture)
-from .gradients import (GradientCheckError, GradientCheckResult, InputCheck, check_against_torch, check_gradients,
-                        numerical_gradient)
+from .gradients import (GRADIENT_TOLERANCES, GradientCheckError, GradientCheckResult, InputCheck, check_against_torch,
+                        check_gradients, numerical_gradient)
 
 __all__ = ["check_gradients", "check_against_torch", "numerical_gradient", "GradientCheckError",
-           "GradientCheckResult", "InputCheck", "assert_close", "default_tolerances", "RTOL", "ATOL", "Backend",
-           "numpy_backend", "strict_backend", "available_backends", "backend_params", "xp_fixture",
-           "configure_array_api_strict", "API_VERSION"]
+           "GradientCheckResult", "InputCheck", "GRADIENT_TOLERANCES", "assert_close", "default_tolerances", "RTOL",
+           "ATOL", "Backend", "numpy_backend", "strict_backend", "available_backends", "backend_params",
+           "xp_fixture", "configure_array_api_strict", "API_VERSION"]

@@ -20,10 +20,10 @@ import array_api_compat
 import numpy as np  # host: the references are computed on the host, in float64
 
 from .._host import to_numpy
-from .assertions import assert_close
+from .assertions import assert_close, dtype_name
 from .backends import Backend, numpy_backend, require_torch
 
-__all__ = ["numerical_gradient", "check_gradients", "check_against_torch", "GradientCheckError",
+__all__ = ["numerical_gradient", "check_gradients", "GRADIENT_TOLERANCES", "check_against_torch", "GradientCheckError",
            "GradientCheckResult", "InputCheck"]
 
 
@@ -194,8 +194,11 @@ def _compare(name, analytic: np.ndarray, reference: np.ndarray, rtol: float, ato
 # -- finite differences -----------------------------------------------------------------------------------------------
 
 
+GRADIENT_TOLERANCES = {"float64": (1e-5, 1e-7), "float32": (1e-3, 1e-4)}  # (rtol, atol) of check_gradients
+
+
 def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, backend: Backend | None = None,
-                    wrt=None, eps: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7,
+                    dtype=None, wrt=None, eps: float = 1e-6, rtol: float | None = None, atol: float | None = None,
                     seed: int = 0) -> GradientCheckResult:
     """Check a hand-written backward pass against float64 central finite differences.
 
@@ -210,15 +213,19 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     kwargs : dict, optional
         Keyword arguments of ``forward`` (options).
     backend : Backend, optional
-        Where the pair runs (the ``xp`` fixture's value); NumPy by default. The finite differences are computed with
-        NumPy. A backend without float64 skips the check (pytest) or raises a ValueError (elsewhere).
+        Where the pair runs (the ``xp`` fixture's value); NumPy by default. The finite differences are always
+        computed with NumPy in float64.
+    dtype : {"float64", "float32"}, optional
+        The dtype the pair runs in on ``backend``: float64 by default, float32 on a device without float64
+        (array-api-strict's ``no_float64``), with float32's tolerances.
     wrt : sequence of int or str, optional
         The inputs to check (positions or names); by default every floating array the backward pass returns a
         gradient slot for (the leading ones).
     eps : float
         The finite-difference step.
-    rtol, atol : float
-        An element passes when ``|backward - numeric| <= atol + rtol * |numeric|``.
+    rtol, atol : float, optional
+        An element passes when ``|backward - numeric| <= atol + rtol * |numeric|``; by default 1e-5 and 1e-7 in
+        float64, 1e-3 and 1e-4 in float32 (:data:`GRADIENT_TOLERANCES`).
     seed : int
         Seeds the random upstream gradient ``dout`` (standard normal, the output's shape).
 
@@ -231,7 +238,7 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     ------
     GradientCheckError
         (an AssertionError) when an element fails, a gradient is missing or has the wrong shape, or the pair's
-        results are not the backend's float64 arrays: its message reports each input's largest absolute and relative
+        results are not the backend's arrays of ``dtype``: its message reports each input's largest absolute and relative
         errors and its worst element, with both values.
 
     Notes
@@ -253,27 +260,34 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     """
     kwargs = dict(kwargs or {})
     backend = numpy_backend() if backend is None else backend
-    if not backend.float64:
-        _skip(f"check_gradients needs float64, which {backend.name} lacks", ValueError)
+    name = dtype_name(dtype) if dtype is not None else "float64" if backend.float64 else "float32"
+    if name not in GRADIENT_TOLERANCES:
+        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
+    if name == "float64" and not backend.float64:
+        _skip(f"check_gradients in float64, which {backend.name} lacks", ValueError)
+    float_dtype = backend.dtype(name)
+    rtol = GRADIENT_TOLERANCES[name][0] if rtol is None else rtol
+    atol = GRADIENT_TOLERANCES[name][1] if atol is None else atol
     names, host = _named_inputs(inputs)
     out_ref = np.asarray(to_numpy(forward(*host, **kwargs)[0]), dtype=np.float64)  # host: the reference output
     dout = np.random.default_rng(seed).standard_normal(out_ref.shape)
-    out, grads = _run_on_backend(forward, backward, host, kwargs, dout, backend, backend.namespace.float64)
+    out, grads = _run_on_backend(forward, backward, host, kwargs, dout, backend, float_dtype)
 
     checks = []
     try:
-        assert_close(out, out_ref, backend=backend, dtype="float64", err_msg="forward on the backend vs NumPy")
+        assert_close(out, out_ref, backend=backend, dtype=name, err_msg="forward on the backend vs NumPy",
+                     rtol=None if name == "float64" else rtol, atol=None if name == "float64" else atol)
     except AssertionError as error:
         checks.append(InputCheck("output", out_ref.shape, False, problem=str(error).strip()))
     for i in _wrt(wrt, names, host, len(grads)):
-        name, grad = names[i], grads[i] if i < len(grads) else None
+        grad = grads[i] if i < len(grads) else None
         if grad is None:
-            checks.append(InputCheck(name, host[i].shape, False, problem="backward returned no gradient"))
+            checks.append(InputCheck(names[i], host[i].shape, False, problem="backward returned no gradient"))
             continue
         try:
-            backend.assert_on_backend(grad, backend.namespace.float64)
+            backend.assert_on_backend(grad, float_dtype)
         except AssertionError as error:
-            checks.append(InputCheck(name, host[i].shape, False, problem=f"gradient not on the backend: {error}"))
+            checks.append(InputCheck(names[i], host[i].shape, False, problem=f"gradient not on the backend: {error}"))
             continue
 
         def loss_of(value, i=i):
@@ -282,8 +296,9 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
             return np.asarray(to_numpy(forward(*args, **kwargs)[0]), dtype=np.float64)  # host: the reference
 
         numeric = numerical_gradient(loss_of, host[i], dout, eps)
-        checks.append(_compare(name, backend.to_numpy(grad), numeric, rtol, atol))
-    settings = f"float64 central differences, eps={eps:g}, rtol={rtol:g}, atol={atol:g}, on {backend.name}"
+        checks.append(_compare(names[i], backend.to_numpy(grad).astype(np.float64), numeric, rtol, atol))
+    settings = (f"float64 central differences, eps={eps:g}; backward in {name} on {backend.name}; rtol={rtol:g}, "
+                f"atol={atol:g}")
     result = GradientCheckResult(_name_of(backward), checks, settings)
     if not result.passed:
         raise GradientCheckError(result)
