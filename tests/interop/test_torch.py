@@ -157,3 +157,23 @@ def test_cuda_tensors_stay_on_the_device():
                                    nn.ReLU(), nn.MaxPool2d(2)))
     assert all(p.device.type == "cuda" for p in wrapped.parameters())
     assert torch.autograd.gradcheck(lambda x, *_: wrapped(x), (x, *wrapped.parameters()))
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_an_option_before_the_weights_takes_no_gradient_slot(name):
+    """layer_norm(x, normalized_shape, weight, bias) returns (dx, dweight, dbias): the shape between x and the
+    weights takes no place in that tuple (xpcnn.interop.gradient_slots)."""
+    f = function(getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward"))
+    reference = getattr(torch.nn.functional, name)
+    option = (3, 4) if name == "layer_norm" else 3
+    shape = (3, 4) if name == "layer_norm" else (6,)
+    x, w, b = _randn(2, 6, 3, 4), _randn(*shape, seed=1), _randn(*shape, seed=2)
+    assert torch.autograd.gradcheck(lambda x, w, b: f(x, option, w, b), (x, w, b))
+    f(x, option, w, b).square().sum().backward()
+    refs = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    reference(refs[0], option, refs[1], refs[2]).square().sum().backward()
+    for got, want in zip((x, w, b), refs):
+        torch.testing.assert_close(got.grad, want.grad)
+    x.grad = None
+    f(x, option, None, b).sum().backward()  # no weight: its slot is None, the bias keeps its own
+    assert x.grad is not None and b.grad is not None

@@ -194,3 +194,17 @@ def test_importing_the_toolkit_imports_no_framework_and_no_pytest():
             "print(sorted(m for m in ('torch', 'jax', 'dask', 'pytest', 'cupy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _op_params():
+    from tests.ops import OPS
+
+    return [pytest.param(op, id=op.name) for op in OPS if not op.indices]  # max pooling's ties: one-sided derivatives
+
+
+@pytest.mark.parametrize("op", _op_params())
+def test_every_public_op_passes_check_gradients(op):
+    """xpcnn's own ops, through the toolkit: inputs by name (bound to the signature), every floating input with a
+    gradient slot checked."""
+    result = check_gradients(op.forward, op.backward, op.inputs(np.random.default_rng(3)), kwargs=op.options)
+    assert result.checks and result.passed

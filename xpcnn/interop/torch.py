@@ -45,6 +45,8 @@ import functools
 import os
 from collections.abc import Mapping
 
+from . import gradient_slots
+
 __all__ = ["function", "module", "load_torch_state_dict", "export_torch_state_dict"]
 
 
@@ -70,9 +72,11 @@ def function(forward, backward, *, n_grads=None):
     ----------
     forward, backward : callable
         An xpcnn pair: ``out, cache = forward(*args, **kwargs)`` and ``backward(dout, cache)``, which returns the
-        gradient of the first argument or a tuple of gradients of the leading arguments (``(dx, dweight, dbias)``).
+        gradient of the first argument or a tuple of gradients of the leading array arguments (``(dx, dweight,
+        dbias)``: positional tensors and Nones, in order; options between them, such as ``layer_norm``'s
+        ``normalized_shape``, take no place: :func:`xpcnn.interop.gradient_slots`).
     n_grads : int, optional
-        How many leading positional arguments the backward pass's gradients belong to. By default as many as it
+        How many of those leading array arguments the backward pass's gradients belong to. By default as many as it
         returns. Arguments past them, and those that are not floating tensors (integer targets, kernel sizes,
         options), get no gradient (None).
 
@@ -106,17 +110,18 @@ def function(forward, backward, *, n_grads=None):
             out, cache = forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
             ctx.cache = cache
             ctx.float_inputs = tuple(_is_float_tensor(torch, a) for a in args)
+            ctx.slots = gradient_slots(args, lambda a: isinstance(a, torch.Tensor))
             return out
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, dout):
             grads = _as_tuple(backward(dout, ctx.cache))  # the cache is only read: retain_graph works
-            count = len(grads) if n_grads is None else n_grads
-            result = []
-            for i, needs in enumerate(ctx.needs_input_grad[1:]):
-                grad = grads[i] if i < min(count, len(grads)) else None
-                result.append(grad if needs and ctx.float_inputs[i] else None)
+            count = min(len(grads), len(grads) if n_grads is None else n_grads)
+            result = [None] * len(ctx.float_inputs)
+            for grad, i in zip(grads[:count], ctx.slots):
+                if ctx.needs_input_grad[1 + i] and ctx.float_inputs[i]:
+                    result[i] = grad
             return (None, *result)
 
     @functools.wraps(forward)

@@ -1,7 +1,7 @@
 """Checking a hand-written backward pass: against float64 central finite differences, and against PyTorch autograd.
 
 Both checks take an xpcnn-style pair — ``out, cache = forward(*inputs, **kwargs)`` and ``backward(dout, cache)``,
-which returns the gradient of the first input or a tuple of gradients of the leading inputs (``(dx, dw, db)``) —
+which returns the gradient of the first input or a tuple of gradients of the leading array inputs (``(dx, dw, db)``) —
 and a random upstream gradient ``dout`` (seeded), so that every output element weighs in.
 
 Inputs are NumPy arrays (or arrays of any backend, copied to the host): floating arrays are differentiated, integer
@@ -13,6 +13,7 @@ are computed on the host in float64.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import array_api_compat
 import numpy as np  # host: the references are computed on the host, in float64
 
 from .._host import to_numpy
+from ..interop import gradient_slots
 from .assertions import assert_close, dtype_name
 from .backends import Backend, numpy_backend, require_torch
 
@@ -116,11 +118,21 @@ def _is_array(a) -> bool:
     return not isinstance(a, (int, float, complex, bool))
 
 
-def _named_inputs(inputs) -> tuple[list[str], list]:
-    """(names, host values): a dict's keys name its values (passed positionally, in order); a sequence's are
-    ``"input 0"``... Arrays become host NumPy copies, floating ones float64."""
+def _named_inputs(forward, inputs, kwargs: dict) -> tuple[list[str], list, dict]:
+    """(names, host values, keyword arguments) of a call of ``forward``.
+
+    A dict of inputs is bound to ``forward``'s signature by name, so that its positions are those the backward
+    pass's gradients follow (:func:`xpcnn.interop.gradient_slots`); a sequence is taken as the positional arguments (named ``"input
+    0"``...). Arrays become host NumPy copies, floating ones float64."""
     if isinstance(inputs, dict):
-        names, values = list(inputs), list(inputs.values())
+        try:
+            signature = inspect.signature(forward)
+            bound = signature.bind(**inputs, **kwargs)
+        except (TypeError, ValueError):  # no signature, or one without these names: the dict's order
+            names, values = list(inputs), list(inputs.values())
+        else:  # positional up to the first argument left out; the rest by keyword (static)
+            values, kwargs = list(bound.args), dict(bound.kwargs)
+            names = list(signature.parameters)[:len(values)]
     else:
         values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         names = [f"input {i}" for i in range(len(values))]
@@ -131,7 +143,7 @@ def _named_inputs(inputs) -> tuple[list[str], list]:
             if value.dtype.kind == "f":
                 value = value.astype(np.float64)
         host.append(value)
-    return names, host
+    return names, host, kwargs
 
 
 def _floating(a) -> bool:
@@ -206,10 +218,11 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     ----------
     forward, backward : callable
         The pair: ``out, cache = forward(*inputs, **kwargs)``; ``backward(dout, cache)`` returns the gradient of the
-        first input, or a tuple of gradients of the leading inputs.
+        first input, or a tuple of gradients of the leading array inputs (arrays and Nones in order; options between
+        them take no place: :func:`xpcnn.interop.gradient_slots`).
     inputs : sequence or dict
-        The positional arguments (a dict's keys name them in the report; its values are passed in order). Floating
-        arrays are checked, in float64; integer arrays and non-arrays are passed along.
+        The positional arguments, or a dict of arguments by name (bound to ``forward``'s signature: the names appear
+        in the report). Floating arrays are checked, in float64; integer arrays and non-arrays are passed along.
     kwargs : dict, optional
         Keyword arguments of ``forward`` (options).
     backend : Backend, optional
@@ -219,8 +232,8 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
         The dtype the pair runs in on ``backend``: float64 by default, float32 on a device without float64
         (array-api-strict's ``no_float64``), with float32's tolerances.
     wrt : sequence of int or str, optional
-        The inputs to check (positions or names); by default every floating array the backward pass returns a
-        gradient slot for (the leading ones).
+        The inputs to check (positions or names); by default every floating array input the backward pass returns a
+        gradient for, or None in its place (which fails: "backward returned no gradient").
     eps : float
         The finite-difference step.
     rtol, atol : float, optional
@@ -268,7 +281,7 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     float_dtype = backend.dtype(name)
     rtol = GRADIENT_TOLERANCES[name][0] if rtol is None else rtol
     atol = GRADIENT_TOLERANCES[name][1] if atol is None else atol
-    names, host = _named_inputs(inputs)
+    names, host, kwargs = _named_inputs(forward, inputs, kwargs)
     out_ref = np.asarray(to_numpy(forward(*host, **kwargs)[0]), dtype=np.float64)  # host: the reference output
     dout = np.random.default_rng(seed).standard_normal(out_ref.shape)
     out, grads = _run_on_backend(forward, backward, host, kwargs, dout, backend, float_dtype)
@@ -279,8 +292,9 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
                      rtol=None if name == "float64" else rtol, atol=None if name == "float64" else atol)
     except AssertionError as error:
         checks.append(InputCheck("output", out_ref.shape, False, problem=str(error).strip()))
-    for i in _wrt(wrt, names, host, len(grads)):
-        grad = grads[i] if i < len(grads) else None
+    by_position = dict(zip(gradient_slots(host, _is_array), grads))  # which input each gradient belongs to
+    for i in _wrt(wrt, names, host, by_position):
+        grad = by_position.get(i)
         if grad is None:
             checks.append(InputCheck(names[i], host[i].shape, False, problem="backward returned no gradient"))
             continue
@@ -305,9 +319,9 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     return result
 
 
-def _wrt(wrt, names, host, count) -> list[int]:
+def _wrt(wrt, names, host, by_position) -> list[int]:
     if wrt is None:
-        return [i for i, a in enumerate(host) if _floating(a) and i < count]
+        return [i for i, a in enumerate(host) if _floating(a) and i in by_position]
     positions = []
     for item in wrt:
         if isinstance(item, str):
@@ -355,7 +369,7 @@ def check_against_torch(forward, backward, reference, inputs, *, kwargs: dict | 
     reference : callable
         A PyTorch function of the same positional inputs, as tensors (``torch.nn.functional.conv2d``, a lambda).
     inputs : sequence or dict
-        The positional arguments, as for :func:`check_gradients`.
+        The arguments, as for :func:`check_gradients`; ``reference`` takes them positionally, in the order given.
     kwargs : dict, optional
         Keyword arguments of ``forward``; also ``reference``'s unless ``reference_kwargs`` is given.
     reference_kwargs : dict, optional
@@ -400,10 +414,14 @@ def check_against_torch(forward, backward, reference, inputs, *, kwargs: dict | 
     float_dtype = backend.dtype(dtype)
     if not backend.float64 and str(float_dtype).endswith("float64"):
         _skip(f"check_against_torch in float64, which {backend.name} lacks", ValueError)
-    names, host = _named_inputs(inputs)
-    out_ref, grads_ref, dout = torch_autograd(reference, host, kwargs if reference_kwargs is None else
+    # The reference takes the inputs as given (a dict's values in order); the pair, bound to its signature.
+    ref_names, ref_host, _ = _named_inputs(None, inputs, {})
+    out_ref, ref_grads, dout = torch_autograd(reference, ref_host, kwargs if reference_kwargs is None else
                                               reference_kwargs, seed)
+    grads_ref = {ref_names[j]: grad for j, grad in ref_grads.items()}
+    names, host, kwargs = _named_inputs(forward, inputs, kwargs)
     out, grads = _run_on_backend(forward, backward, host, kwargs, dout, backend, float_dtype)
+    by_position = dict(zip(gradient_slots(host, _is_array), grads))
     problems = []
 
     def compare(actual, expected, what):
@@ -416,13 +434,13 @@ def check_against_torch(forward, backward, reference, inputs, *, kwargs: dict | 
     for i, a in enumerate(host):
         if not _floating(a):
             continue
-        grad = grads[i] if i < len(grads) else None
-        if i not in grads_ref and grad is None:
+        grad = by_position.get(i)
+        if names[i] not in grads_ref and grad is None:
             continue
         if grad is None:
             problems.append(f"{names[i]}: PyTorch gives a gradient, backward gives none")
             continue
-        compare(grad, grads_ref.get(i, np.zeros_like(a)), f"gradient of {names[i]}")
+        compare(grad, grads_ref.get(names[i], np.zeros_like(a)), f"gradient of {names[i]}")
     if problems:
         raise AssertionError(f"{_name_of(forward)}/{_name_of(backward)} vs PyTorch ({backend.name}, "
                              f"{dtype}):\n" + "\n".join(problems))
