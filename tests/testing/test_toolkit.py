@@ -208,3 +208,32 @@ def test_every_public_op_passes_check_gradients(op):
     gradient slot checked."""
     result = check_gradients(op.forward, op.backward, op.inputs(np.random.default_rng(3)), kwargs=op.options)
     assert result.checks and result.passed
+
+
+def test_the_pytest_plugin_gives_a_users_tests_the_matrix(tmp_path):
+    """A user's project: ``pytest -p xpcnn.testing.pytest_plugin`` and a test taking ``xp``."""
+    (tmp_path / "test_square.py").write_text(
+        "import array_api_compat\n"
+        "import numpy as np\n"
+        "from xpcnn.testing import assert_close, check_gradients\n\n"
+        "def square_forward(x):\n"
+        "    return x * x, x\n\n"
+        "def square_backward(dout, x):\n"
+        "    return 2 * x * dout\n\n"
+        "def test_square(xp):\n"
+        "    x = np.linspace(-1, 1, 6)\n"
+        "    for dtype, np_dtype in xp.float_dtypes():\n"
+        "        out, _ = square_forward(xp.asarray(x, dtype))\n"
+        "        assert_close(out, x * x, backend=xp, dtype=np_dtype)\n"
+        "    check_gradients(square_forward, square_backward, [x], backend=xp)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "xpcnn.testing.pytest_plugin", "-p", "no:cacheprovider",
+         "-rs", str(tmp_path / "test_square.py")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for backend in ("numpy", "array_api_strict-device1", "jax-jit"):
+        found = any(b.name == backend for b in available_backends())
+        assert not found or f"test_square[{backend}]" not in result.stdout  # passed, not reported as skipped
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -100,8 +100,11 @@ class Backend:
         return dtype
 
     def asarray(self, a, dtype=None):
-        """A copy of ``a`` (array-like, NumPy) on this backend's device, with ``dtype`` (by default NumPy's)."""
+        """A copy of ``a`` (array-like, NumPy) on this backend's device, with ``dtype`` (by default NumPy's: a
+        ValueError for float64 data on a device without float64, rather than a silent float32)."""
         a = np.asarray(a)  # host: test data
+        if dtype is None and a.dtype == np.float64 and not self.float64:
+            raise ValueError(f"{self.name} has no float64: pass the dtype of the test (one of xp.float_dtypes())")
         dtype = self.dtype(a.dtype if dtype is None else dtype)
         if self.name.startswith("array_api_strict"):
             a = self.namespace.asarray(a, dtype=dtype)  # on the default CPU device, then moved
