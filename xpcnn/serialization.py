@@ -123,12 +123,12 @@ def load(model: Module, path, *, format: str | None = None) -> Module:
     if not isinstance(model, Module):
         raise TypeError(f"model must be an xpcnn.nn.Module to load weights into, got {type(model).__name__}")
     fmt = _format(os.fspath(path), format, default=None) or _sniff(path)
-    state = _read_npz(path) if fmt == "npz" else read_safetensors(path)
+    state = _read_npz(path) if fmt == "npz" else _read_safetensors(path)
     model.load_state_dict(state)
     return model
 
 
-def read_safetensors(path) -> dict:
+def _read_safetensors(path) -> dict:
     """``{name: NumPy array}`` of a safetensors file (memory-mapped while read); a ValueError for a bad file."""
     _safetensors_numpy()  # a clear ImportError without the package
     import safetensors  # host: the file reader

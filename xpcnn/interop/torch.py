@@ -300,6 +300,12 @@ def load_torch_state_dict(model, state_dict_or_path):
     TypeError
         For a model that is no xpcnn module, or a state dict holding something other than tensors.
 
+    Notes
+    -----
+    Load before wrapping with :func:`module`: the wrapper's ``torch.nn.Parameter``\ s are the truth for the
+    parameters of a wrapped module (each of its forward passes points the xpcnn parameters at them), so load a
+    wrapped module's parameters with the wrapper's own ``load_state_dict``.
+
     Examples
     --------
     >>> import torch
