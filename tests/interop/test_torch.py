@@ -177,3 +177,33 @@ def test_an_option_before_the_weights_takes_no_gradient_slot(name):
     x.grad = None
     f(x, option, None, b).sum().backward()  # no weight: its slot is None, the bias keeps its own
     assert x.grad is not None and b.grad is not None
+
+
+def test_a_wrapped_block_with_batch_norm_trains_like_pure_torch():
+    """An xpcnn Conv2d-BatchNorm2d-ReLU block inside a torch model, trained with Adam: losses, parameters and the
+    running statistics (kept by the xpcnn module) follow the pure PyTorch model's."""
+    block = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False, xp=torch, dtype=torch.float64, seed=8),
+                          nn.BatchNorm2d(4, xp=torch, dtype=torch.float64), nn.ReLU())
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).double()
+    model = torch.nn.Sequential(module(block), head)
+    ref = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False),
+                                                  torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
+                              torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))).double()
+    ref.load_state_dict(model.state_dict(), strict=False)  # the wrapper has no buffers: both start at 0 and 1
+    x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.arange(6) % 3
+    opts = [torch.optim.Adam(m.parameters(), lr=0.05) for m in (model, ref)]
+    for _ in range(3):
+        for m, opt in zip((model, ref), opts):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=name)
+    bn = block[1]
+    torch.testing.assert_close(bn.running_mean, ref[0][1].running_mean)
+    torch.testing.assert_close(bn.running_var, ref[0][1].running_var)
+    assert int(bn.num_batches_tracked) == int(ref[0][1].num_batches_tracked) == 3
+    model.eval()
+    ref.eval()
+    torch.testing.assert_close(model(x), ref(x))

@@ -302,7 +302,7 @@ def load_torch_state_dict(model, state_dict_or_path):
 
     Notes
     -----
-    Load before wrapping with :func:`module`: the wrapper's ``torch.nn.Parameter``\ s are the truth for the
+    Load before wrapping with :func:`module`: the wrapper's ``torch.nn.Parameter``\\ s are the truth for the
     parameters of a wrapped module (each of its forward passes points the xpcnn parameters at them), so load a
     wrapped module's parameters with the wrapper's own ``load_state_dict``.
 
