@@ -12,7 +12,7 @@ import pytest
 
 import xpcnn.functional as F
 from xpcnn.testing import (Backend, GradientCheckError, assert_close, available_backends, backend_params,
-                           check_against_torch, check_gradients, numpy_backend)
+                           check_against_torch, check_gradients, check_module_gradients, numpy_backend)
 
 RNG = np.random.default_rng(0)
 
@@ -237,3 +237,48 @@ def test_the_pytest_plugin_gives_a_users_tests_the_matrix(tmp_path):
         found = any(b.name == backend for b in available_backends())
         assert not found or f"test_square[{backend}]" not in result.stdout  # passed, not reported as skipped
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+# -- check_module_gradients -------------------------------------------------------------------------------------------
+
+
+def test_check_module_gradients_on_every_backend(backend):
+    """A block in training mode (batch statistics, a fixed dropout mask): the input and every parameter."""
+    from xpcnn import nn
+
+    nn.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Dropout(0.3),
+                          nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    before = {k: np.array(v, copy=True) for k, v in block.state_dict().items()}
+    result = check_module_gradients(block, RNG.standard_normal((2, 2, 4, 4)), backend=backend)
+    assert [c.name for c in result.checks] == ["input", "0.weight", "0.bias", "1.weight", "1.bias", "5.weight",
+                                               "5.bias"]
+    for key, value in block.state_dict().items():  # the user's module is never changed
+        np.testing.assert_array_equal(value, before[key])
+    assert block[3].calls == 0
+
+
+def test_check_module_gradients_names_a_wrong_parameter_gradient():
+    from xpcnn import nn
+
+    class Scale(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(np.array([1.5, -0.5], dtype=np.float32))
+
+        def forward(self, x):
+            self._cache = x
+            return x * self.weight.data
+
+        def backward(self, dout, *, input_grad=True):
+            x = self._take_cache()
+            self.weight.accumulate(np.sum(dout, axis=0))  # forgets the factor x
+            return dout * self.weight.data if input_grad else None
+
+    with pytest.raises(GradientCheckError) as info:
+        check_module_gradients(nn.Sequential(Scale()), RNG.standard_normal((3, 2)))
+    message = str(info.value)
+    assert "0.weight (2,)" in message and "<-- FAILED" in message
+    assert "input (3, 2): max abs error" in message and message.count("<-- FAILED") == 1
+    with pytest.raises(TypeError, match="takes an xpcnn.nn.Module"):
+        check_module_gradients(lambda x: x, np.ones(2))

@@ -2,7 +2,8 @@
 against PyTorch.
 
 * :func:`check_gradients`: a hand-written backward pass against float64 central finite differences (every input
-  and parameter, a random upstream gradient), with a readable report of the worst element on failure.
+  and parameter, a random upstream gradient), with a readable report of the worst element on failure;
+  :func:`check_module_gradients` does the same for an :class:`xpcnn.nn.Module` (the input and every parameter).
 * :func:`check_against_torch`: a forward/backward pair against a PyTorch reference function's autograd (skipped
   without PyTorch).
 * The backend matrix — NumPy, array-api-strict (on ``device1``, a stand-in for a GPU), PyTorch CPU, JAX with and
@@ -31,9 +32,9 @@ from .assertions import ATOL, RTOL, assert_close, default_tolerances
 from .backends import (API_VERSION, Backend, available_backends, backend_params, configure_array_api_strict,
                        numpy_backend, strict_backend, xp_fixture)
 from .gradients import (GRADIENT_TOLERANCES, GradientCheckError, GradientCheckResult, InputCheck, check_against_torch,
-                        check_gradients, numerical_gradient)
+                        check_gradients, check_module_gradients, numerical_gradient)
 
-__all__ = ["check_gradients", "check_against_torch", "numerical_gradient", "GradientCheckError",
+__all__ = ["check_gradients", "check_module_gradients", "check_against_torch", "numerical_gradient", "GradientCheckError",
            "GradientCheckResult", "InputCheck", "GRADIENT_TOLERANCES", "assert_close", "default_tolerances", "RTOL",
            "ATOL", "Backend", "numpy_backend", "strict_backend", "available_backends", "backend_params",
            "xp_fixture", "configure_array_api_strict", "API_VERSION"]

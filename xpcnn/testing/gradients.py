@@ -25,7 +25,7 @@ from ..interop import gradient_slots
 from .assertions import assert_close, dtype_name
 from .backends import Backend, numpy_backend, require_torch
 
-__all__ = ["numerical_gradient", "check_gradients", "GRADIENT_TOLERANCES", "check_against_torch", "GradientCheckError",
+__all__ = ["numerical_gradient", "check_gradients", "check_module_gradients", "GRADIENT_TOLERANCES", "check_against_torch", "GradientCheckError",
            "GradientCheckResult", "InputCheck"]
 
 
@@ -332,6 +332,128 @@ def _wrt(wrt, names, host, by_position) -> list[int]:
             raise ValueError(f"wrt: {item!r} is not the position or name of a floating array input")
         positions.append(item)
     return positions
+
+
+def check_module_gradients(module, x, *, backend: Backend | None = None, dtype=None, eps: float = 1e-6,
+                           rtol: float | None = None, atol: float | None = None,
+                           seed: int = 0) -> GradientCheckResult:
+    """Check an :class:`xpcnn.nn.Module`'s backward pass — the input's gradient and every parameter's — against
+    float64 central finite differences.
+
+    Parameters
+    ----------
+    module : xpcnn.nn.Module
+        The module (a layer, a container, your own); it is copied, never changed. Its mode counts: in training mode
+        batch norm uses the batch's statistics, and a Dropout's mask is held fixed (every evaluation starts from the
+        module's state, so its n-th mask is the same each time).
+    x : array
+        The input (NumPy or any backend; copied to the host in float64).
+    backend : Backend, optional
+        Where the module's copy runs (moved there with ``Module.to``; under ``jax.jit`` on ``jax-jit``); NumPy by
+        default. The finite differences run on a float64 NumPy copy.
+    dtype, eps, rtol, atol, seed
+        As for :func:`check_gradients`.
+
+    Returns
+    -------
+    GradientCheckResult
+        The report: ``"input"`` and each parameter by its state-dict name (``"0.weight"``).
+
+    Raises
+    ------
+    GradientCheckError
+        When an element fails, or the backward pass leaves a parameter without a gradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> from xpcnn.testing import check_module_gradients
+    >>> block = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh())
+    >>> x = np.random.default_rng(0).standard_normal((2, 2, 4, 4))
+    >>> [check.name for check in check_module_gradients(block, x).checks]
+    ['input', '0.weight', '0.bias', '1.weight', '1.bias']
+    """
+    import copy
+
+    from ..nn.module import Module
+
+    if not isinstance(module, Module):
+        raise TypeError(f"check_module_gradients takes an xpcnn.nn.Module, got {type(module).__name__}")
+    backend = numpy_backend() if backend is None else backend
+    name = dtype_name(dtype) if dtype is not None else "float64" if backend.float64 else "float32"
+    if name not in GRADIENT_TOLERANCES:
+        raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")
+    if name == "float64" and not backend.float64:
+        _skip(f"check_module_gradients in float64, which {backend.name} lacks", ValueError)
+    float_dtype = backend.dtype(name)
+    rtol = GRADIENT_TOLERANCES[name][0] if rtol is None else rtol
+    atol = GRADIENT_TOLERANCES[name][1] if atol is None else atol
+    host_x = np.array(to_numpy(x), dtype=np.float64, copy=True)  # host: the test's own copy
+
+    # The reference: a float64 NumPy copy, each evaluation from the same state (Dropout's call count included).
+    numpy_ns = numpy_backend().namespace
+    reference = copy.deepcopy(module).to(numpy_ns, "cpu", numpy_ns.float64)
+    state = [(m, dict(vars(m))) for m in reference.modules()]
+
+    def evaluate(value):
+        for m, attributes in state:
+            vars(m).clear()
+            vars(m).update(attributes)
+        return np.asarray(reference.forward(value), dtype=np.float64)  # host: the reference output
+
+    out_ref = evaluate(host_x)
+    dout = np.random.default_rng(seed).standard_normal(out_ref.shape)
+    numeric = {"input": numerical_gradient(evaluate, host_x, dout, eps)}
+    for pname, p in reference.named_parameters():
+        original = p.data
+
+        def with_parameter(value, p=p):
+            p.data = value
+            return evaluate(host_x)
+
+        numeric[pname] = numerical_gradient(with_parameter, np.array(original, copy=True), dout, eps)
+        p.data = original
+
+    # The module's own passes on the backend, on a copy moved there (compiled where the backend compiles).
+    moved = copy.deepcopy(module).to(backend.namespace, backend.device, float_dtype)
+    params = list(moved.named_parameters())
+    arrays = moved.state_dict()  # parameters and buffers: arguments of the compiled function, as x is
+
+    def run(x, dout, arrays):
+        for name, a in arrays.items():
+            moved._assign(name, a)
+        for _, p in params:
+            p.grad = None
+        out = moved.forward(x)
+        dx = moved.backward(dout)
+        return out, dx, tuple(p.grad for _, p in params)
+
+    out, dx, grads = backend.compile(run)(backend.asarray(host_x, float_dtype), backend.asarray(dout, float_dtype),
+                                          arrays)
+    checks = []
+    try:
+        assert_close(out, out_ref, backend=backend, dtype=name, err_msg="forward on the backend vs NumPy",
+                     rtol=None if name == "float64" else rtol, atol=None if name == "float64" else atol)
+    except AssertionError as error:
+        checks.append(InputCheck("output", out_ref.shape, False, problem=str(error).strip()))
+    for label, grad in [("input", dx), *zip([n for n, _ in params], grads)]:
+        if grad is None:
+            checks.append(InputCheck(label, numeric[label].shape, False, problem="backward left no gradient"))
+            continue
+        try:
+            backend.assert_on_backend(grad, float_dtype)
+        except AssertionError as error:
+            checks.append(InputCheck(label, numeric[label].shape, False, problem=f"gradient not on the backend: "
+                                                                                 f"{error}"))
+            continue
+        checks.append(_compare(label, backend.to_numpy(grad).astype(np.float64), numeric[label], rtol, atol))
+    settings = (f"float64 central differences, eps={eps:g}; backward in {name} on {backend.name}; rtol={rtol:g}, "
+                f"atol={atol:g}")
+    result = GradientCheckResult(f"{type(module).__name__}.backward", checks, settings)
+    if not result.passed:
+        raise GradientCheckError(result)
+    return result
 
 
 # -- PyTorch autograd -------------------------------------------------------------------------------------------------
