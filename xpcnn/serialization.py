@@ -26,6 +26,7 @@ import os
 import tempfile
 import zipfile
 
+import array_api_compat
 import numpy as np  # host: weight files hold host arrays
 
 from ._host import to_numpy
@@ -69,6 +70,9 @@ def save(model, path, *, format: str | None = None) -> None:
     if fmt == "safetensors":
         safetensors_numpy = _safetensors_numpy()
     state = model.state_dict() if isinstance(model, Module) else dict(model)
+    not_arrays = [f"{name!r} is of type {type(value).__name__}" for name, value in state.items() if not _is_array(value)]
+    if not_arrays:
+        raise TypeError(f"save: the dict's values must be arrays; {', '.join(not_arrays)}")
     arrays = {name: to_numpy(value) for name, value in state.items()}
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -158,6 +162,16 @@ def _read_npz(path) -> dict:
             return {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
         raise ValueError(f"{not_weights}: {_reason(error)}") from error
+
+
+def _is_array(value) -> bool:
+    if isinstance(value, np.ndarray):  # host: a NumPy array is one
+        return True
+    try:
+        array_api_compat.array_namespace(value)
+    except TypeError:
+        return False
+    return not isinstance(value, (bool, int, float, complex))
 
 
 def _format(path: str, format: str | None, *, default: str | None) -> str | None:

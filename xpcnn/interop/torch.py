@@ -401,7 +401,8 @@ def _torch_state(torch, source) -> dict:
             "state_dict_or_path must be a dict of tensors (a state_dict), a torch.nn.Module or the path of a "
             f"safetensors file, got {type(source).__name__}"
         )
-    bad = [f"{name!r} ({type(value).__name__})" for name, value in source.items() if not isinstance(value, torch.Tensor)]
+    bad = [f"{name!r} ({type(value).__name__})" for name, value in source.items()
+           if not isinstance(value, torch.Tensor)]
     if bad:
         raise TypeError(f"the state dict must map names to torch tensors; not tensors: {', '.join(bad)}")
     return dict(source)

@@ -34,7 +34,7 @@ from .backends import (API_VERSION, Backend, available_backends, backend_params,
 from .gradients import (GRADIENT_TOLERANCES, GradientCheckError, GradientCheckResult, InputCheck, check_against_torch,
                         check_gradients, check_module_gradients, numerical_gradient)
 
-__all__ = ["check_gradients", "check_module_gradients", "check_against_torch", "numerical_gradient", "GradientCheckError",
-           "GradientCheckResult", "InputCheck", "GRADIENT_TOLERANCES", "assert_close", "default_tolerances", "RTOL",
-           "ATOL", "Backend", "numpy_backend", "strict_backend", "available_backends", "backend_params",
-           "xp_fixture", "configure_array_api_strict", "API_VERSION"]
+__all__ = ["check_gradients", "check_module_gradients", "check_against_torch", "numerical_gradient",
+           "GradientCheckError", "GradientCheckResult", "InputCheck", "GRADIENT_TOLERANCES", "assert_close",
+           "default_tolerances", "RTOL", "ATOL", "Backend", "numpy_backend", "strict_backend", "available_backends",
+           "backend_params", "xp_fixture", "configure_array_api_strict", "API_VERSION"]

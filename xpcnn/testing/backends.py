@@ -8,20 +8,21 @@ them (:mod:`xpcnn.testing.pytest_plugin` is one ready-made).
 
 The matrix, by id:
 
-============================  =========================================================================================
-``numpy``                     NumPy on the CPU (through array-api-compat)
-``array_api_strict-CPU_DEVICE``  array-api-strict (the standard and nothing more; API version :data:`API_VERSION`)
-``array_api_strict-device1``  array-api-strict on its fake accelerator ``device1``: an array made without ``device=``
-                              or sent through NumPy lands elsewhere, and mixing them raises — a GPU's mistakes, on a CPU
-``array_api_strict-no_float64``  a device without float64 (:meth:`Backend.float_dtypes` has float32 only)
-``torch``                     PyTorch on the CPU (through array-api-compat)
-``jax``                       JAX, eager, with 64-bit floats enabled (``jax_enable_x64``: JAX's default turns float64
-                              into float32 silently)
-``jax-jit``                   the same, and :meth:`Backend.compile` is ``jax.jit``: the toolkit's checks run forward and
-                              backward compiled
-``dask``                      Dask arrays chunked along the batch axis (lazy: :meth:`Backend.to_numpy` computes)
-``cupy``                      CuPy on GPU 0, only where CUDA is available
-============================  =========================================================================================
+=================================  ====================================================================================
+``numpy``                          NumPy on the CPU (through array-api-compat)
+``array_api_strict-CPU_DEVICE``    array-api-strict (the standard and nothing more; API version :data:`API_VERSION`)
+``array_api_strict-device1``       array-api-strict on its fake accelerator ``device1``: an array made without
+                                   ``device=`` or sent through NumPy lands elsewhere, and mixing them raises — a GPU's
+                                   mistakes, on a CPU
+``array_api_strict-no_float64``    a device without float64 (:meth:`Backend.float_dtypes` has float32 only)
+``torch``                          PyTorch on the CPU (through array-api-compat)
+``jax``                            JAX, eager, with 64-bit floats enabled (``jax_enable_x64``: JAX's default turns
+                                   float64 into float32 silently)
+``jax-jit``                        the same, and :meth:`Backend.compile` is ``jax.jit``: the toolkit's checks run
+                                   forward and backward compiled
+``dask``                           Dask arrays chunked along the batch axis (lazy: :meth:`Backend.to_numpy` computes)
+``cupy``                           CuPy on GPU 0, only where CUDA is available
+=================================  ====================================================================================
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ from ..interop import gradient_slots
 from .assertions import assert_close, dtype_name
 from .backends import Backend, numpy_backend, require_torch
 
-__all__ = ["numerical_gradient", "check_gradients", "check_module_gradients", "GRADIENT_TOLERANCES", "check_against_torch", "GradientCheckError",
-           "GradientCheckResult", "InputCheck"]
+__all__ = ["numerical_gradient", "check_gradients", "check_module_gradients", "GRADIENT_TOLERANCES",
+           "check_against_torch", "GradientCheckError", "GradientCheckResult", "InputCheck"]
 
 
 def numerical_gradient(f, x: np.ndarray, dout, eps: float = 1e-6) -> np.ndarray:
@@ -122,8 +122,8 @@ def _named_inputs(forward, inputs, kwargs: dict) -> tuple[list[str], list, dict]
     """(names, host values, keyword arguments) of a call of ``forward``.
 
     A dict of inputs is bound to ``forward``'s signature by name, so that its positions are those the backward
-    pass's gradients follow (:func:`xpcnn.interop.gradient_slots`); a sequence is taken as the positional arguments (named ``"input
-    0"``...). Arrays become host NumPy copies, floating ones float64."""
+    pass's gradients follow (:func:`xpcnn.interop.gradient_slots`); a sequence is taken as the positional arguments
+    (named ``"input 0"``...). Arrays become host NumPy copies, floating ones float64."""
     if isinstance(inputs, dict):
         try:
             signature = inspect.signature(forward)
@@ -251,8 +251,8 @@ def check_gradients(forward, backward, inputs, *, kwargs: dict | None = None, ba
     ------
     GradientCheckError
         (an AssertionError) when an element fails, a gradient is missing or has the wrong shape, or the pair's
-        results are not the backend's arrays of ``dtype``: its message reports each input's largest absolute and relative
-        errors and its worst element, with both values.
+        results are not the backend's arrays of ``dtype``: its message reports each input's largest absolute and
+        relative errors and its worst element, with both values.
 
     Notes
     -----
