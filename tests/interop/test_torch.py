@@ -190,7 +190,7 @@ def test_a_wrapped_block_with_batch_norm_trains_like_pure_torch():
     ref = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False),
                                                   torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
                               torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))).double()
-    ref.load_state_dict(model.state_dict(), strict=False)  # the wrapper has no buffers: both start at 0 and 1
+    ref.load_state_dict(model.state_dict(), strict=True)  # the wrapper's state dict holds the xpcnn buffers
     x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.arange(6) % 3
     opts = [torch.optim.Adam(m.parameters(), lr=0.05) for m in (model, ref)]
     for _ in range(3):
@@ -207,3 +207,22 @@ def test_a_wrapped_block_with_batch_norm_trains_like_pure_torch():
     model.eval()
     ref.eval()
     torch.testing.assert_close(model(x), ref(x))
+    # a checkpoint of the torch model holding the xpcnn block is the pure model's, both ways
+    state = model.state_dict()
+    assert list(state) == list(ref.state_dict()) or sorted(state) == sorted(ref.state_dict())
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(state[key], value, msg=key)
+    fresh = torch.nn.Sequential(module(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False, xp=torch,
+                                                               dtype=torch.float64, seed=9),
+                                                     nn.BatchNorm2d(4, xp=torch, dtype=torch.float64), nn.ReLU())),
+                                torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).double())
+    result = fresh.load_state_dict(ref.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert int(fresh[0].xpcnn_module[1].num_batches_tracked) == 3
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), ref(x))
+    bad = dict(ref.state_dict())
+    bad["0.1.running_var"] = torch.ones(5, dtype=torch.float64)
+    del bad["0.1.running_mean"]
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key\(s\).*0\.1\.running_mean.*size mismatch for 0\.1\.running_var"):
+        fresh.load_state_dict(bad)

@@ -152,7 +152,9 @@ def module(xpcnn_module):
         ``xpcnn_module.backward(dout)`` and hands every parameter's gradient to autograd (the parameters are
         inputs of the recorded node), which accumulates them into the torch parameters' ``.grad``. The xpcnn
         parameters' own ``.grad`` are left as they were. ``train()``/``eval()`` reach the xpcnn module.
-        Buffers (batch norm's running statistics) stay on the xpcnn module (``.xpcnn_module``).
+        Buffers (batch norm's running statistics) stay on the xpcnn module (``.xpcnn_module``), and the wrapper's
+        ``state_dict()`` holds them under their xpcnn (= PyTorch) names, which its ``load_state_dict()`` loads:
+        a checkpoint of a torch model holding wrapped layers is complete, and equals the pure PyTorch model's.
 
     Raises
     ------
@@ -261,6 +263,30 @@ def _make_wrapper(torch):
             super().train(mode)
             self.xpcnn_module.train(mode)
             return self
+
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            for name, value in self.xpcnn_module.named_buffers():  # batch norm's statistics, by their xpcnn names
+                destination[prefix + name] = value if keep_vars else value.detach()
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                  error_msgs):
+            optional = self.xpcnn_module._optional_buffers()
+            for name, value in self.xpcnn_module.named_buffers():
+                key = prefix + name
+                if key not in state_dict:
+                    if name not in optional:
+                        missing_keys.append(key)
+                    continue
+                incoming = state_dict.pop(key)  # taken here: the parameters' submodules never see it
+                if tuple(incoming.shape) != tuple(value.shape):
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(incoming.shape)} "
+                                      f"from checkpoint, the shape in current model is {tuple(value.shape)}.")
+                    continue
+                self.xpcnn_module._assign(name, incoming.detach().to(device=value.device, dtype=value.dtype,
+                                                                      copy=True))
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
 
         def extra_repr(self):
             return f"xpcnn: {self.xpcnn_module!r}".replace("\n", "\n  ")
