@@ -5,7 +5,9 @@ chosen by the input's type.
 
 * :mod:`xpcnn.functional`: the forward/backward pairs of every layer;
 * :mod:`xpcnn.nn`: layer objects, ``Sequential`` and losses; :mod:`xpcnn.optim`: SGD, Adam, AdamW;
-* :func:`fit`, :func:`evaluate`, :func:`predict`; :func:`save`, :func:`load`.
+* :func:`fit`, :func:`evaluate`, :func:`predict`; :func:`save`, :func:`load` (``.npz`` or ``.safetensors``);
+* :mod:`xpcnn.interop` (imported on demand): xpcnn's passes inside PyTorch and JAX autodiff, and PyTorch state
+  dicts by name; :mod:`xpcnn.testing` (imported on demand): gradient checks, the backend matrix, ``assert_close``.
 """
 
 from . import config, functional, nn, optim
