@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy as np
 import pytest
 
@@ -140,3 +143,46 @@ def test_validation_targets_are_checked_too():
     with pytest.raises(ValueError, match="class indices"):
         xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
                   validation_data=(x, y_bad), progress=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_one_plain_line_per_epoch_off_a_terminal_a_bar_on_one_and_nothing_when_off(capsys):
+    x, y, x_val, y_val = _digits(64, 16)
+    log = io.StringIO()
+    model = _small_cnn()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=2,
+              batch_size=16, validation_data=(x_val, y_val), progress=log)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"epoch {epoch}/2: loss \d\.\d{{4}}, accuracy \d\.\d{{4}}, val_loss \d\.\d{{4}}, "
+                            r"val_accuracy \d\.\d{4}, \d+\.\d s", line), line
+    terminal = _Terminal()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+              batch_size=16, progress=terminal)
+    assert "\r" in terminal.getvalue() and "epoch 3/3" in terminal.getvalue() and "4/4" in terminal.getvalue()
+    capsys.readouterr()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+              progress=False)
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, progress="yes")
+
+
+def test_predict_probabilities_is_the_softmax_of_the_outputs(xp):
+    x, _, _, _ = _digits(20, 1)
+    model = _small_cnn(xp.namespace, xp.device)
+    x = xp.asarray(x)
+    logits = xp.to_numpy(xpcnn.predict(model, x, batch_size=7))
+    probs = xpcnn.predict(model, x, batch_size=7, probabilities=True)
+    xp.assert_on_backend(probs, xp.float32)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    expected = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(xp.to_numpy(probs), expected, rtol=1e-5, atol=1e-7)
+    assert tuple(xpcnn.predict(model, x[:0, ...], probabilities=True).shape) == (0, 10)
+    with pytest.raises(TypeError, match="probabilities must be True or False"):
+        xpcnn.predict(model, x, probabilities=1)

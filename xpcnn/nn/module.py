@@ -91,6 +91,7 @@ class Module:
 
     buffer_names: tuple[str, ...] = ()  # non-trainable arrays kept in the state dict (BatchNorm's statistics)
     optional_buffer_names: tuple[str, ...] = ()  # buffers older state dicts lack: loading keeps their value
+    extra_state_names: tuple[str, ...] = ()  # plain Python ints a checkpoint keeps (Dropout's call counter)
 
     def __init__(self):
         self.training = True
@@ -151,6 +152,37 @@ class Module:
             yield prefix + name, getattr(self, name)
         for name, child in self.named_children():
             yield from child.named_buffers(f"{prefix}{name}.")
+
+    def named_extra_state(self, prefix: str = ""):
+        """``(name, value)`` of the plain Python state named in ``extra_state_names`` (ints such as a Dropout
+        layer's count of forward passes, which picks its next mask), through the tree: what a checkpoint keeps
+        besides :meth:`state_dict` so that a resumed run draws the same random numbers."""
+        for name in self.extra_state_names:
+            yield prefix + name, getattr(self, name)
+        for name, child in self.named_children():
+            yield from child.named_extra_state(f"{prefix}{name}.")
+
+    def load_extra_state(self, state: dict) -> None:
+        """Set the values :meth:`named_extra_state` lists from ``state`` (checked first: the same names, ints).
+
+        Raises
+        ------
+        ValueError
+            When the names differ from the model's (the model is left unchanged).
+        """
+        own = dict(self.named_extra_state())
+        if set(state) != set(own):
+            raise ValueError(f"extra state does not match the model: missing {sorted(set(own) - set(state))}, "
+                             f"unexpected {sorted(set(state) - set(own))}")
+        for name, value in state.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"extra state {name!r} must be an int, got {type(value).__name__} {value!r}")
+        for name, value in state.items():
+            *path, attr = name.split(".")
+            owner = self
+            for part in path:
+                owner = dict(owner.named_children())[part]
+            setattr(owner, attr, value)
 
     def _optional_buffers(self, prefix: str = "") -> set:
         names = {prefix + name for name in self.optional_buffer_names if name in self.buffer_names}
