@@ -8,6 +8,7 @@ refreshes (at most a few per second) and one per epoch for the history.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -370,29 +371,27 @@ def _fit_epoch(run, x, y, xp, device, batch_size, validation_data, shuffle, stre
     batches = _batches(xp, n, batch_size, order, device)
     label = f"epoch {run.data_order.epoch}/{last_epoch}"
     bar = _progress_bar(stream, len(batches), label)
-    loss_sum, correct, seen, shown = 0.0, 0, 0, time.monotonic()
+    tally, seen, shown = _Tally(xp, loss_fn, classify), 0, time.monotonic()
     for index in batches:
         xb, yb = xp.take(x, index, axis=0), xp.take(y, index, axis=0)
         optimizer.zero_grad()
         out = model.forward(xb)
         check_targets(out)
         loss = step_loss(out, yb)
+        tally.add(loss, _mean_denominator(step_loss, index.shape[0]), out, yb)
         model.backward(step_loss.backward(1.0), input_grad=False)
         optimizer.step()
         if scheduler is not None and scheduler_step == "batch":
             scheduler.step()
-        loss_sum = loss_sum + _batch_total(loss, index.shape[0], loss_fn.reduction)
-        if classify:
-            correct = correct + _correct(xp, out, yb)
         seen += index.shape[0]
         if bar is not None:
             bar.update(1)
             if time.monotonic() - shown > 0.5 or seen == n:  # the only per-step sync: the display
-                bar.set_postfix(_postfix(loss_sum, correct, seen, classify, loss_fn.reduction), refresh=False)
+                bar.set_postfix(tally.postfix(), refresh=False)
                 shown = time.monotonic()
-    logs = {"loss": _dataset_loss(loss_sum, n, loss_fn.reduction)}
+    logs = {"loss": tally.loss()}
     if classify:
-        logs["accuracy"] = int(correct) / n
+        logs["accuracy"] = tally.accuracy()
     if validation_data is not None:
         val_loss, val_accuracy = evaluate(model, loss_fn, *validation_data, batch_size=batch_size)
         logs["val_loss"] = val_loss
@@ -510,18 +509,16 @@ def evaluate(model: Module, loss_fn: _Loss, x, y, *, batch_size: int = 256) -> t
     try:
         classify = isinstance(loss_fn, CrossEntropyLoss)
         step_loss, check_targets = _checking_targets_once(xp, loss_fn, y)
-        loss_sum, correct = 0.0, 0
+        tally = _Tally(xp, loss_fn, classify)
         for index in _batches(xp, x.shape[0], batch_size, None, device):
             yb = xp.take(y, index, axis=0)
             out = model.forward(xp.take(x, index, axis=0))
             check_targets(out)
-            loss_sum = loss_sum + _batch_total(step_loss(out, yb), index.shape[0], loss_fn.reduction)
-            if classify:
-                correct = correct + _correct(xp, out, yb)
+            loss = step_loss(out, yb)
+            tally.add(loss, _mean_denominator(step_loss, index.shape[0]), out, yb)
     finally:
         model.train(was_training)
-    n = x.shape[0]
-    return _dataset_loss(loss_sum, n, loss_fn.reduction), (int(correct) / n if classify else None)
+    return tally.loss(), (tally.accuracy() if classify else None)
 
 
 def predict(model: Module, x, *, batch_size: int = 256, probabilities: bool = False):
@@ -591,14 +588,51 @@ def _softmax(xp, scores):
     return exp / xp.sum(exp, axis=1, keepdims=True)
 
 
-def _batch_total(loss, count: int, reduction: str):
-    """A batch's share of the data set's loss: its sum (the mean times the batch's size for ``"mean"``)."""
-    return loss * count if reduction == "mean" else loss
+class _Tally:
+    """Running sums of one pass over the data, kept as device arrays (read at the end, or by the display).
+
+    The loss is the criterion's over all the data: for ``"mean"`` each batch's mean times what it divided by (its
+    samples, or for cross-entropy its summed target weights), over the sum of those; for ``"sum"`` the sum. The
+    accuracy counts the targets not ignored: class indices (or the most probable class of probability targets)
+    met by the highest score, at every position of (N, C, d1, ...) outputs."""
+
+    def __init__(self, xp, loss_fn, classify: bool):
+        self.xp, self.reduction, self.classify = xp, loss_fn.reduction, classify
+        self.ignore_index = getattr(loss_fn, "ignore_index", None)
+        self.loss_sum = self.weight = self.correct = self.counted = 0
+
+    def add(self, loss, denominator, out, y) -> None:
+        if self.reduction == "mean":
+            self.loss_sum, self.weight = self.loss_sum + loss * denominator, self.weight + denominator
+        else:
+            self.loss_sum = self.loss_sum + loss
+        if self.classify:
+            hits, counted = _hits(self.xp, out, y, self.ignore_index)
+            self.correct, self.counted = self.correct + hits, self.counted + counted
+
+    def loss(self) -> float:
+        if self.reduction != "mean":
+            return float(self.loss_sum)
+        weight = float(self.weight)
+        return float(self.loss_sum) / weight if weight else math.nan
+
+    def accuracy(self) -> float:
+        counted = int(self.counted)
+        return int(self.correct) / counted if counted else math.nan
+
+    def postfix(self) -> dict:
+        postfix = {"loss": f"{self.loss():.4f}"}
+        if self.classify:
+            postfix["acc"] = f"{self.accuracy():.4f}"
+        return postfix
 
 
-def _dataset_loss(total, n: int, reduction: str) -> float:
-    """The data set's loss from the sum of its batches' totals (one host read)."""
-    return float(total) / n if reduction == "mean" else float(total)
+def _mean_denominator(step_loss, samples: int):
+    """What the step's ``"mean"`` loss divided by, as a weight of its batch: cross-entropy's summed target weights
+    (kept in its cache: read before the backward pass takes it), else the batch's samples."""
+    cache = getattr(step_loss, "_cache", None)
+    denominator = getattr(cache, "denominator", None)
+    return samples if denominator is None else denominator
 
 
 def _checking_targets_once(xp, loss_fn, y):
@@ -611,15 +645,23 @@ def _checking_targets_once(xp, loss_fn, y):
 
     def check_targets(out):
         if pending:
-            check_class_range(xp, y, out.shape[1])
+            if not xp.isdtype(y.dtype, "real floating"):  # class probabilities have no range to check
+                check_class_range(xp, y, out.shape[0 if out.ndim == 1 else 1], loss_fn.ignore_index)
             pending.clear()
 
-    return CrossEntropyLoss(loss_fn.reduction, check_targets=False), check_targets
+    return loss_fn.unchecked(), check_targets
 
 
-def _correct(xp, out, y):
-    """Number of rows whose highest score is at the target class (a 0-d device array: no sync)."""
-    return xp.sum(xp.astype(xp.argmax(out, axis=1) == y, xp.int64))
+def _hits(xp, out, y, ignore_index):
+    """(targets met by the highest score, targets counted), 0-d device arrays (no sync): class indices other than
+    ``ignore_index``, or the most probable class of class-probability targets, at every position."""
+    predicted = xp.argmax(out, axis=1)
+    if xp.isdtype(y.dtype, "real floating"):
+        hits = predicted == xp.argmax(y, axis=1)
+        return xp.sum(xp.astype(hits, xp.int64)), math.prod(hits.shape)
+    kept = y != ignore_index if ignore_index is not None else xp.ones_like(y, dtype=xp.bool)
+    hits = (predicted == y) & kept
+    return xp.sum(xp.astype(hits, xp.int64)), xp.sum(xp.astype(kept, xp.int64))
 
 
 def _check_model(model) -> None:
@@ -674,10 +716,10 @@ def _check_validation_data(model, loss_fn, validation_data, x) -> None:
         first = xp.arange(1, dtype=xp.int64, device=array_api_compat.device(x_val))
         out = model.forward(xp.take(x_val, first, axis=0))
         check = isinstance(loss_fn, CrossEntropyLoss)
-        probe = CrossEntropyLoss(loss_fn.reduction, check_targets=False) if check else loss_fn
+        probe = loss_fn.unchecked() if check else copy.copy(loss_fn)
         probe(out, xp.take(y_val, first, axis=0))
-        if check and loss_fn.check_targets:
-            check_class_range(xp, y_val, out.shape[1])
+        if check and loss_fn.check_targets and not xp.isdtype(y_val.dtype, "real floating"):
+            check_class_range(xp, y_val, out.shape[1], loss_fn.ignore_index)
     except (ValueError, TypeError) as error:
         raise type(error)(f"validation_data does not fit the model and loss: {error}") from error
     finally:
@@ -688,13 +730,6 @@ def _batches(xp, n, batch_size, order, device):
     """Index arrays (on the device) of consecutive batches, in ``order`` when given."""
     order = xp.arange(n, dtype=xp.int64, device=device) if order is None else order
     return [order[start : min(start + batch_size, n)] for start in range(0, n, batch_size)]
-
-
-def _postfix(loss_sum, correct, seen, classify, reduction):
-    postfix = {"loss": f"{_dataset_loss(loss_sum, seen, reduction):.4f}"}
-    if classify:
-        postfix["acc"] = f"{int(correct) / seen:.4f}"
-    return postfix
 
 
 def _progress_stream(progress):
