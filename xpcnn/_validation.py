@@ -56,14 +56,15 @@ def check_floating(xp, a, name: str) -> None:
 _PARAMETER_NAMES = ("weight", "bias", "running_mean", "running_var")  # a layer's arrays, cast with model.to
 
 
-def check_same_dtype(a, name: str, ref, ref_name: str) -> None:
+def check_same_dtype(a, name: str, ref, ref_name: str, *, parameter: bool | None = None) -> None:
     """A TypeError when ``a``'s dtype is not ``ref``'s, saying how to cast (xpcnn never casts behind the user's
     back): a layer's weight against its input suggests ``xp.astype(x, ...)`` or ``model.to(..., dtype=...)``, any
-    other pair ``xp.astype(<name>, ...)``."""
+    other pair ``xp.astype(<name>, ...)``. ``parameter`` says whether ``a`` is a layer's array (by default: when
+    ``name`` is weight, bias or a running statistic)."""
     if a.dtype == ref.dtype:
         return
     have, want = _dtype_name(a.dtype), _dtype_name(ref.dtype)
-    if name in _PARAMETER_NAMES:
+    if name in _PARAMETER_NAMES if parameter is None else parameter:
         advice = (f"cast the input, xp.astype({ref_name}, xp.{have}), or the model's parameters, "
                   f"model.to(xp, dtype=xp.{want})")
     else:
@@ -188,11 +189,11 @@ _SUMMARY_LIMIT = 60  # characters of a non-array field's repr kept in a cache su
 def _summary(value) -> str:
     if array_api_compat.is_array_api_obj(value):
         return f"{library_name(value)}{tuple(value.shape)} {_dtype_name(value.dtype)}"
+    if _is_record(value):
+        return cache_repr(value)
     if isinstance(value, (tuple, list)) and any(array_api_compat.is_array_api_obj(v) or _is_record(v) for v in value):
         inner = ", ".join(_summary(v) for v in value)
         return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
-    if _is_record(value):
-        return cache_repr(value)
     text = repr(value)
     return text if len(text) <= _SUMMARY_LIMIT else text[: _SUMMARY_LIMIT - 3] + "..."
 

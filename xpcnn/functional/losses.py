@@ -156,7 +156,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
     if weight is not None:
         check_floating(xp, weight, "weight")
         check_shape(weight, "weight", (classes,), "one weight per class")
-        check_same_dtype(weight, "weight", logits, "logits")
+        check_same_dtype(weight, "weight", logits, "logits", parameter=False)
     probabilities = xp.isdtype(target.dtype, "real floating")
     index_shape = shape[1:] if logits.ndim == 1 else (shape[0], *shape[2:])
     if probabilities:
