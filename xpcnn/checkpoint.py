@@ -28,7 +28,6 @@ from ._host import to_numpy
 from ._validation import as_int
 from .nn.module import Module
 from .optim import LRScheduler, Optimizer, ReduceLROnPlateau
-from .serialization import _umask
 from .training import Callback, DataOrder, TrainingRun, _Monitor
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint", "BestCheckpoint"]
@@ -348,6 +347,12 @@ def _write_atomically(path, arrays: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read(path):

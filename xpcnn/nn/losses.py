@@ -75,7 +75,7 @@ class CrossEntropyLoss(_Loss):
     Calling it
     ----------
     ``criterion(logits, target)``: logits (N, C), (N, C, d1, ...) or (C,); target class indices (N,),
-    (N, d1, ...) or (), or class probabilities of the logits' shape. :meth:`backward` returns dlogits.
+    (N, d1, ...) or (), or class probabilities of the logits' shape. ``criterion.backward()`` returns dlogits.
 
     Raises
     ------
@@ -159,5 +159,6 @@ class MSELoss(_Loss):
     forward_fn, backward_fn = F.mse_loss_forward, F.mse_loss_backward
 
     def backward(self, dloss=1.0, *, target_grad: bool = False):
-        """dpred (and dtarget, as ``(dpred, dtarget)``, with ``target_grad=True``); see :meth:`_Loss.backward`."""
+        """dpred (and dtarget, as ``(dpred, dtarget)``, with ``target_grad=True``); ``dloss`` as for every loss:
+        1.0 when the loss is the final objective, an array of the loss's shape for ``reduction="none"``."""
         return F.mse_loss_backward(dloss, self._take_cache(), target_grad=target_grad)

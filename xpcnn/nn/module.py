@@ -29,6 +29,8 @@ class Parameter:
         self.grad = None
 
     def accumulate(self, grad) -> None:
+        """Add ``grad`` to ``self.grad`` (set it when None): what a backward pass does for each use of the
+        parameter, so that a parameter used twice gets the sum of both gradients."""
         self.grad = grad if self.grad is None else self.grad + grad
 
     def __repr__(self):
@@ -103,9 +105,12 @@ class Module:
             cls.backward = _guarded_backward(cls.__dict__["backward"])
 
     def __call__(self, x):
+        """``self.forward(x)``."""
         return self.forward(x)
 
     def forward(self, x):
+        """The output for input ``x`` (in the layout the module was built for, NCHW by default); keeps in
+        ``self._cache`` what ``backward`` needs. Subclasses implement it."""
         raise NotImplementedError
 
     def backward(self, dout, *, input_grad=True):
@@ -129,6 +134,7 @@ class Module:
     # -- the module tree ------------------------------------------------------------------------------------------
 
     def named_children(self):
+        """``[(name, module)]`` of the direct children, in the order they were set."""
         return [(name, value) for name, value in vars(self).items() if isinstance(value, Module)]
 
     def modules(self):
@@ -138,6 +144,8 @@ class Module:
             yield from child.modules()
 
     def named_parameters(self, prefix: str = ""):
+        """``(name, Parameter)`` pairs of this module and every module below it, named as in PyTorch
+        (``"0.weight"``), each ``prefix``-ed."""
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
@@ -145,9 +153,12 @@ class Module:
             yield from child.named_parameters(f"{prefix}{name}.")
 
     def parameters(self):
+        """Every :class:`Parameter` of the tree, in :meth:`named_parameters`' order (what an optimizer takes)."""
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix: str = ""):
+        """``(name, array)`` pairs of the non-trainable state listed in ``buffer_names`` (batch norm's running
+        statistics), through the tree."""
         for name in self.buffer_names:
             yield prefix + name, getattr(self, name)
         for name, child in self.named_children():
@@ -195,16 +206,20 @@ class Module:
         return {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``grad`` to None."""
         for p in self.parameters():
             p.grad = None
 
     def train(self, mode: bool = True):
+        """Set training mode (``mode=True``: batch statistics, dropout) or eval mode through the tree; returns
+        self."""
         self.training = mode
         for _, child in self.named_children():
             child.train(mode)
         return self
 
     def eval(self):
+        """``train(False)``: running statistics, no dropout. Returns self."""
         return self.train(False)
 
     # -- state ----------------------------------------------------------------------------------------------------
