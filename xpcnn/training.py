@@ -4,6 +4,11 @@ The data must already be in the model's namespace and on its device (move it onc
 taken on the device with ``xp.take``, the shuffling permutation is made on the device from xpcnn's seeded
 generator, and running loss and accuracy stay device arrays. The only device-to-host reads are the progress bar's
 refreshes (at most a few per second) and one per epoch for the history.
+
+A run's data order is a :class:`DataOrder` (a seed and the count of epochs drawn): successive ``fit`` calls continue
+it, and :func:`xpcnn.save_checkpoint` keeps it, so that a resumed run sees the orders it would have seen. After each
+epoch ``fit`` steps the scheduler it was given and calls its callbacks (:class:`EarlyStopping`,
+:class:`~xpcnn.checkpoint.BestCheckpoint`, any callable) with the :class:`TrainingRun`.
 """
 
 from __future__ import annotations
