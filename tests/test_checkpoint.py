@@ -246,3 +246,34 @@ def test_scheduler_stepped_per_epoch_or_per_batch():
                   progress=False)
     with pytest.raises(ValueError, match="scheduler_step must be 'epoch' or 'batch'"):
         xpcnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, scheduler=sched, scheduler_step="step", progress=False)
+
+
+def test_callbacks_state_is_kept_by_checkpoints_and_across_fit_calls(tmp_path):
+    xp = numpy_backend()
+    x, y = _data(xp)
+    options = dict(batch_size=8, validation_data=_data(xp, 12), progress=False)
+
+    def run_objects():
+        model, opt, sched = _training(xp)
+        return model, opt, sched, [xpcnn.EarlyStopping(monitor="val_accuracy", patience=2, min_delta=0.05),
+                                   xpcnn.BestCheckpoint(tmp_path / "best.npz", monitor="val_loss")]
+
+    model, opt, sched, callbacks = run_objects()
+    full = xpcnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, epochs=12, scheduler=sched, callbacks=callbacks,
+                     **options)
+    expected, (stop, best) = _state(xp, model, opt), callbacks
+    assert stop.stopped_epoch is not None and stop.stopped_epoch == len(full["loss"]) < 12
+
+    model, opt, sched, callbacks = run_objects()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, epochs=2, scheduler=sched, callbacks=callbacks, **options)
+    xpcnn.save_checkpoint(tmp_path / "c.npz", model, opt, sched, callbacks=callbacks)
+    model, opt, sched, callbacks = run_objects()
+    xpcnn.load_checkpoint(tmp_path / "c.npz", model, opt, sched, callbacks=callbacks)
+    while callbacks[0].stopped_epoch is None:  # one epoch per call continues the run
+        xpcnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, epochs=1, scheduler=sched, callbacks=callbacks, **options)
+    _assert_bitwise_equal(_state(xp, model, opt), expected)
+    assert callbacks[0].state_dict() == stop.state_dict() and callbacks[1].state_dict() == best.state_dict()
+    with pytest.raises(ValueError, match="states of callbacks"):
+        xpcnn.load_checkpoint(tmp_path / "c.npz", model, callbacks=[callbacks[1]])
+    with pytest.raises(TypeError, match="callbacks\\[0\\] must be a Callback"):
+        xpcnn.save_checkpoint(tmp_path / "c.npz", model, callbacks=[print])

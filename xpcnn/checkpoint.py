@@ -57,7 +57,8 @@ class Checkpoint:
 
 
 def save_checkpoint(path, model: Module, optimizer: Optimizer | None = None, scheduler=None, *,
-                    epoch: int | None = None, data_order: DataOrder | None = None, extra: dict | None = None) -> None:
+                    epoch: int | None = None, data_order: DataOrder | None = None, callbacks=(),
+                    extra: dict | None = None) -> None:
     """Write a training checkpoint to ``path`` (an ``.npz`` file, atomically, without pickle).
 
     Parameters
@@ -75,6 +76,9 @@ def save_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
     data_order : DataOrder, optional
         The data order to save; by default the model's own, :meth:`DataOrder.of(model) <xpcnn.DataOrder.of>`
         (the one :func:`xpcnn.fit` uses when given none).
+    callbacks : sequence of Callback
+        Callbacks whose ``state_dict()`` to keep (:class:`~xpcnn.EarlyStopping`'s patience count,
+        :class:`BestCheckpoint`'s best value), in order; load them back with the same list.
     extra : dict, optional
         Your own values under string keys: JSON values (numbers, strings, lists, dicts, None) or arrays.
 
@@ -119,6 +123,8 @@ def save_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
         "optimizer": None,
         "scheduler": None,
         "extra": {},
+        "callbacks": [{"class": type(c).__name__, "state": _json_value(c.state_dict(), f"callbacks[{i}] state")}
+                      for i, c in enumerate(_check_callbacks(callbacks))],
     }
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -148,7 +154,7 @@ def save_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
 
 
 def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, scheduler=None, *,
-                    data_order: DataOrder | None = None) -> Checkpoint:
+                    data_order: DataOrder | None = None, callbacks=()) -> Checkpoint:
     """Restore a checkpoint written by :func:`save_checkpoint` into ``model`` (and the optimizer, scheduler and
     data order given); all or nothing.
 
@@ -164,6 +170,8 @@ def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
     data_order : DataOrder, optional
         Loaded with the saved data order; by default the model's own (``DataOrder.of(model)``), so that the next
         :func:`xpcnn.fit` continues the saved run.
+    callbacks : sequence of Callback
+        The callbacks saved with ``callbacks=`` (same classes, same order), loaded with their state.
 
     Returns
     -------
@@ -216,6 +224,11 @@ def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
             raise ValueError(f"{not_fitting}: it holds a {saved['class']} state, the scheduler is a "
                              f"{type(scheduler).__name__}")
     data_order = DataOrder.of(model) if data_order is None else data_order
+    callbacks = _check_callbacks(callbacks)
+    saved_callbacks = manifest.get("callbacks", [])
+    if callbacks and [c["class"] for c in saved_callbacks] != [type(c).__name__ for c in callbacks]:
+        raise ValueError(f"{not_fitting}: it holds the states of callbacks {[c['class'] for c in saved_callbacks]}, "
+                         f"got {[type(c).__name__ for c in callbacks]}")
 
     # Everything restored, or on any error everything put back as it was.
     undo = [
@@ -227,6 +240,7 @@ def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
         undo.append((_restore_optimizer(optimizer), None))
     if scheduler is not None:
         undo.append((scheduler.load_state_dict, scheduler.state_dict()))
+    undo += [(callback.load_state_dict, callback.state_dict()) for callback in callbacks]
     try:
         model.load_state_dict(model_state)
         model.load_extra_state(manifest["model"]["extra_state"])
@@ -235,6 +249,8 @@ def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
         if scheduler is not None:
             scheduler.load_state_dict(manifest["scheduler"]["state"])
         data_order.load_state_dict(manifest["data_order"])
+        for callback, saved in zip(callbacks, saved_callbacks):
+            callback.load_state_dict(saved["state"])
     except (ValueError, TypeError, KeyError) as error:
         for restore, state in reversed(undo):
             restore(state)
@@ -264,7 +280,8 @@ class BestCheckpoint(_Monitor, Callback):
     Attributes
     ----------
     best : float or None
-        The best value so far; ``best_epoch`` the run's epoch it was reached at.
+        The best value so far; ``best_epoch`` the run's epoch it was reached at. Both carry over between
+        :func:`xpcnn.fit` calls, and a checkpoint keeps them when given ``callbacks=[...]``.
 
     Raises
     ------
@@ -292,6 +309,8 @@ class BestCheckpoint(_Monitor, Callback):
             raise FileNotFoundError(f"cannot keep checkpoints in {self.path!r}: the folder {directory!r} does not exist")
         self.best_epoch = None
 
+    _state_names = ("best", "best_epoch")
+
     def on_train_begin(self, run: TrainingRun) -> None:
         self.check_monitored(run)
 
@@ -301,6 +320,16 @@ class BestCheckpoint(_Monitor, Callback):
             self.best, self.best_epoch = value, run.epoch
             save_checkpoint(self.path, run.model, run.optimizer, run.scheduler, epoch=run.epoch,
                             data_order=run.data_order, extra={"monitor": self.monitor, "value": value})
+
+
+def _check_callbacks(callbacks) -> list:
+    if isinstance(callbacks, Callback) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a list of Callback objects, got {type(callbacks).__name__}")
+    callbacks = list(callbacks)
+    for i, callback in enumerate(callbacks):
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks[{i}] must be a Callback (its state is saved), got {type(callback).__name__}")
+    return callbacks
 
 
 def _check_scheduler(scheduler) -> None:

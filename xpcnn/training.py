@@ -155,6 +155,27 @@ class Callback:
     def on_train_end(self, run: TrainingRun) -> None:
         """Called when the :func:`fit` call ends, normally or stopped early (not when an error ends it)."""
 
+    _state_names: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """The callback's own progress as plain Python values (what :func:`xpcnn.save_checkpoint` keeps when given
+        ``callbacks=``); empty for a callback without state."""
+        return {name: getattr(self, name) for name in self._state_names}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`'s values.
+
+        Raises
+        ------
+        ValueError
+            When the keys are not this callback's.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != set(self._state_names):
+            raise ValueError(f"state_dict is not a {type(self).__name__} state: expected keys "
+                             f"{sorted(self._state_names)}, got {state_dict!r:.80}")
+        for name, value in state_dict.items():
+            setattr(self, name, value)
+
 
 class _Monitor:
     """The improvement test shared by :class:`EarlyStopping` and :class:`~xpcnn.checkpoint.BestCheckpoint`."""
@@ -204,7 +225,13 @@ class EarlyStopping(_Monitor, Callback):
     Attributes
     ----------
     best : float or None
-        The best value seen. ``stopped_epoch``: the run's epoch at which it stopped (None while running).
+        The best value seen. ``wait``: epochs since it; ``stopped_epoch``: the run's epoch at which it stopped
+        (None while running).
+
+    Its state carries over from one :func:`fit` call to the next, as one run (``fit(..., epochs=1)`` in a loop:
+    stop the loop when ``stopped_epoch`` is set); :func:`xpcnn.save_checkpoint` keeps it when given
+    ``callbacks=[...]``. Build a new one to start afresh. With ``restore_best_weights``, the best weights are held
+    in memory only.
 
     Raises
     ------
@@ -231,9 +258,10 @@ class EarlyStopping(_Monitor, Callback):
         self.restore_best_weights = as_bool(restore_best_weights, "restore_best_weights")
         self.wait, self.stopped_epoch, self._best_state = 0, None, None
 
+    _state_names = ("best", "wait", "stopped_epoch")
+
     def on_train_begin(self, run):
         self.check_monitored(run)
-        self.wait, self.stopped_epoch = 0, None
 
     def on_epoch_end(self, run):
         value = run.logs[self.monitor]
