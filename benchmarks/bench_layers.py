@@ -336,25 +336,31 @@ def main(argv=None):
     parser.add_argument("--device", default=None, help="PyTorch device for --backend torch (cpu, cuda)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--workload", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--settle", type=float, default=0.2,
-                        help="seconds each contender runs untimed before its timed call in every round")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds (default 7; 3 with --tiny)")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds each contender runs untimed before its timed call in every round "
+                             "(default 0.2; 0.05 with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes: every code path in about a minute")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    state_before = common.machine_state()
+    json_path = common.output_path(args.json)  # checked (its folder made) before measuring
+    if args.repeats is None:
+        args.repeats = 3 if args.tiny else 7
+    if args.settle is None:
+        args.settle = 0.05 if args.tiny else 0.2
+    state_before = common.machine_state(quick=args.tiny)
     rows = bench(args)
     info = common.machine_info()
-    info["state"] = dict(before=state_before, after=common.machine_state())
-    print(f"# {args.backend} {args.dtype}; {info['cores']} cores; BLAS {info['blas']}; torch {info.get('torch')}")
+    info["state"] = dict(before=state_before, after=common.machine_state(quick=args.tiny))
+    print(f"# {args.backend} {args.dtype}; {common.cpu_summary(info)}; BLAS {info['blas']}; torch {info.get('torch')}")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     common.print_table(rows, ["workload", "op", "pass", "contender", "median_ms", "min_ms", "max_ms", "vs_torch",
                               "vs_torch_rounds", "vs_mirror", "vs_mirror_rounds", "gflops", "gemm_share", "peak_mb",
                               "peak_vs_io"])
-    if args.json:
-        common.write_json(args.json, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
+    if json_path:
+        common.write_json(json_path, dict(benchmark="layers", backend=args.backend, dtype=args.dtype,
                                           machine=info, rows=rows))
     return rows
 

@@ -31,12 +31,16 @@ from train_resnet import resnet  # noqa: E402
 import xpcnn  # noqa: E402
 from xpcnn import nn  # noqa: E402
 from xpcnn._host import to_numpy  # noqa: E402
+from xpcnn.functional.losses import check_class_range  # noqa: E402
 
 NETWORKS = {
     # name: (title, image shape, default batch size, default steps per round)
     "lenet": ("digits LeNet", (1, 8, 8), 32, 20),
     "resnet": ("MNIST ResNet", (1, 28, 28), 64, 3),
 }
+TINY_IMAGES = {"lenet": (1, 8, 8), "resnet": (1, 12, 12)}
+"""--tiny: the ResNet on 12x12 images (it ends in global average pooling, so any size from 8 up runs), batch 2,
+one step a round, one round (the smoke test)."""
 LOSS_RTOL = 1e-4
 """Relative tolerance of the check that one xpcnn step and one PyTorch step give the same loss (float32)."""
 
@@ -109,6 +113,8 @@ def bench(args, network="lenet"):
     backend = common.Backend(args.backend, args.device)
     torch = backend.torch
     title, image_shape, default_batch, default_steps = NETWORKS[network]
+    if args.tiny:
+        image_shape, default_batch, default_steps = TINY_IMAGES[network], 2, 1
     batch_size = args.batch_size or default_batch
     steps = args.steps or default_steps
     rng = np.random.default_rng(0)
@@ -120,7 +126,10 @@ def bench(args, network="lenet"):
     model, net, optimizer, torch_optimizer = networks(network, backend)
     x, y = backend.asarray(x_host), backend.asarray(y_host)
     xt, yt = backend.torch_tensor(x_host), backend.torch_tensor(y_host)
-    loss_fn = nn.CrossEntropyLoss()
+    # as fit trains: the targets checked once (here, once for the fixed batch), not at every step, where the
+    # check's read of the targets would stop the host (a device sync on a GPU)
+    check_class_range(backend.xp, y, 10)
+    loss_fn = nn.CrossEntropyLoss(check_targets=False)
 
     def our_step():
         optimizer.zero_grad()
@@ -179,26 +188,31 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--settle", type=float, default=0.2,
                         help="seconds each contender runs untimed before its timed call in every round")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke test: small ResNet images, batch 2, one step, one round, no settling")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.tiny:
+        args.repeats, args.settle = 1, 0.0
+    json_path = common.output_path(args.json)  # checked (its folder made) before measuring
     chosen = list(dict.fromkeys(args.network or NETWORKS))
-    state_before = common.machine_state()
+    state_before = common.machine_state(quick=args.tiny)
     rows = [row for network in chosen for row in bench(args, network)]
     info = common.machine_info()
-    info["state"] = dict(before=state_before, after=common.machine_state())
+    info["state"] = dict(before=state_before, after=common.machine_state(quick=args.tiny))
     titles = ", ".join(NETWORKS[n][0] for n in chosen)
     checks = "; ".join(NETWORKS[o["network"]][0] + " " + ", ".join(f"{a:.6f}/{b:.6f}" for a, b in
                                                                   zip(o["check_losses"], t["check_losses"]))
                        for o, t in zip(rows[::2], rows[1::2]))
-    print(f"# training step, {titles}, {args.backend}; {info['cores']} cores; BLAS {info['blas']}; "
+    print(f"# training step, {titles}, {args.backend}; {common.cpu_summary(info)}; BLAS {info['blas']}; "
           f"PyTorch {info.get('torch_threads')} threads")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     print(f"# losses of the first two steps, xpcnn against PyTorch: {checks}")
     common.print_table(rows, ["network", "contender", "batch_size", "steps", "median_ms", "min_ms", "max_ms",
                               "images_per_s", "vs_torch", "vs_torch_rounds"])
-    if args.json:
-        common.write_json(args.json, dict(benchmark="train", backend=args.backend, machine=info, rows=rows))
+    if json_path:
+        common.write_json(json_path, dict(benchmark="train", backend=args.backend, machine=info, rows=rows))
     return rows
 
 

@@ -9,6 +9,7 @@ import platform
 import statistics
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 
@@ -75,12 +76,9 @@ def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, sett
     rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`).
 
     In every round each contender first runs untimed, ``warmup`` calls and at least ``settle_s`` seconds, right
-    before its timed call. The first calls after another library has run pay for the switch: that library's
-    worker threads go on spinning for work for a while (OpenBLAS's for about 0.1 s) on the same cores, and the
-    contender's own threads have to wake up. Measured on a 2-core machine: PyTorch's conv (c) forward +
-    backward took 90-112 ms straight after xpcnn's and 55-60 ms when run alone, and its digits training step 2.4-3.7
-    ms alone against 5-6 ms interleaved; timed straight after the other, each library looked faster than it is
-    against the other. Settled, each is timed in its steady state, as in a training loop of its own.
+    before its timed call, so that each is timed in its steady state, as in a training loop of its own: the first
+    calls after another library has run pay for the switch (that library's worker threads go on spinning on the
+    same cores, the contender's own threads have to wake up). benchmarks/README.md, "Method", gives the figures.
     """
     samples = {name: [] for name in contenders}
     for _ in range(repeats):
@@ -105,11 +103,14 @@ def paired_ratio(ours: dict, reference: dict):
     return statistics.median(pairs) if pairs else None
 
 
-def machine_state(size_mib: int = 64, repeats: int = 5):
+def machine_state(size_mib: int = 64, repeats: int = 5, quick: bool = False):
     """How fast this shared machine is right now, on the host: a large float32 copy (GB/s, memory-bound) and a
     float32 GEMM (GFLOP/s, compute-bound), medians of ``repeats``. Other tenants can halve the copy bandwidth for
     minutes at a time while the GEMM rate barely moves; im2col and pooling are memory-bound, so their times move
-    with the copy figure. Taken before and after each run and written with the results."""
+    with the copy figure. Taken before and after each run and written with the results. ``quick``: a 4 MiB copy,
+    one repeat (the smoke test; the figures then say little)."""
+    if quick:
+        size_mib, repeats = 4, 1
     src = np.ones(size_mib * 2**18, dtype=np.float32)
     dst = np.empty_like(src)
     a = np.ones((512, 512), dtype=np.float32)
@@ -132,6 +133,7 @@ def machine_info():
     info = dict(
         machine=platform.machine(),
         processor=platform.processor() or platform.machine(),
+        **cpu_model(),
         cores=os.cpu_count(),
         python=platform.python_version(),
         numpy=np.__version__,
@@ -155,6 +157,52 @@ def machine_info():
     return info
 
 
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                     "amx_tile", "amx_bf16", "asimd", "sve", "sve2")
+"""The /proc/cpuinfo flags worth recording: the vector units BLAS, oneDNN and NumPy's loops choose kernels by."""
+
+
+def cpu_model() -> dict:
+    """``cpu_model`` (the model name) and ``cpu_flags`` (its :data:`VECTOR_EXTENSIONS`), from /proc/cpuinfo on
+    Linux; the platform's processor string and no flags elsewhere."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("model name", "Model", "cpu model") and value.strip():
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:
+            present = set(value.split())
+            flags = [flag for flag in VECTOR_EXTENSIONS if flag in present]
+    return dict(cpu_model=model, cpu_flags=flags)
+
+
+def cpu_summary(info: dict) -> str:
+    """One line for a table's header: the CPU model, its vector extensions and the core count."""
+    flags = " ".join(info.get("cpu_flags") or []) or "no vector flags known"
+    return f"CPU {info.get('cpu_model')} ({flags}), {info.get('cores')} cores"
+
+
+def output_path(path):
+    """``path`` (or None) resolved against the working directory, its folder created and checked writable, before
+    any measuring: a bad path fails at once, not after the whole run."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(f"--json {path} is a directory; give a file name")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"--json {path}: cannot write there")
+    return path
+
+
 def write_json(path, payload):
     with open(path, "w") as f:
         json.dump(payload, f, indent=1)
@@ -165,6 +213,14 @@ def print_table(rows, columns):
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(_fmt(r.get(c)).ljust(widths[c]) for c in columns))
+
+
+def print_markdown(rows, columns):
+    """The rows as a Markdown table (for benchmarks/README.md)."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for r in rows:
+        print("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
 
 
 def _fmt(v):

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import common  # noqa: E402
 
 
 def ratios(payload):
@@ -25,7 +29,10 @@ def ratios(payload):
 
 def markdown(payloads):
     """One row per layer case (xpcnn, PyTorch, seed-style and GEMM-limit medians side by side) and per training run."""
-    lines = []
+    machines = dict.fromkeys(common.cpu_summary(p["machine"]) if p["machine"].get("cpu_model")
+                             else "CPU not recorded (a JSON written before the scripts recorded it)"
+                             for p in payloads if "machine" in p)
+    lines = [f"Machine: {m}" for m in machines] + [""]
     if any(p["benchmark"] == "layers" for p in payloads):
         lines += ["| workload | op | pass | dtype | xpcnn ms (min-max) | PyTorch ms | ratio | ratio per round "
                   "| seed-style ms | xpcnn speed-up vs seed | GFLOP/s | GEMM share | peak MiB (x in+out+w) |",

@@ -2,9 +2,10 @@
 
 Backends: NumPy; array-api-strict (API version pinned) on its CPU device, on ``device1`` (a stand-in for a GPU:
 it raises when an array lands on the default device or leaks through NumPy) and on ``no_float64``; PyTorch CPU
-through array-api-compat when torch is installed; JAX with 64-bit enabled; Dask with the batch axis chunked; CuPy
-when a GPU is available. Set ``XPCNN_REQUIRE_TORCH=1`` to make a missing torch an error instead of a skip (CI
-does).
+through array-api-compat when torch is installed (and PyTorch CUDA, id ``torch-cuda``, where a GPU is); JAX with
+64-bit enabled (and on a GPU, id ``jax-gpu``, where jax has one); Dask with the batch axis chunked; CuPy when a GPU
+is available. ``-k "cupy or torch-cuda or jax-gpu"`` selects the GPU runs (benchmarks/gpu_check.sh). Set
+``XPCNN_REQUIRE_TORCH=1`` to make a missing torch an error instead of a skip (CI does).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ def _backends():
     else:
         ns = array_api_compat.array_namespace(torch.empty(0))
         params.append(pytest.param(Backend("torch", ns, torch.device("cpu")), id="torch"))
+        if torch.cuda.is_available():
+            params.append(pytest.param(Backend("torch", ns, torch.device("cuda", 0)), id="torch-cuda"))
+        else:
+            params.append(pytest.param(None, id="torch-cuda", marks=pytest.mark.skip(reason="no PyTorch CUDA")))
 
     try:
         import jax
@@ -53,6 +58,14 @@ def _backends():
         jax.config.update("jax_enable_x64", True)
         ns = array_api_compat.array_namespace(jax.numpy.empty(0))
         params.append(pytest.param(Backend("jax", ns, jax.devices("cpu")[0]), id="jax"))
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # no GPU backend
+            gpus = []
+        if gpus:
+            params.append(pytest.param(Backend("jax", ns, gpus[0]), id="jax-gpu"))
+        else:
+            params.append(pytest.param(None, id="jax-gpu", marks=pytest.mark.skip(reason="no JAX GPU")))
 
     try:
         import dask.array as da

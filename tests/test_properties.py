@@ -79,7 +79,8 @@ def conv_cases(draw):
         x_shape=(draw(st.integers(0, 3)), channels, *size),
         w_shape=(out_channels, channels // groups, *kernel),
         bias=draw(st.booleans()),
-        options=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
+        options=dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     data_format=draw(st.sampled_from(["NCHW", "NHWC"]))),
         pads=pads,
         seed=draw(st.integers(0, 2**32 - 1)),
     )
@@ -103,7 +104,8 @@ def conv_transpose_cases(draw):
         w_shape=(channels, draw(st.integers(1, 2)), *kernel),
         bias=draw(st.booleans()),
         options=dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
-                     groups=groups, workspace_limit=draw(st.sampled_from([None, 1]))),  # 1: one sample per piece
+                     groups=groups, workspace_limit=draw(st.sampled_from([None, 1])),  # 1: one sample per piece
+                     data_format=draw(st.sampled_from(["NCHW", "NHWC"]))),
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -124,6 +126,13 @@ def pool_cases(draw, with_dilation):
     )
 
 
+def _layout(data_format):
+    """NCHW -> the layout, and back (NHWC: channels moved last and back)."""
+    if data_format == "NCHW":
+        return (lambda a: a), (lambda a: a)
+    return (lambda a: np.ascontiguousarray(np.transpose(a, (0, 2, 3, 1)))), (lambda a: np.transpose(a, (0, 3, 1, 2)))
+
+
 @pytest.mark.parametrize("make_backend", BACKENDS)
 @PROPERTY
 @given(case=conv_cases())
@@ -132,13 +141,15 @@ def test_conv2d_equals_naive_loops(make_backend, case):
     rng = np.random.default_rng(case["seed"])
     x, w = rng.standard_normal(case["x_shape"]), rng.standard_normal(case["w_shape"])
     b = rng.standard_normal(case["w_shape"][0]) if case["bias"] else None
-    out, cache = conv2d_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b), **case["options"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx, dw, db = conv2d_backward(xp.asarray(dout), cache)
+    to_layout, from_layout = _layout(case["options"]["data_format"])
+    out, cache = conv2d_forward(xp.asarray(to_layout(x)), xp.asarray(w), None if b is None else xp.asarray(b),
+                                **case["options"])
+    dout = rng.standard_normal(tuple(from_layout(xp.to_numpy(out)).shape))
+    dx, dw, db = conv2d_backward(xp.asarray(to_layout(dout)), cache)
     o = case["options"]
     ref = reference.conv2d(x, w, b, _pair(o["stride"]), case["pads"], _pair(o["dilation"]), o["groups"], dout)
-    np.testing.assert_allclose(xp.to_numpy(out), ref[0], **CLOSE)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref[1], **CLOSE)
+    np.testing.assert_allclose(from_layout(xp.to_numpy(out)), ref[0], **CLOSE)
+    np.testing.assert_allclose(from_layout(xp.to_numpy(dx)), ref[1], **CLOSE)
     np.testing.assert_allclose(xp.to_numpy(dw), ref[2], **CLOSE)
     if b is None:
         assert db is None
@@ -154,15 +165,16 @@ def test_conv_transpose2d_equals_naive_loops(make_backend, case):
     rng = np.random.default_rng(case["seed"])
     x, w = rng.standard_normal(case["x_shape"]), rng.standard_normal(case["w_shape"])
     b = rng.standard_normal(case["w_shape"][1] * case["options"]["groups"]) if case["bias"] else None
-    out, cache = conv_transpose2d_forward(xp.asarray(x), xp.asarray(w), None if b is None else xp.asarray(b),
-                                          **case["options"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx, dw, db = conv_transpose2d_backward(xp.asarray(dout), cache)
+    to_layout, from_layout = _layout(case["options"]["data_format"])
+    out, cache = conv_transpose2d_forward(xp.asarray(to_layout(x)), xp.asarray(w),
+                                          None if b is None else xp.asarray(b), **case["options"])
+    dout = rng.standard_normal(tuple(from_layout(xp.to_numpy(out)).shape))
+    dx, dw, db = conv_transpose2d_backward(xp.asarray(to_layout(dout)), cache)
     o = case["options"]
     ref = reference.conv_transpose2d(x, w, b, o["stride"], o["padding"], o["output_padding"], o["dilation"],
                                      o["groups"], dout)
-    np.testing.assert_allclose(xp.to_numpy(out), ref[0], **CLOSE)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref[1], **CLOSE)
+    np.testing.assert_allclose(from_layout(xp.to_numpy(out)), ref[0], **CLOSE)
+    np.testing.assert_allclose(from_layout(xp.to_numpy(dx)), ref[1], **CLOSE)
     np.testing.assert_allclose(xp.to_numpy(dw), ref[2], **CLOSE)
     if b is None:
         assert db is None

@@ -19,3 +19,11 @@ def known_finite(xp, array) -> bool:
     """True when ``array`` is known to hold no inf or NaN, found out for free: only NumPy's host arrays are
     checked (elsewhere the answer would cost a device sync or force a lazy computation, so it is False)."""
     return is_numpy_array(array) and bool(xp.all(xp.isfinite(array)))
+
+
+def take_nonnegative(xp, x, indices, *, axis: int):
+    """``xp.take(x, indices, axis=axis)`` for indices known to be >= 0. On PyTorch one ``index_select`` (one
+    kernel): array-api-compat's ``take`` first maps negative indices (three more kernels per call)."""
+    if is_torch_array(x):
+        return x.index_select(axis % x.ndim, indices)
+    return xp.take(x, indices, axis=axis)

@@ -14,7 +14,13 @@ The profile is chosen from the array's library and device without a device synch
 any backend with :func:`xpcnn.config.device_profile` (``with device_profile("accelerator"): ...``), which is how the
 CPU-only tests run the accelerator's code paths; the results are the same under both profiles.
 
-Where the figures behind each value come from: benchmarks/README.md.
+Adding a threshold: a field of :class:`Profile` with a docstring saying what it decides and in which unit, a value
+in both profiles, read by name where the choice is made (``profile_for(x).field``), and where the choice has two
+paths, a private argument that selects one explicitly (as ``stacked_windows(by_take=...)``) so the tests cover both
+without monkeypatching.
+
+Where the values come from: benchmarks/README.md ("Choices in the code" for the host's, "Kernel budgets" for the
+accelerator's, whose kernel counts tests/test_kernels.py guards).
 """
 
 from __future__ import annotations

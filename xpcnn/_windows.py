@@ -20,14 +20,17 @@ supports.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import array_api_extra as xpx
 from array_api_compat import device as device_of
+from array_api_compat import is_lazy_array
 
-from ._dispatch import updates_in_place
+from ._dispatch import take_nonnegative, updates_in_place
 from ._tuning import profile_for
 
 _AXES = ("height", "width")
@@ -89,8 +92,9 @@ def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=Fal
     return WindowGeometry(tuple(in_size), tuple(kernel), tuple(stride), tuple(dilation), tuple(padding), tuple(out_size))
 
 
-def pad(xp, x, geometry: WindowGeometry, value: float):
+def pad(xp, x, geometry: WindowGeometry, value: float, *, channels_last: bool = False):
     """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed.
+    With ``channels_last`` the two axes before the last (``(..., H, W, C)``) are padded instead.
 
     Where the library updates arrays in place (:func:`xpcnn._dispatch.updates_in_place`), x is assigned into a
     filled array (one copy). Elsewhere the padded array is concatenated from constant blocks (in x's dtype, on
@@ -102,30 +106,61 @@ def pad(xp, x, geometry: WindowGeometry, value: float):
     bottom, right = padded_height - height - top, padded_width - width - left
     if top == bottom == left == right == 0:
         return x
-    lead, device = tuple(x.shape[:-2]), device_of(x)
+    (lead, trail), device = _around_the_plane(x, channels_last), device_of(x)
     if updates_in_place(x):
-        padded = xp.full((*lead, padded_height, padded_width), value, dtype=x.dtype, device=device)
-        padded[..., top : top + height, left : left + width] = x
+        padded = xp.full((*lead, padded_height, padded_width, *trail), value, dtype=x.dtype, device=device)
+        padded[(..., slice(top, top + height), slice(left, left + width), *_whole(trail))] = x
         return padded
 
     def block(rows, cols):
-        return xp.full((*lead, rows, cols), value, dtype=x.dtype, device=device)
+        return xp.full((*lead, rows, cols, *trail), value, dtype=x.dtype, device=device)
 
-    x = xp.concat([block(height, left), x, block(height, right)], axis=-1)
-    return xp.concat([block(top, padded_width), x, block(bottom, padded_width)], axis=-2)
-
-
-def windows(x_padded, geometry: WindowGeometry):
-    """Yield ``(i, j, slice)`` for every kernel offset; each slice is ``(..., out_h, out_w)``."""
-    for i, j in geometry.offsets():
-        rows, cols = geometry.slices(i, j)
-        yield i, j, x_padded[..., rows, cols]
+    row_axis, col_axis = (-3, -2) if channels_last else (-2, -1)
+    x = xp.concat([block(height, left), x, block(height, right)], axis=col_axis)
+    return xp.concat([block(top, padded_width), x, block(bottom, padded_width)], axis=row_axis)
 
 
-def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=None):
+def _around_the_plane(x, channels_last: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of the axes before and after the two spatial ones (NCHW: (N, C) and (); NHWC: (N,) and (C,))."""
+    return (tuple(x.shape[:-3]), tuple(x.shape[-1:])) if channels_last else (tuple(x.shape[:-2]), ())
+
+
+def _whole(trail) -> tuple[slice, ...]:
+    """Full slices for the axes after the spatial ones."""
+    return (slice(None),) * len(trail)
+
+
+def plane_index(rows: slice, cols: slice, *, channels_last: bool = False) -> tuple:
+    """The index of a (rows, cols) region of the spatial axes: ``(..., rows, cols)``, or ``(..., rows, cols, :)``
+    channels-last."""
+    return (..., rows, cols, slice(None)) if channels_last else (..., rows, cols)
+
+
+def windows(x_padded, geometry: WindowGeometry, *, channels_last: bool = False):
+    """Yield ``(i, j, slice)`` for every kernel offset; each slice is ``(..., out_h, out_w)`` (channels-last:
+    ``(..., out_h, out_w, C)``)."""
+    for i, j, rows, cols in _offset_slices(geometry):
+        yield i, j, x_padded[plane_index(rows, cols, channels_last=channels_last)]
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_slices(geometry: WindowGeometry) -> tuple[tuple[int, int, slice, slice], ...]:
+    """``(i, j, rows, cols)`` for every kernel offset, built once per geometry (the batch pieces of an op, and
+    its backward pass, share it)."""
+    return tuple((i, j, *geometry.slices(i, j)) for i, j in geometry.offsets())
+
+
+def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=None, channels_last: bool = False):
     """Every window of the (unpadded) ``x``, ``(..., H, W) -> (..., kh * kw, out_h, out_w)``; offsets in row-major
     order, positions in the padding hold ``fill``. ``by_take`` chooses the method (default: the cost model's
-    choice, :attr:`xpcnn._tuning.Profile.take_short_rows` and ``take_max_indices``); both give identical arrays."""
+    choice, :attr:`xpcnn._tuning.Profile.take_short_rows` and ``take_max_indices``); both give identical arrays.
+
+    With ``channels_last``, ``(..., H, W, C) -> (..., out_h, out_w, kh * kw, C)``: each offset's slice is copied as
+    runs of ``out_w * C`` contiguous values, by stacking (no ``take``)."""
+    if channels_last:
+        slices = [window for _, _, window in windows(pad(xp, x, geometry, fill, channels_last=True), geometry,
+                                                     channels_last=True)]
+        return xp.stack(slices, axis=-2)
     if by_take is None:
         profile = profile_for(x)
         elements = len(geometry.offsets()) * math.prod(geometry.out_size)
@@ -135,11 +170,38 @@ def stacked_windows(xp, x, geometry: WindowGeometry, fill: float, *, by_take=Non
     lead, (height, width) = tuple(x.shape[:-2]), geometry.in_size
     device = device_of(x)
     flat = xp.reshape(x, (*lead, height * width))
-    indices, reaches_padding = _window_indices(geometry)
-    indices = xp.asarray(indices, dtype=xp.int64, device=device)
+    indices, reaches_padding = window_indices_on(xp, geometry, device, cache=not is_lazy_array(x))
     if reaches_padding:  # one more element, ``fill``, at flat position H * W
         flat = xp.concat([flat, xp.full((*lead, 1), fill, dtype=x.dtype, device=device)], axis=-1)
-    return xp.reshape(xp.take(flat, indices, axis=-1), (*lead, len(geometry.offsets()), *geometry.out_size))
+    gathered = take_nonnegative(xp, flat, indices, axis=-1)
+    return xp.reshape(gathered, (*lead, len(geometry.offsets()), *geometry.out_size))
+
+
+INDEX_CACHE_SIZE = 32
+"""How many device index arrays :func:`window_indices_on` keeps (the least recently used goes first)."""
+
+_index_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def window_indices_on(xp, geometry: WindowGeometry, device, *, cache: bool = True):
+    """:func:`_window_indices` as an int64 array on ``device``, and whether any index is the padding's.
+
+    With ``cache`` the array is made once per (library, device, geometry) and kept (at most
+    :data:`INDEX_CACHE_SIZE`, least recently used dropped): later calls copy nothing from the host. Lazy arrays
+    (JAX, also under ``jax.jit``; Dask) pass ``cache=False``: an array made while tracing must not outlive the
+    trace.
+    """
+    key = (getattr(xp, "__name__", repr(xp)), repr(device), geometry)
+    if cache and key in _index_cache:
+        _index_cache.move_to_end(key)
+        return _index_cache[key]
+    host, reaches_padding = _window_indices(geometry)
+    entry = (xp.asarray(host, dtype=xp.int64, device=device), reaches_padding)  # host: built once, then kept
+    if cache:
+        _index_cache[key] = entry
+        while len(_index_cache) > INDEX_CACHE_SIZE:
+            _index_cache.popitem(last=False)
+    return entry
 
 
 @functools.lru_cache(maxsize=32)
@@ -162,15 +224,18 @@ def _window_indices(geometry: WindowGeometry) -> tuple[tuple[int, ...], bool]:
     return tuple(indices), pad_index in indices
 
 
-def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device):
+def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device, channels_last=False):
     """Accumulating inverse of :func:`windows`: add ``parts[k]`` (``(..., out_h, out_w)``, one per offset in
     row-major order) into the slice of offset ``k`` of a zero padded array, then crop the padding.
 
-    Returns an array of shape ``(*leading_shape, H, W)``.
+    Returns an array of shape ``(*leading_shape, H, W)``. With ``channels_last`` the parts are
+    ``(N, out_h, out_w, C)``, ``leading_shape`` is ``(N, C)`` and the result ``(N, H, W, C)``.
     """
-    slices = [(..., *geometry.slices(i, j)) for i, j in geometry.offsets()]
-    grad = _accumulated(xp, (*leading_shape, *geometry.padded_size), slices, parts, dtype=dtype, device=device)
-    return crop(grad, geometry)
+    slices = [plane_index(rows, cols, channels_last=channels_last) for _, _, rows, cols in _offset_slices(geometry)]
+    shape = ((*leading_shape[:-1], *geometry.padded_size, leading_shape[-1]) if channels_last
+             else (*leading_shape, *geometry.padded_size))
+    grad = _accumulated(xp, shape, slices, parts, dtype=dtype, device=device)
+    return crop(grad, geometry, channels_last=channels_last)
 
 
 def scatter_wide_rows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device):
@@ -206,7 +271,8 @@ def _accumulated(xp, shape, indices, parts, *, dtype, device):
 
 
 def _add_in_place(grad, index, part):
-    grad[index] += part
+    view = grad[index]  # a view: these libraries update views in place (updates_in_place)
+    view += part  # not ``grad[index] += part``, which then copies the view onto itself
     return grad
 
 
@@ -214,11 +280,11 @@ def _add_at(grad, index, part):
     return xpx.at(grad)[index].add(part)
 
 
-def crop(x_padded, geometry: WindowGeometry):
+def crop(x_padded, geometry: WindowGeometry, *, channels_last: bool = False):
     """The input's own (H, W) region of a padded array: the inverse of :func:`pad`."""
     (top, _), (left, _) = geometry.padding
     height, width = geometry.in_size
-    return x_padded[..., top : top + height, left : left + width]
+    return x_padded[plane_index(slice(top, top + height), slice(left, left + width), channels_last=channels_last)]
 
 
 def by_axis(geometry: WindowGeometry, *, rows_first=True) -> tuple[WindowGeometry, WindowGeometry]:
@@ -253,6 +319,18 @@ def samples_per_piece(bytes_per_sample: int, limit: int) -> int:
 def batch_pieces(n: int, piece: int) -> list[slice]:
     """Batch slices of at most ``piece`` samples (one empty slice for an empty batch)."""
     return [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
+
+
+def map_pieces(fn, n: int, piece: int, *per_piece) -> list:
+    """``[fn(part, ...) for part in batch_pieces(n, piece)]``: a function applied to each batch piece (a slice of
+    at most ``piece`` samples) in order, with the matching items of ``per_piece`` (one sequence per extra
+    argument, as long as the pieces) after the slice."""
+    return [fn(part, *items) for part, *items in zip(batch_pieces(n, piece), *per_piece, strict=True)]
+
+
+def sum_pieces(arrays):
+    """The pieces' partial results added up, in order (one array: itself)."""
+    return functools.reduce(operator.add, arrays)
 
 
 def concat_pieces(xp, arrays):

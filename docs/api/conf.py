@@ -40,7 +40,7 @@ nitpick_ignore_regex = [
     ("py:obj", r".*"),
     ("py:class", r"(N|C|H|W|out_h|out_w)"),  # shape letters in NamedTuple field comments
     ("py:class", r"collections\.abc\..*"),  # no intersphinx: the build runs offline
-    ("py:class", r"xpcnn\.functional\.normalization\.Normalized"),
+    ("py:class", r"xpcnn\.functional\.\w+\.[A-Z]\w*"),  # type aliases in signatures (ConvShape, Normalized)
     ("py:(class|mod|meth|func)", r"(xpcnn\.)?_.*|.*\._[a-z_]+|__\w+__"),  # private names (xpcnn._tuning, _lr_at)
     ("py:exc", r"(?![A-Z][A-Za-z]*(Error|Exception|Warning)$).*"),  # prose lines under Raises, not exception names
 ]

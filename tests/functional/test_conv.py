@@ -99,7 +99,7 @@ W = np.zeros((2, 4, 3, 3))
 @pytest.mark.parametrize(
     "kwargs, error, word",
     [
-        (dict(x=np.zeros((4, 6, 6)), weight=W), ValueError, "4-D"),
+        (dict(x=np.zeros((6, 6)), weight=W), ValueError, "4-D"),
         (dict(x=X, weight=np.zeros((2, 4, 3))), ValueError, "weight must be 4-D"),
         (dict(x=X, weight=W, bias=np.zeros((2, 1))), ValueError, "bias"),
         (dict(x=X, weight=W, bias=np.zeros(3)), ValueError, "bias"),
@@ -190,7 +190,7 @@ def test_bad_workspace_limit():
 
 @pytest.mark.parametrize("options", [dict(padding=1), dict(padding="same", dilation=2, groups=2), dict(padding=(0, 2))],
                          ids=str)
-def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
+def test_both_input_gradient_algorithms_agree(xp, options):
     """Stride 1 takes dx as a convolution of dout where that is cheaper; col2im gives the same gradients."""
     from xpcnn.functional import conv
 
@@ -202,9 +202,8 @@ def test_both_input_gradient_algorithms_agree(xp, monkeypatch, options):
     dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
     geometry = cache.geometry
     assert conv._transposed_geometry(geometry, 4, 4, 2.0) is not None
-    by_convolution = conv2d_backward(dout, cache)
-    monkeypatch.setattr(conv, "_transposed_geometry", lambda *args: None)
-    by_col2im = conv2d_backward(dout, cache)
+    by_convolution = conv2d_backward(dout, cache, _plan=dict(dx="transposed_correlation"))
+    by_col2im = conv2d_backward(dout, cache, _plan=dict(dx="col2im"))
     assert by_convolution[2] is None and by_col2im[2] is None
     for a, b in zip(by_convolution[:2], by_col2im[:2]):
         assert_close(xp, a, xp.to_numpy(b), np_dtype)
@@ -229,10 +228,9 @@ def test_kept_columns_give_the_gradients_of_gathered_ones(xp):
 
 @pytest.mark.parametrize("options", [dict(), dict(padding=2, dilation=(1, 2), groups=2), dict(padding=(1, 0))],
                          ids=str)
-def test_wide_row_col2im_equals_the_standard_one(xp, monkeypatch, options):
+def test_wide_row_col2im_equals_the_standard_one(xp, options):
     """Stride 1 with weights known finite (NumPy) adds dcols back in contiguous wide rows; the per-slice col2im
     (every other backend, and non-finite weights) gives the same gradient."""
-    from xpcnn import _windows
     from xpcnn.functional import conv
 
     rng = np.random.default_rng(8)
@@ -242,13 +240,10 @@ def test_wide_row_col2im_equals_the_standard_one(xp, monkeypatch, options):
     out, cache = conv2d_forward(x, w, **options)
     assert conv._transposed_geometry(cache.geometry, 2, 8, 2.0) is None  # 2 -> 8 channels: col2im
     dout = xp.asarray(rng.standard_normal(tuple(out.shape)), dtype)
-    calls = []
-    monkeypatch.setattr(conv, "scatter_wide_rows", lambda *args, **kw: calls.append(1) or wide(*args, **kw))
-    wide = _windows.scatter_wide_rows
-    dispatched = conv2d_backward(dout, cache)[0]
-    assert bool(calls) == (xp.name == "numpy")
-    monkeypatch.setattr(conv, "known_finite", lambda xp, array: False)
-    standard = conv2d_backward(dout, cache)[0]
+    wide_rows = conv.DxAlgorithm.COL2IM_WIDE_ROWS
+    assert (cache.plan.dx == wide_rows) == (xp.name == "numpy")  # the weights are known finite on NumPy only
+    dispatched = conv2d_backward(dout, cache, _plan=dict(dx=wide_rows))[0]
+    standard = conv2d_backward(dout, cache, _plan=dict(dx="col2im"))[0]
     xp.assert_on_backend(dispatched, dtype)
     assert_close(xp, dispatched, xp.to_numpy(standard), np_dtype)
 

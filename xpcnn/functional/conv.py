@@ -1,12 +1,20 @@
 """2-D convolution, transposed convolution and their backward passes: one family on one window primitive.
 
-Cross-correlation over NCHW input with ``(out_channels, in_channels // groups, kh, kw)`` weights, as PyTorch.
+Cross-correlation over NCHW input (or NHWC with ``data_format="NHWC"``) with ``(out_channels, in_channels // groups,
+kh, kw)`` weights in both layouts, as PyTorch.
 With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
 ``P = out_h * out_w`` output positions:
 
-The batch is processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`). When the whole
-batch fits in one piece, the cache keeps its columns for the backward pass (at most the limit's bytes);
-otherwise the backward pass gathers them again, piece by piece.
+Which algorithm computes each part is chosen in one place, :func:`conv2d_plan`, from the cost model
+(:mod:`xpcnn._tuning`), and can be chosen explicitly with the ops' private ``_plan`` argument. The batch is
+processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`). When the whole batch fits
+in one piece, the cache keeps its columns for the backward pass (at most the limit's bytes); otherwise the backward
+pass gathers them again, piece by piece (a piece's buffer is then reused hot in the caches: keeping every piece's
+columns instead was slower on the host, fresh memory for each).
+
+Channels-last (NHWC) is computed natively: the windows are taken on axes 1 and 2, and the columns are
+``(G, N*P, K*Cg)`` (every position of the batch a row, the channels contiguous within each kernel offset), so
+``out = cols @ weight^T`` comes out channels-last with no transposed copy and the weight gradient is one product.
 
 Forward (im2col, one matrix product per group, the result already in NCHW order)::
 
@@ -42,17 +50,20 @@ applied to dout, and conv2d's weight gradient with x in dout's place, from one s
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import enum
+from collections.abc import Mapping
+from typing import Any, NamedTuple, TypeAlias
+
+from array_api_compat import device as device_of
 
 from .._dispatch import known_finite
-from .._tuning import profile_for
 from .._precision import half_in_float32, half_in_float32_backward
+from .._tuning import profile_for
 from .._validation import (
     as_bool,
     as_int,
     check_cache,
     check_floating,
-    check_ndim,
     check_same_dtype,
     check_shape,
     check_upstream,
@@ -61,12 +72,13 @@ from .._validation import (
 )
 from .._windows import (
     WindowGeometry,
-    batch_pieces,
     concat_pieces,
+    map_pieces,
     samples_per_piece,
     scatter_wide_rows,
     scatter_windows,
     stacked_windows,
+    sum_pieces,
     window_geometry,
 )
 from ..config import resolve_workspace_limit
@@ -80,140 +92,379 @@ __all__ = [
     "conv_transpose2d_backward",
 ]
 
+Array: TypeAlias = Any
+"""An array of any array API library (NumPy, CuPy, PyTorch, JAX, Dask, array-api-strict)."""
+
+IntPair: TypeAlias = int | tuple[int, int]
+"""An int for both axes, or a (height, width) pair."""
+
+NCHW, NHWC = "NCHW", "NHWC"
+DATA_FORMATS = (NCHW, NHWC)
+"""The layouts of x, out and their gradients: channels first (the default) or channels last. Weights keep
+PyTorch's layout in both."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The algorithms, chosen in one place
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ForwardAlgorithm(str, enum.Enum):
+    """How the correlation itself (conv2d's forward pass) is computed."""
+
+    IM2COL = "im2col"  # gather the windows as columns, one matrix product per group
+
+
+class DxAlgorithm(str, enum.Enum):
+    """How the input gradient (and conv_transpose2d's forward pass) is computed."""
+
+    COL2IM = "col2im"  # dcols = weight^T @ dout, each kernel offset's part added back where it was gathered
+    COL2IM_WIDE_ROWS = "col2im_wide_rows"  # the same, rows extended to the padded width: one run per offset (NCHW)
+    TRANSPOSED_CORRELATION = "transposed_correlation"  # stride 1: a correlation of dout with the flipped kernel
+
+
+class WeightGradientAlgorithm(str, enum.Enum):
+    """How ``dweight[g] = sum_n dout[n, g] @ cols[n, g]^T`` is multiplied (NCHW; NHWC's columns already hold the
+    batch in their rows: always one product)."""
+
+    PER_SAMPLE = "per_sample"  # one product per sample, summed
+    BATCH_FOLDED = "batch_folded"  # one product with the batch folded into the positions (a transposed copy)
+
+
+class Conv2dPlan(NamedTuple):
+    """The algorithm of each part of a convolution, chosen by :func:`conv2d_plan` from the cost model
+    (:mod:`xpcnn._tuning`). Every choice gives the same result (up to rounding); tests pick one explicitly with
+    the ops' private ``_plan`` argument (a plan, or a mapping of the fields to change)."""
+
+    forward: ForwardAlgorithm
+    dx: DxAlgorithm
+    dweight: WeightGradientAlgorithm
+    keep_columns: bool
+    """The forward pass keeps its columns for the weight gradient when the batch is one piece."""
+
+
+class ConvShape(NamedTuple):
+    """One convolution as the algorithms see it: from ``channels`` to ``out_channels`` in ``groups``, its window
+    geometry (input and output sizes) and the data layout."""
+
+    geometry: WindowGeometry
+    channels: int
+    out_channels: int
+    groups: int
+    data_format: str
+
+    @property
+    def channels_last(self) -> bool:
+        return self.data_format == NHWC
+
+
+def conv2d_plan(xp, x: Array, weight: Array, conv: ConvShape, overrides: Conv2dPlan | Mapping | None = None
+                ) -> Conv2dPlan:
+    """The algorithms for ``conv`` on x's device, from the cost model (:func:`xpcnn._tuning.profile_for`);
+    ``overrides`` (a plan, or a mapping of field names to values) replaces the choice.
+
+    * forward: im2col (the one forward algorithm here; a Winograd module can add another).
+    * dx: a correlation of dout where stride 1 allows it and it gathers at most ``transposed_dx_ratio`` times
+      what col2im adds; else col2im, in wide rows where the windows reach the padded input's far edge (NCHW,
+      stride 1) and the output channels are no more than ``C * K``. The correlation and the wide rows put zeros in
+      front of the weights, so both need weights known to be finite (:func:`xpcnn._dispatch.known_finite`): a
+      NaN or inf weight would spread NaN where PyTorch has none.
+    * dweight: per sample where ``P >= per_sample_weight_gradient_ratio * Og``, else batch-folded.
+    * keep_columns: when the whole batch is one piece (its columns then take at most the workspace limit).
+    """
+    if isinstance(overrides, Conv2dPlan):
+        return overrides
+    profile = profile_for(x)
+    geometry, positions = conv.geometry, conv.geometry.out_size[0] * conv.geometry.out_size[1]
+    finite = known_finite(xp, weight)
+    if finite and _transposed_geometry(geometry, conv.channels, conv.out_channels,
+                                       profile.transposed_dx_ratio) is not None:
+        dx = DxAlgorithm.TRANSPOSED_CORRELATION
+    elif (finite and not conv.channels_last and _windows_reach_the_far_edge(geometry)
+          and conv.out_channels <= conv.channels * len(geometry.offsets())):  # extending dout < dcols' scatter
+        dx = DxAlgorithm.COL2IM_WIDE_ROWS
+    else:
+        dx = DxAlgorithm.COL2IM
+    per_sample = positions >= profile.per_sample_weight_gradient_ratio * (conv.out_channels // conv.groups)
+    plan = Conv2dPlan(
+        forward=ForwardAlgorithm.IM2COL,
+        dx=dx,
+        dweight=WeightGradientAlgorithm.PER_SAMPLE if per_sample else WeightGradientAlgorithm.BATCH_FOLDED,
+        keep_columns=True,
+    )
+    if overrides:
+        unknown = set(overrides) - set(Conv2dPlan._fields)
+        if unknown:
+            raise ValueError(f"_plan names no field {sorted(unknown)}; the fields are {Conv2dPlan._fields}")
+        plan = plan._replace(**overrides)
+    return Conv2dPlan(ForwardAlgorithm(plan.forward), DxAlgorithm(plan.dx),
+                      WeightGradientAlgorithm(plan.dweight), bool(plan.keep_columns))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# conv2d
+# --------------------------------------------------------------------------------------------------------------
+
 
 class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the input, and its columns when the whole batch fitted the workspace
-    limit in one piece (else None: they are gathered again, piece by piece)."""
+    """What :func:`conv2d_backward` needs: the input (4-D), the weights, the convolution's shape, the plan, and
+    the columns when the plan keeps them and the batch was one piece (else None: they are gathered again, piece by
+    piece)."""
 
-    x: Any
-    weight: Any
+    x: Array
+    weight: Array
     has_bias: bool
-    groups: int
-    geometry: WindowGeometry
+    conv: ConvShape
+    plan: Conv2dPlan
     workspace_limit: int  # bytes for one piece's column buffer
-    columns: Any = None
+    unbatched: bool = False  # x was (C, H, W) (or (H, W, C)): dout and dx are too
+    columns: Array | None = None
+
+    @property
+    def geometry(self) -> WindowGeometry:
+        return self.conv.geometry
+
+    @property
+    def groups(self) -> int:
+        return self.conv.groups
 
 
 @half_in_float32
-def conv2d_forward(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, workspace_limit=None):
+def conv2d_forward(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    *,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    data_format: str = NCHW,
+    workspace_limit: int | None = None,
+    _plan: Conv2dPlan | Mapping | None = None,
+) -> tuple[Array, Conv2dCache]:
     """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
 
-    x: (N, C, H, W); weight: (O, C // groups, kh, kw); bias: (O,) or None.
-    padding: int, (ph, pw), ``"valid"`` or ``"same"`` (stride 1 only; an odd total pad puts the extra row/column
-    at the bottom/right, as PyTorch).
-    workspace_limit: bytes for the column buffer (default: the global setting of :mod:`xpcnn.config`).
-    Returns ``(out, cache)``, out: (N, O, out_h, out_w) with ``out_h = floor((H + 2ph - dh(kh-1) - 1) / sh) + 1``.
-    """
-    xp, device = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
-    check_floating(xp, x, "x")
-    check_ndim(x, "x", 4, "(N, C, H, W)")
-    check_ndim(weight, "weight", 4, "(out_channels, in_channels // groups, kh, kw)")
-    check_same_dtype(weight, "weight", x, "x")
-    groups = as_int(groups, "groups")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    n, channels, height, width = x.shape
-    out_channels, group_channels, kh, kw = weight.shape
-    if min(out_channels, group_channels, kh, kw) < 1:
-        raise ValueError(f"weight must have no empty axis, got shape {tuple(weight.shape)}")
-    if channels % groups:
-        raise ValueError(f"groups={groups} must divide the input channels, got x with {channels} channels")
-    if out_channels % groups:
-        raise ValueError(f"groups={groups} must divide out_channels, got weight with {out_channels} output channels")
-    if group_channels * groups != channels:
-        raise ValueError(
-            f"x has {channels} channels but weight expects weight.shape[1] * groups = "
-            f"{group_channels} * {groups} = {group_channels * groups}"
-        )
-    if bias is not None:
-        check_ndim(bias, "bias", 1, "(out_channels,)")
-        check_shape(bias, "bias", (out_channels,), "out_channels of weight")
-        check_same_dtype(bias, "bias", x, "x")
-    stride, padding, dilation = conv_options((kh, kw), stride, padding, dilation)
-    geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
+    Parameters
+    ----------
+    x : array (N, C, H, W), or (N, H, W, C) with ``data_format="NHWC"``; real floating
+        Unbatched input, (C, H, W) or (H, W, C), is taken as a batch of one and gives unbatched output.
+    weight : array (O, C // groups, kh, kw), x's dtype
+        PyTorch's layout whatever the data format.
+    bias : array (O,) or None
+    stride, dilation : int or (height, width) pair (a one-element sequence counts for both axes), >= 1
+    padding : int, (height, width) pair, ``"valid"`` or ``"same"``
+        ``"same"`` needs stride 1; an odd total pad puts the extra row/column at the bottom/right, as PyTorch.
+    groups : int
+        Divides C and O.
+    data_format : ``"NCHW"`` (default) or ``"NHWC"``
+        The layout of x and out (never guessed from the shapes).
+    workspace_limit : int, optional
+        Bytes for one batch piece's column buffer (default: the global setting of :mod:`xpcnn.config`).
 
+    Returns
+    -------
+    out : array (N, O, out_h, out_w), or (N, out_h, out_w, O) channels-last
+        ``out_h = floor((H + 2ph - dh(kh-1) - 1) / sh) + 1``, likewise out_w.
+    cache : Conv2dCache
+        For :func:`conv2d_backward`: x, weight, the plan, and the columns when the cost model keeps them.
+
+    Raises
+    ------
+    TypeError
+        Non-arrays, non-floating or mismatched dtypes, non-int arguments.
+    ValueError
+        Wrong ranks, channel, group or bias mismatches (naming ``data_format`` when the other layout would fit),
+        empty kernels, arrays from different libraries or devices, bad stride, padding, dilation or data_format,
+        a kernel larger than the padded input.
+    """
+    args = _conv2d_arguments(x, weight, bias, stride, padding, dilation, groups, data_format)
+    xp, x, conv = args.xp, args.x, args.conv
     limit = resolve_workspace_limit(workspace_limit, x)
-    out, columns = _correlate(xp, x, weight, geometry, groups, limit)
+    plan = conv2d_plan(xp, x, weight, conv, _plan)
+    out, columns = _forward(xp, x, weight, conv, plan, limit)
     if bias is not None:
-        out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out, Conv2dCache(x, weight, bias is not None, groups, geometry, limit, columns)
+        out = out + _per_channel(xp, bias, conv.data_format)
+    cache = Conv2dCache(x, weight, bias is not None, conv, plan, limit, args.unbatched, columns)
+    return (out[0, ...] if args.unbatched else out), cache
 
 
 @half_in_float32_backward
-def conv2d_backward(dout, cache: Conv2dCache, *, input_grad=True):
-    """Gradients of :func:`conv2d_forward`. dout: (N, O, out_h, out_w).
+def conv2d_backward(
+    dout: Array, cache: Conv2dCache, *, input_grad: bool = True, _plan: Conv2dPlan | Mapping | None = None
+) -> tuple[Array | None, Array, Array | None]:
+    """Gradients of :func:`conv2d_forward`.
 
-    Returns ``(dx, dweight, dbias)`` with the shapes of x, weight and bias; ``dbias`` is None when bias was None,
-    ``dx`` when not ``input_grad`` (the input needs no gradient: only dweight and dbias are computed).
+    Parameters
+    ----------
+    dout : array of the forward output's shape, layout and dtype
+    cache : Conv2dCache
+        What :func:`conv2d_forward` returned.
+    input_grad : bool
+        False when x needs no gradient: only dweight and dbias are computed.
+
+    Returns
+    -------
+    dx : array of x's shape (and layout), or None when not ``input_grad``
+    dweight : array (O, C // groups, kh, kw)
+    dbias : array (O,), or None when bias was None
+
+    Raises
+    ------
+    TypeError
+        A cache from another op, dout not an array or not of the forward input's dtype, a non-bool input_grad.
+    ValueError
+        dout of another shape, library or device than the forward pass's.
+
+    With ``cols`` the columns of x (kept by the forward pass or gathered again, piece by piece)::
+
+        dweight[g] = sum_n dout[n, g] @ cols[n, g]^T
+        dx         = col2im(weight^T @ dout), or, with stride 1, a correlation of dout with the flipped kernel
+        dbias      = dout summed over every axis but the channels
     """
     check_cache(cache, Conv2dCache, "conv2d")
     input_grad = as_bool(input_grad, "input_grad")
-    x, weight, has_bias, groups, geometry, limit, columns = cache
-    n, channels = x.shape[:2]
-    out_channels = weight.shape[0]
-    xp, device = check_upstream(dout, (n, out_channels, *geometry.out_size), weight, weight.dtype)
-    out_h, out_w = geometry.out_size
-    dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, out_h * out_w))
+    x, weight, conv = cache.x, cache.weight, cache.conv
+    xp, dout = _checked_dout(dout, cache, _out_shape(x.shape[0], conv.out_channels, conv))
+    plan = cache.plan if _plan is None else conv2d_plan(xp, x, weight, conv, _replanned(cache.plan, _plan))
 
-    dweight = None
-    for part in batch_pieces(n, _batch_piece(xp, channels, x.dtype, geometry, limit)):
-        cols = columns if columns is not None else _im2col(xp, x[part, ...], geometry, groups)
-        dweight_part = _weight_gradient(xp, dout_mat[part, ...], cols)
-        dweight = dweight_part if dweight is None else dweight + dweight_part
-    cols = None  # the last piece's columns go before dx is computed (a lower peak)
+    dweight = _weight_gradient(xp, dout, x, conv, plan, cache.workspace_limit, cache.columns)
+    dx = _input_gradient(xp, dout, weight, conv, plan.dx, cache.workspace_limit) if input_grad else None
+    dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
+    return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
 
-    dx = _correlate_transposed(xp, dout, weight, geometry, groups, channels, limit, device) if input_grad else None
-    dweight = xp.reshape(dweight, weight.shape)
-    dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
-    return dx, dweight, dbias
+
+class _Arguments(NamedTuple):
+    xp: Any
+    x: Array  # 4-D
+    conv: ConvShape
+    unbatched: bool
+
+
+def _conv2d_arguments(x, weight, bias, stride, padding, dilation, groups, data_format) -> _Arguments:
+    """conv2d's arguments checked (each error names the argument) and normalised."""
+    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
+    data_format = data_format_checked(data_format)
+    check_floating(xp, x, "x")
+    x, unbatched = _batched(xp, x, "x", data_format)
+    _check_weight(weight, "weight", "(out_channels, in_channels // groups, kh, kw)")
+    check_same_dtype(weight, "weight", x, "x")
+    groups = as_int(groups, "groups", minimum=1)
+    out_channels, group_channels, kh, kw = weight.shape
+    channels, (height, width) = _channels_and_size(x, data_format)
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide the input channels, got x with {channels} channels"
+                         + _layout_hint(x, data_format, lambda c: c % groups == 0 and c != channels))
+    if out_channels % groups:
+        raise ValueError(f"groups={groups} must divide out_channels, got weight with {out_channels} output channels")
+    expected = group_channels * groups
+    if channels != expected:
+        raise ValueError(
+            f"x has {channels} channels but weight expects weight.shape[1] * groups = {group_channels} * {groups} = "
+            f"{expected}" + _layout_hint(x, data_format, lambda c: c == expected)
+        )
+    _check_bias(bias, out_channels, "out_channels of weight", x)
+    stride, padding, dilation = conv_options((kh, kw), stride, padding, dilation)
+    geometry = window_geometry((height, width), (kh, kw), stride, dilation, padding, kernel_name="weight kernel size")
+    return _Arguments(xp, x, ConvShape(geometry, channels, out_channels, groups, data_format), unbatched)
+
+
+def conv_options(kernel, stride=1, padding=0, dilation=1):
+    """The convolution arguments checked and normalised: ``(stride, padding, dilation)``, padding as
+    ((top, bottom), (left, right)). :class:`xpcnn.nn.Conv2d` calls it when it is built, the op on every call."""
+    stride = _int_pair(stride, "stride", minimum=1)
+    dilation = _int_pair(dilation, "dilation", minimum=1)
+    return stride, _padding_pairs(padding, kernel, stride, dilation), dilation
+
+
+def _padding_pairs(padding, kernel, stride, dilation):
+    """((top, bottom), (left, right)) from an int, a pair, ``"valid"`` or ``"same"``."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0), (0, 0))
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+            return tuple((total // 2, total - total // 2) for total in totals)
+        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+    ph, pw = _int_pair(padding, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+def _int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """:func:`xpcnn._validation.int_pair`, also taking a one-element sequence for both axes, as PyTorch."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    return int_pair(value, name, minimum=minimum)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# conv_transpose2d
+# --------------------------------------------------------------------------------------------------------------
 
 
 class ConvTranspose2dCache(NamedTuple):
-    """What :func:`conv_transpose2d_backward` needs: the input and the weights. ``geometry`` is that of the
-    convolution the op transposes: from the output (Hout, Wout) to x's (H, W)."""
+    """What :func:`conv_transpose2d_backward` needs: the input (4-D) and the weights. ``conv`` is the convolution
+    the op transposes: from the output (Hout, Wout) with C_out channels to x's (H, W) with C_in."""
 
-    x: Any
-    weight: Any
+    x: Array
+    weight: Array
     has_bias: bool
-    groups: int
-    geometry: WindowGeometry
+    conv: ConvShape
+    plan: Conv2dPlan
     workspace_limit: int  # bytes for one piece's column buffer
+    unbatched: bool = False
+
+    @property
+    def geometry(self) -> WindowGeometry:
+        return self.conv.geometry
+
+    @property
+    def groups(self) -> int:
+        return self.conv.groups
 
 
 @half_in_float32
 def conv_transpose2d_forward(
-    x: Any,
-    weight: Any,
-    bias: Any | None = None,
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
     *,
-    stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0,
-    output_padding: int | tuple[int, int] = 0,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    output_padding: IntPair = 0,
     groups: int = 1,
-    dilation: int | tuple[int, int] = 1,
+    dilation: IntPair = 1,
+    data_format: str = NCHW,
     workspace_limit: int | None = None,
-) -> tuple[Any, ConvTranspose2dCache]:
+    _plan: Conv2dPlan | Mapping | None = None,
+) -> tuple[Array, ConvTranspose2dCache]:
     """2-D transposed convolution as ``torch.nn.functional.conv_transpose2d``: the input gradient of the
     convolution with the same weights, stride, padding, dilation and groups, from x in the place of dout.
 
     Parameters
     ----------
-    x : array (N, C_in, H, W), real floating
+    x : array (N, C_in, H, W), or (N, H, W, C_in) with ``data_format="NHWC"``; real floating
+        Unbatched input, (C_in, H, W) or (H, W, C_in), is taken as a batch of one and gives unbatched output.
     weight : array (C_in, C_out // groups, kh, kw), x's dtype
+        PyTorch's layout whatever the data format.
     bias : array (C_out,) or None
-    stride, padding, dilation : int or (height, width) pair
+    stride, padding, dilation : int or (height, width) pair (a one-element sequence counts for both axes)
         stride and dilation >= 1, padding >= 0 (removed from both sides of the output).
     output_padding : int or (height, width) pair
         Rows and columns added to the bottom and right of the output (reached by no window: bias only), each
         smaller than the stride or the dilation of its axis.
     groups : int
         Divides C_in; ``C_out = weight.shape[1] * groups``.
+    data_format : ``"NCHW"`` (default) or ``"NHWC"``
+        The layout of x and out (never guessed from the shapes).
     workspace_limit : int, optional
         Bytes for one batch piece's column buffer (default: the global setting of :mod:`xpcnn.config`).
 
     Returns
     -------
-    out : array (N, C_out, Hout, Wout)
+    out : array (N, C_out, Hout, Wout), or (N, Hout, Wout, C_out) channels-last
         ``Hout = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``, likewise Wout.
     cache : ConvTranspose2dCache
         For :func:`conv_transpose2d_backward`.
@@ -223,50 +474,31 @@ def conv_transpose2d_forward(
     TypeError
         Non-arrays (None for x or weight), non-floating or mismatched dtypes, non-int arguments.
     ValueError
-        Wrong ranks, channel, group or bias mismatches, empty kernels or planes, arrays from different libraries or
-        devices, bad stride, padding or dilation, output_padding not below the stride or dilation, an output
-        smaller than 1 x 1.
+        Wrong ranks, channel, group or bias mismatches (naming ``data_format`` when the other layout would fit),
+        empty kernels or planes, arrays from different libraries or devices, bad stride, padding, dilation or
+        data_format, output_padding not below the stride or dilation, an output smaller than 1 x 1.
     """
-    xp, device = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
-    check_floating(xp, x, "x")
-    check_ndim(x, "x", 4, "(N, C_in, H, W)")
-    check_ndim(weight, "weight", 4, "(in_channels, out_channels // groups, kh, kw)")
-    check_same_dtype(weight, "weight", x, "x")
-    groups = as_int(groups, "groups", minimum=1)
-    n, channels, height, width = x.shape
-    in_channels, group_out, kh, kw = weight.shape
-    if min(in_channels, group_out, kh, kw) < 1:
-        raise ValueError(f"weight must have no empty axis, got shape {tuple(weight.shape)}")
-    if min(height, width) < 1:
-        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
-    if in_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels, got weight with {in_channels} input channels")
-    if channels != in_channels:
-        raise ValueError(f"x has {channels} channels but weight expects weight.shape[0] = {in_channels}")
-    out_channels = group_out * groups
-    if bias is not None:
-        check_ndim(bias, "bias", 1, "(out_channels,)")
-        check_shape(bias, "bias", (out_channels,), "out_channels = weight.shape[1] * groups")
-        check_same_dtype(bias, "bias", x, "x")
-    options = conv_transpose_options(stride, padding, output_padding, dilation)
-    geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
-
+    args = _conv_transpose2d_arguments(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                                       data_format)
+    xp, x, conv, unbatched = args.xp, args.x, args.conv, args.unbatched
     limit = resolve_workspace_limit(workspace_limit, x)
-    out = _correlate_transposed(xp, x, weight, geometry, groups, out_channels, limit, device)
+    plan = conv2d_plan(xp, x, weight, conv, _plan)
+    out = _input_gradient(xp, x, weight, conv, plan.dx, limit)
     if bias is not None:
-        out = out + xp.reshape(bias, (1, out_channels, 1, 1))
-    return out, ConvTranspose2dCache(x, weight, bias is not None, groups, geometry, limit)
+        out = out + _per_channel(xp, bias, conv.data_format)
+    cache = ConvTranspose2dCache(x, weight, bias is not None, conv, plan, limit, unbatched)
+    return (out[0, ...] if unbatched else out), cache
 
 
 @half_in_float32_backward
 def conv_transpose2d_backward(
-    dout: Any, cache: ConvTranspose2dCache, *, input_grad: bool = True
-) -> tuple[Any | None, Any, Any | None]:
+    dout: Array, cache: ConvTranspose2dCache, *, input_grad: bool = True
+) -> tuple[Array | None, Array, Array | None]:
     """Gradients of :func:`conv_transpose2d_forward`: a convolution of dout, and its weight gradient.
 
     Parameters
     ----------
-    dout : array (N, C_out, Hout, Wout), the forward output's shape and the forward input's dtype
+    dout : array of the forward output's shape, layout and dtype
     cache : ConvTranspose2dCache
         What :func:`conv_transpose2d_forward` returned.
     input_grad : bool
@@ -274,7 +506,7 @@ def conv_transpose2d_backward(
 
     Returns
     -------
-    dx : array (N, C_in, H, W), or None when not ``input_grad``
+    dx : array of x's shape (and layout), or None when not ``input_grad``
     dweight : array (C_in, C_out // groups, kh, kw)
     dbias : array (C_out,), or None when bias was None
 
@@ -289,40 +521,65 @@ def conv_transpose2d_backward(
 
         dx[n, g]    = weight[g] @ cols[n, g]                     (conv2d of dout with the same weights)
         dweight[g]  = sum_n x[n, g] @ cols[n, g]^T               (conv2d's weight gradient, x in dout's place)
-        dbias       = dout summed over N, Hout and Wout
+        dbias       = dout summed over every axis but the channels
     """
     check_cache(cache, ConvTranspose2dCache, "conv_transpose2d")
     input_grad = as_bool(input_grad, "input_grad")
-    x, weight, has_bias, groups, geometry, limit = cache
-    n, in_channels, height, width = x.shape
-    out_channels = weight.shape[1] * groups
-    xp, _ = check_upstream(dout, (n, out_channels, *geometry.in_size), weight, weight.dtype)
-    x_mat = xp.reshape(x, (n, groups, in_channels // groups, height * width))
-    w_mat = _weight_matrix(xp, weight, groups)
+    x, weight, conv = cache.x, cache.weight, cache.conv
+    n = x.shape[0]
+    out_shape = (n, conv.channels, *conv.geometry.in_size)
+    xp, dout = _checked_dout(dout, cache, out_shape if conv.data_format == NCHW else _to_nhwc(out_shape))
+    w_mat = _weight_matrix(xp, weight, conv)
+    x_rows = _rows_of(xp, x, conv)
 
-    dweight, dx_parts = None, []
-    for part in batch_pieces(n, _batch_piece(xp, out_channels, dout.dtype, geometry, limit)):
-        cols = _im2col(xp, dout[part, ...], geometry, groups)
-        dweight_part = _weight_gradient(xp, x_mat[part, ...], cols)
-        dweight = dweight_part if dweight is None else dweight + dweight_part
-        if input_grad:
-            dx_parts.append(xp.matmul(w_mat, cols))
-    cols = None  # the last piece's columns go before dx is assembled (a lower peak)
+    def one_piece(part):
+        cols = _im2col(xp, dout[part, ...], conv)
+        dweight = _weight_product(xp, x_rows(part), cols, conv, cache.plan.dweight)
+        return dweight, (_product(xp, w_mat, cols, conv, part.stop - part.start) if input_grad else None)
 
-    dx = xp.reshape(concat_pieces(xp, dx_parts), (n, in_channels, height, width)) if input_grad else None
-    dweight = xp.reshape(dweight, weight.shape)
-    dbias = xp.sum(dout, axis=(0, 2, 3)) if has_bias else None
-    return dx, dweight, dbias
+    parts = map_pieces(one_piece, n, _batch_piece(xp, conv, dout.dtype, cache.workspace_limit))
+    dweight = _weight_from_matrix(xp, sum_pieces([dweight for dweight, _ in parts]), weight.shape, conv)
+    dx = concat_pieces(xp, [dx for _, dx in parts]) if input_grad else None
+    dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
+    return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
+
+
+def _conv_transpose2d_arguments(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                                data_format) -> _Arguments:
+    """conv_transpose2d's arguments checked (each error names the argument) and normalised; ``conv`` is the
+    convolution it transposes."""
+    xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
+    data_format = data_format_checked(data_format)
+    check_floating(xp, x, "x")
+    x, unbatched = _batched(xp, x, "x", data_format, names="C_in")
+    _check_weight(weight, "weight", "(in_channels, out_channels // groups, kh, kw)")
+    check_same_dtype(weight, "weight", x, "x")
+    groups = as_int(groups, "groups", minimum=1)
+    in_channels, group_out, kh, kw = weight.shape
+    channels, (height, width) = _channels_and_size(x, data_format)
+    if min(height, width) < 1:
+        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
+    if in_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels, got weight with {in_channels} input channels")
+    if channels != in_channels:
+        raise ValueError(f"x has {channels} channels but weight expects weight.shape[0] = {in_channels}"
+                         + _layout_hint(x, data_format, lambda c: c == in_channels))
+    out_channels = group_out * groups
+    _check_bias(bias, out_channels, "out_channels = weight.shape[1] * groups", x)
+    options = conv_transpose_options(stride, padding, output_padding, dilation)
+    geometry = _conv_transpose_geometry((height, width), (kh, kw), *options)
+    conv = ConvShape(geometry, out_channels, in_channels, groups, data_format)  # the convolution it transposes
+    return _Arguments(xp, x, conv, unbatched)
 
 
 def conv_transpose_options(stride=1, padding=0, output_padding=0, dilation=1):
     """The transposed convolution's arguments checked and normalised to (height, width) pairs: ``(stride,
     padding, output_padding, dilation)``, output_padding below the stride or the dilation on each axis.
     :class:`xpcnn.nn.ConvTranspose2d` calls it when it is built, the op on every call."""
-    stride = int_pair(stride, "stride", minimum=1)
-    padding = int_pair(padding, "padding", minimum=0)
-    output_padding = int_pair(output_padding, "output_padding", minimum=0)
-    dilation = int_pair(dilation, "dilation", minimum=1)
+    stride = _int_pair(stride, "stride", minimum=1)
+    padding = _int_pair(padding, "padding", minimum=0)
+    output_padding = _int_pair(output_padding, "output_padding", minimum=0)
+    dilation = _int_pair(dilation, "dilation", minimum=1)
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
         raise ValueError(
             f"output_padding must be smaller than the stride or the dilation on each axis, got output_padding "
@@ -354,54 +611,259 @@ def _conv_transpose_geometry(size, kernel, stride, padding, output_padding, dila
     pads = tuple((p, p) for p in padding)
     return WindowGeometry(out_size, tuple(kernel), tuple(stride), tuple(dilation), pads, tuple(size))
 
-def _correlate_transposed(xp, dout, weight, geometry: WindowGeometry, groups: int, channels: int, limit: int, device):
-    """The transpose of :func:`_correlate` (in x): from dout (N, O, out_h, out_w) to (N, C, H, W), C = channels.
 
-    conv2d's input gradient, and conv_transpose2d's output. ``dcols[n, g] = weight[g]^T @ dout[n, g]`` added back
-    where the forward pass gathered its columns (col2im), piece by piece; or, with stride 1, where it is the
-    cheaper path (:func:`_transposed_geometry`), a correlation of dout padded by ``d(k-1) - p`` with the kernel
-    flipped and its channels swapped. That padding, like col2im's wide rows, puts zeros in front of the weights:
-    both need weights known to be finite (:func:`xpcnn._dispatch.known_finite`), or a NaN or inf weight would
-    spread NaN where PyTorch has none.
-    """
-    n, out_channels = dout.shape[:2]
-    finite = known_finite(xp, weight)
-    ratio = profile_for(dout).transposed_dx_ratio
-    transposed = _transposed_geometry(geometry, channels, out_channels, ratio) if finite else None
-    if transposed is not None:
-        dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, groups), transposed, groups, limit)
+# --------------------------------------------------------------------------------------------------------------
+# Argument checks shared by the two ops
+# --------------------------------------------------------------------------------------------------------------
+
+
+def data_format_checked(data_format) -> str:
+    """``data_format`` if it is ``"NCHW"`` or ``"NHWC"``, else a ValueError. The layers call it when built."""
+    if not isinstance(data_format, str) or data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}")
+    return data_format
+
+
+def _layout_names(data_format: str, channels: str = "C") -> str:
+    return f"(N, {channels}, H, W)" if data_format == NCHW else f"(N, H, W, {channels})"
+
+
+def _batched(xp, x, name: str, data_format: str, names: str = "C") -> tuple[Array, bool]:
+    """x as a 4-D batch, and whether it was unbatched (3-D, a batch of one as PyTorch takes it)."""
+    if x.ndim == 3:
+        return xp.expand_dims(x, axis=0), True
+    if x.ndim != 4:
+        unbatched = _layout_names(data_format, names).replace("N, ", "")
+        raise ValueError(f"{name} must be 4-D {_layout_names(data_format, names)} (or 3-D {unbatched}, unbatched) "
+                         f"with data_format={data_format!r}, got shape {tuple(x.shape)}")
+    return x, False
+
+
+def _channels_and_size(x, data_format: str) -> tuple[int, tuple[int, int]]:
+    if data_format == NCHW:
+        return x.shape[1], (x.shape[2], x.shape[3])
+    return x.shape[3], (x.shape[1], x.shape[2])
+
+
+def _layout_hint(x, data_format: str, fits) -> str:
+    """A hint that x may be in the other layout, when its channel axis there would ``fits``."""
+    other, axis = (NHWC, 3) if data_format == NCHW else (NCHW, 1)
+    if not fits(x.shape[axis]):
+        return ""
+    return (f"; x's {'last' if other == NHWC else 'second'} axis has {x.shape[axis]}: if x is {other} "
+            f"{_layout_names(other)}, pass data_format={other!r}")
+
+
+def _check_weight(weight, name: str, layout: str) -> None:
+    if weight.ndim != 4:
+        raise ValueError(f"{name} must be 4-D {layout} (PyTorch's layout for every data_format), "
+                         f"got shape {tuple(weight.shape)}")
+    if min(weight.shape) < 1:
+        raise ValueError(f"{name} must have no empty axis, got shape {tuple(weight.shape)}")
+
+
+def _check_bias(bias, out_channels: int, what: str, x) -> None:
+    if bias is None:
+        return
+    if bias.ndim != 1:
+        raise ValueError(f"bias must be 1-D (out_channels,), got shape {tuple(bias.shape)}")
+    check_shape(bias, "bias", (out_channels,), what)
+    check_same_dtype(bias, "bias", x, "x")
+
+
+def _checked_dout(dout, cache, shape) -> tuple[Any, Array]:
+    """dout checked against the forward output (its shape unbatched when x was) and made 4-D."""
+    if cache.unbatched:
+        xp, _ = check_upstream(dout, shape[1:], cache.weight, cache.weight.dtype)
+        return xp, xp.expand_dims(dout, axis=0)
+    xp, _ = check_upstream(dout, shape, cache.weight, cache.weight.dtype)
+    return xp, dout
+
+
+def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
+    """The backward pass's ``_plan``: a whole plan, or the forward plan's fields with some replaced."""
+    return overrides if isinstance(overrides, Conv2dPlan) else {**plan._asdict(), **dict(overrides)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The parts of the passes. NCHW columns are (m, G, Cg*K, P), rows in (channel, offset) order as the weights;
+# NHWC columns are (G, m*P, K*Cg): the batch's positions as rows, channels contiguous within each offset.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _forward(xp, x, weight, conv: ConvShape, plan: Conv2dPlan, limit: int):
+    """conv2d's output without bias by ``plan.forward``, and the columns the backward pass may reuse (or None).
+    One branch per :class:`ForwardAlgorithm`: another algorithm (Winograd, say) plugs in here."""
+    if plan.forward == ForwardAlgorithm.IM2COL:
+        return _correlate(xp, x, weight, conv, limit, keep_columns=plan.keep_columns)
+    raise ValueError(f"no forward algorithm {plan.forward!r}")
+
+
+def _correlate(xp, x, weight, conv: ConvShape, limit: int, *, keep_columns: bool = False):
+    """Cross-correlation of x with weight (no bias) by im2col, piece by piece: the output in x's layout, and the
+    columns when ``keep_columns`` and the batch is one piece (else None)."""
+    w_mat = _weight_matrix(xp, weight, conv)
+    n, piece = x.shape[0], _batch_piece(xp, conv, x.dtype, limit)
+    if keep_columns and n <= piece:
+        columns = _im2col(xp, x, conv)
+        return _product(xp, w_mat, columns, conv, n), columns
+
+    def one_piece(part):
+        return _product(xp, w_mat, _im2col(xp, x[part, ...], conv), conv, part.stop - part.start)
+
+    return concat_pieces(xp, map_pieces(one_piece, n, piece)), None
+
+
+def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limit: int, columns):
+    """``dweight[g] = sum_n dout[n, g] @ cols[n, g]^T``, piece by piece, from the kept columns (the batch in one
+    piece) or gathered again."""
+    dout_rows = _rows_of(xp, dout, conv)
+    if columns is not None:
+        return _weight_from_matrix(xp, _weight_product(xp, dout_rows(slice(None)), columns, conv, plan.dweight),
+                                   _conv2d_weight_shape(conv), conv)
+
+    def one_piece(part):
+        return _weight_product(xp, dout_rows(part), _im2col(xp, x[part, ...], conv), conv, plan.dweight)
+
+    parts = map_pieces(one_piece, x.shape[0], _batch_piece(xp, conv, x.dtype, limit))
+    return _weight_from_matrix(xp, sum_pieces(parts), _conv2d_weight_shape(conv), conv)
+
+
+def _conv2d_weight_shape(conv: ConvShape) -> tuple[int, int, int, int]:
+    """conv2d's weight shape (O, Cg, kh, kw) for ``conv``."""
+    return (conv.out_channels, conv.channels // conv.groups, *conv.geometry.kernel)
+
+
+def _input_gradient(xp, dout, weight, conv: ConvShape, algorithm: DxAlgorithm, limit: int):
+    """The transpose of :func:`_correlate` in x: from dout (N, O, out_h, out_w) to (N, C, H, W) (NHWC alike).
+    conv2d's input gradient, and conv_transpose2d's output."""
+    if algorithm == DxAlgorithm.TRANSPOSED_CORRELATION:
+        transposed = _transposed_geometry(conv.geometry, conv.channels, conv.out_channels, float("inf"))
+        if transposed is None:
+            raise ValueError(f"dx as a transposed correlation needs stride 1 and padding <= dilation * (kernel - 1), "
+                             f"got {conv.geometry}")
+        flipped = ConvShape(transposed, conv.out_channels, conv.channels, conv.groups, conv.data_format)
+        dx, _ = _correlate(xp, dout, _flipped_transpose(xp, weight, conv.groups), flipped, limit)
         return dx
-    wide_rows = (
-        finite
-        and _windows_reach_the_far_edge(geometry)  # stride 1, no rows left below the last window
-        and out_channels <= channels * len(geometry.offsets())  # extending dout costs less than dcols' scatter
-    )
-    w_mat_t = xp.matrix_transpose(_weight_matrix(xp, weight, groups))
-    dout_mat = xp.reshape(dout, (n, groups, out_channels // groups, geometry.out_size[0] * geometry.out_size[1]))
-    pieces = batch_pieces(n, _batch_piece(xp, channels, dout.dtype, geometry, limit))
-    return concat_pieces(xp, [_col2im(xp, w_mat_t, dout_mat[part, ...], geometry, channels, wide_rows, device)
-                              for part in pieces])
+    wide_rows = algorithm == DxAlgorithm.COL2IM_WIDE_ROWS
+    if wide_rows and (conv.channels_last or not _windows_reach_the_far_edge(conv.geometry)):
+        raise ValueError(f"col2im in wide rows needs NCHW, stride 1 and no overhang, got {conv}")
+    w_mat = _weight_matrix(xp, weight, conv)
+    dout_rows = _rows_of(xp, dout, conv)
+    device = device_of(dout)
+
+    def one_piece(part):
+        return _col2im(xp, w_mat, dout_rows(part), conv, part.stop - part.start, wide_rows, device)
+
+    return concat_pieces(xp, map_pieces(one_piece, dout.shape[0], _batch_piece(xp, conv, dout.dtype, limit)))
 
 
-def _windows_reach_the_far_edge(geometry: WindowGeometry) -> bool:
-    """Stride 1, and the last window ends on the padded input's last row and column: what col2im's wide rows
-    need (a transposed convolution's output_padding leaves rows and columns that no window reaches)."""
-    spans = tuple(o + d * (k - 1) for o, d, k in zip(geometry.out_size, geometry.dilation, geometry.kernel))
-    return geometry.stride == (1, 1) and spans == geometry.padded_size
+def _im2col(xp, x, conv: ConvShape):
+    """Columns of one piece of the input (padded here: a piece's padded copy stays in the caches), in the
+    layout's column order (see above)."""
+    geometry, groups = conv.geometry, conv.groups
+    m, num_offsets = x.shape[0], len(geometry.offsets())
+    positions = geometry.out_size[0] * geometry.out_size[1]
+    if not conv.channels_last:
+        cols = stacked_windows(xp, x, geometry, 0.0)  # (m, C, K, out_h, out_w)
+        # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
+        cols = xp.reshape(cols, (m, groups, conv.channels // groups, num_offsets, positions))
+        return xp.reshape(cols, (m, groups, conv.channels // groups * num_offsets, positions))
+    cols = stacked_windows(xp, x, geometry, 0.0, channels_last=True)  # (m, out_h, out_w, K, C)
+    if groups == 1:
+        return xp.reshape(cols, (1, m * positions, num_offsets * conv.channels))
+    cols = xp.reshape(cols, (m * positions, num_offsets, groups, conv.channels // groups))
+    cols = xp.permute_dims(cols, (2, 0, 1, 3))
+    return xp.reshape(cols, (groups, m * positions, num_offsets * (conv.channels // groups)))
 
 
-def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_rows: bool, device):
-    """dx (m, C, H, W) of one piece from dout (m, G, Og, P): ``dcols[n, g] = weight[g]^T @ dout[n, g]``, each
-    kernel offset's rows of dcols added back where they were gathered.
+def _product(xp, w_mat, cols, conv: ConvShape, m: int):
+    """The correlation of one piece from its columns: ``weight[g] @ cols[n, g]`` as (m, O, out_h, out_w), or
+    ``cols[g] @ weight[g]^T`` as (m, out_h, out_w, O) channels-last: no transposed copy in either layout."""
+    out_h, out_w = conv.geometry.out_size
+    if not conv.channels_last:
+        return xp.reshape(xp.matmul(w_mat, cols), (m, conv.out_channels, out_h, out_w))
+    out = xp.matmul(cols, xp.matrix_transpose(w_mat))  # (G, m*P, Og)
+    if conv.groups > 1:
+        out = xp.permute_dims(out, (1, 0, 2))
+    return xp.reshape(out, (m, out_h, out_w, conv.out_channels))
 
-    With ``wide_rows`` (stride 1 without overhang, out_channels <= C * K, weights known finite) dout's rows are
-    first extended with zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous
-    run (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time (NumPy pays per row; figures in
+
+def _rows_of(xp, dout, conv: ConvShape):
+    """A function of a batch slice giving that piece of dout (N, O, ...) as the products want it: (m, G, Og, P)
+    for NCHW, (G, m*P, Og) for NHWC."""
+    n, (out_h, out_w), groups = dout.shape[0], conv.geometry.out_size, conv.groups
+    group_out = conv.out_channels // groups
+    if not conv.channels_last:
+        rows = xp.reshape(dout, (n, groups, group_out, out_h * out_w))
+        return lambda part: rows[part, ...]
+
+    def nhwc_rows(part):
+        piece = dout[part, ...]
+        m = piece.shape[0]
+        if groups == 1:
+            return xp.reshape(piece, (1, m * out_h * out_w, group_out))
+        return xp.permute_dims(xp.reshape(piece, (m * out_h * out_w, groups, group_out)), (1, 0, 2))
+
+    return nhwc_rows
+
+
+def _weight_product(xp, dout, cols, conv: ConvShape, algorithm: WeightGradientAlgorithm):
+    """One piece's ``sum_n dout[n, g] @ cols[n, g]^T`` as (G, Og, Cg*K) (NHWC: (G, Og, K*Cg)).
+
+    NCHW, per sample: ``cols[n, g] @ dout[n, g]^T`` (Cg*K x Og), summed over the piece and transposed (a view):
+    the taller operand first, which OpenBLAS multiplies about twice as fast here as the thin ``dout[n, g] @
+    cols[n, g]^T`` (benchmarks/README.md); batch-folded: one product at the price of a transposed copy of cols (per
+    sample the products would write, and the sum read, P / Og times more than that copy). NHWC: one product, the
+    batch already in the columns' rows.
+    """
+    if conv.channels_last:
+        return xp.matmul(xp.matrix_transpose(dout), cols)
+    if algorithm == WeightGradientAlgorithm.PER_SAMPLE:
+        return xp.matrix_transpose(xp.sum(xp.matmul(cols, xp.matrix_transpose(dout)), axis=0))
+    m, groups, group_out, positions = dout.shape
+    dout = xp.reshape(xp.permute_dims(dout, (1, 2, 0, 3)), (groups, group_out, m * positions))
+    cols = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (groups, m * positions, cols.shape[2]))
+    return xp.matmul(dout, cols)
+
+
+def _weight_from_matrix(xp, dweight, shape, conv: ConvShape):
+    """(G, Og, Cg*K) (NHWC: (G, Og, K*Cg)) back to the weight's (O, Cg, kh, kw)."""
+    if not conv.channels_last:
+        return xp.reshape(dweight, shape)
+    out_channels, group_channels, kh, kw = shape
+    return xp.permute_dims(xp.reshape(dweight, (out_channels, kh, kw, group_channels)), (0, 3, 1, 2))
+
+
+def _weight_matrix(xp, weight, conv: ConvShape):
+    """weight (O, Cg, kh, kw) as (G, Og, Cg*kh*kw); NHWC: (G, Og, kh*kw*Cg), the columns' order."""
+    if conv.channels_last:
+        weight = xp.permute_dims(weight, (0, 2, 3, 1))
+    return xp.reshape(weight, (conv.groups, weight.shape[0] // conv.groups, -1))
+
+
+def _col2im(xp, w_mat, dout, conv: ConvShape, m: int, wide_rows: bool, device):
+    """dx of one piece from its dout rows (:func:`_rows_of`): ``dcols[n, g] = weight[g]^T @ dout[n, g]``, each
+    kernel offset's part of dcols added back where it was gathered.
+
+    With ``wide_rows`` (NCHW, stride 1 without overhang, weights known finite) dout's rows are first extended with
+    zeros to the padded width, so that dcols' rows are too and each offset adds one contiguous run
+    (:func:`xpcnn._windows.scatter_wide_rows`) instead of a row at a time (NumPy pays per row; figures in
     benchmarks/README.md). The zeros stay zeros through the product only with finite weights.
     """
-    m, groups, group_out, _ = dout.shape
+    geometry, channels = conv.geometry, conv.channels
     num_offsets, (out_h, out_w) = len(geometry.offsets()), geometry.out_size
     like = dict(dtype=dout.dtype, device=device)
+    w_mat_t = xp.matrix_transpose(w_mat)
+    if conv.channels_last:
+        dcols = xp.matmul(dout, xp.matrix_transpose(w_mat_t))  # (G, m*P, K*Cg)
+        if conv.groups > 1:
+            dcols = xp.reshape(dcols, (conv.groups, m * out_h * out_w, num_offsets, channels // conv.groups))
+            dcols = xp.permute_dims(dcols, (1, 2, 0, 3))
+        dcols = xp.reshape(dcols, (m, out_h, out_w, num_offsets, channels))
+        parts = (dcols[:, :, :, k, :] for k in range(num_offsets))
+        return scatter_windows(xp, parts, geometry, (m, channels), channels_last=True, **like)
+    _, groups, group_out, _ = dout.shape
     if wide_rows:
         extra = geometry.padded_size[1] - out_w
         rows = xp.reshape(dout, (m, groups, group_out, out_h, out_w))
@@ -416,58 +878,11 @@ def _col2im(xp, w_mat_t, dout, geometry: WindowGeometry, channels: int, wide_row
     return scatter_windows(xp, (dcols[:, :, k, ...] for k in range(num_offsets)), geometry, (m, channels), **like)
 
 
-def _weight_gradient(xp, dout, cols):
-    """``sum_n dout[n, g] @ cols[n, g]^T``, (G, Og, Cg*K), from dout (m, G, Og, P) and cols (m, G, Cg*K, P).
-
-    A product per sample, summed, when ``P >= ratio * Og`` (the cost model's
-    ``per_sample_weight_gradient_ratio``); otherwise one product with the batch folded into the positions, at the
-    price of a transposed copy of cols: per sample, the thin (Og x P) by (P x Cg*K) products would write, and the
-    sum read, P / Og times more than that copy.
-    """
-    m, groups, group_out, positions = dout.shape
-    if positions >= profile_for(dout).per_sample_weight_gradient_ratio * group_out:
-        return xp.sum(xp.matmul(dout, xp.matrix_transpose(cols)), axis=0)
-    dout = xp.reshape(xp.permute_dims(dout, (1, 2, 0, 3)), (groups, group_out, m * positions))
-    cols = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (groups, m * positions, cols.shape[2]))
-    return xp.matmul(dout, cols)
-
-
-def conv_options(kernel, stride=1, padding=0, dilation=1):
-    """The convolution arguments checked and normalised: ``(stride, padding, dilation)``, padding as
-    ((top, bottom), (left, right)). :class:`xpcnn.nn.Conv2d` calls it when it is built, the op on every call."""
-    stride = int_pair(stride, "stride", minimum=1)
-    dilation = int_pair(dilation, "dilation", minimum=1)
-    return stride, _padding_pairs(padding, kernel, stride, dilation), dilation
-
-
-def _padding_pairs(padding, kernel, stride, dilation):
-    """((top, bottom), (left, right)) from an int, a pair, ``"valid"`` or ``"same"``."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return ((0, 0), (0, 0))
-        if padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride {stride}")
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-            return tuple((total // 2, total - total // 2) for total in totals)
-        raise ValueError(f"padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
-    ph, pw = int_pair(padding, "padding", minimum=0)
-    return ((ph, ph), (pw, pw))
-
-
-def _correlate(xp, x, weight, geometry: WindowGeometry, groups: int, limit: int):
-    """Cross-correlation of x with weight (no bias) by im2col, piece by piece: (N, O, out_h, out_w), and the
-    columns when the batch was one piece (else None)."""
-    w_mat = _weight_matrix(xp, weight, groups)
-    pieces = batch_pieces(x.shape[0], _batch_piece(xp, x.shape[1], x.dtype, geometry, limit))
-    outs = []
-    for part in pieces:
-        columns = _im2col(xp, x[part, ...], geometry, groups)
-        outs.append(xp.matmul(w_mat, columns))
-    if len(pieces) > 1:
-        columns = None  # the last piece's columns go before the pieces are joined (a lower peak)
-    out = xp.reshape(concat_pieces(xp, outs), (x.shape[0], weight.shape[0], *geometry.out_size))
-    return out, columns
+def _windows_reach_the_far_edge(geometry: WindowGeometry) -> bool:
+    """Stride 1, and the last window ends on the padded input's last row and column: what col2im's wide rows
+    need (a transposed convolution's output_padding leaves rows and columns that no window reaches)."""
+    spans = tuple(o + d * (k - 1) for o, d, k in zip(geometry.out_size, geometry.dilation, geometry.kernel))
+    return geometry.stride == (1, 1) and spans == geometry.padded_size
 
 
 def _transposed_geometry(geometry: WindowGeometry, in_channels: int, out_channels: int, ratio: float):
@@ -498,27 +913,35 @@ def _flipped_transpose(xp, weight, groups: int):
     return xp.flip(w, axis=(2, 3))
 
 
-def _batch_piece(xp, channels: int, dtype, geometry: WindowGeometry, limit: int) -> int:
+def _batch_piece(xp, conv: ConvShape, dtype, limit: int) -> int:
     """Samples per piece: as many as keep one piece's column buffer (and padded input) within the workspace
-    limit, at least one. ``channels`` and ``dtype`` are those of the correlation's input: the array the columns
-    are gathered from (im2col) or added back into (col2im)."""
-    kh, kw = geometry.kernel
+    limit, at least one. The columns are gathered from (im2col) or added back into (col2im) the array with
+    ``conv.channels`` channels."""
+    geometry = conv.geometry
     padded_h, padded_w = geometry.padded_size
-    per_sample = channels * (kh * kw * geometry.out_size[0] * geometry.out_size[1] + padded_h * padded_w)
-    return samples_per_piece(per_sample * xp.finfo(dtype).bits // 8, limit)
+    positions = geometry.out_size[0] * geometry.out_size[1]
+    per_sample = conv.channels * (len(geometry.offsets()) * positions + padded_h * padded_w)
+    return samples_per_piece(per_sample * _itemsize(xp, dtype), limit)
 
 
-def _im2col(xp, x, geometry: WindowGeometry, groups: int):
-    """Columns (N, G, Cg*kh*kw, out_h*out_w) of x padded, ordered (channel, i, j) as the weights are."""
-    n, channels = x.shape[:2]
-    kh, kw = geometry.kernel
-    out_h, out_w = geometry.out_size
-    cols = stacked_windows(xp, x, geometry, 0.0)
-    # Two reshapes, each only splitting or merging axes (Dask cannot do both in one); views elsewhere.
-    cols = xp.reshape(cols, (n, groups, channels // groups, kh * kw, out_h * out_w))
-    return xp.reshape(cols, (n, groups, channels // groups * kh * kw, out_h * out_w))
+def _itemsize(xp, dtype) -> int:
+    return xp.finfo(dtype).bits // 8
 
 
-def _weight_matrix(xp, weight, groups: int):
-    """weight (O, Cg, kh, kw) as (G, Og, Cg*kh*kw)."""
-    return xp.reshape(weight, (groups, weight.shape[0] // groups, -1))
+def _per_channel(xp, bias, data_format: str):
+    """bias (O,) shaped to broadcast over the output's channel axis."""
+    return xp.reshape(bias, (1, -1, 1, 1) if data_format == NCHW else (1, 1, 1, -1))
+
+
+def _non_channel_axes(data_format: str) -> tuple[int, int, int]:
+    return (0, 2, 3) if data_format == NCHW else (0, 1, 2)
+
+
+def _out_shape(n: int, channels: int, conv: ConvShape) -> tuple[int, int, int, int]:
+    shape = (n, channels, *conv.geometry.out_size)
+    return shape if conv.data_format == NCHW else _to_nhwc(shape)
+
+
+def _to_nhwc(shape):
+    n, c, h, w = shape
+    return (n, h, w, c)

@@ -13,6 +13,7 @@ from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_dev
 from ..config import resolve_workspace_limit
 from ..functional.activations import check_approximate
 from ..functional.conv import conv_options, conv_transpose_options
+from ..functional.conv import data_format_checked as _conv_data_format
 from ..functional.dropout import check_probability
 from ..functional.interpolate import interpolate_options
 from ..functional.normalization import as_normalized_shape
@@ -83,9 +84,16 @@ class _Affine(Module):
 
 
 class Conv2d(_Affine):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 *, xp=None, device=None, dtype=None, seed=None, workspace_limit=None):
+    """2-D convolution, as ``torch.nn.Conv2d``: weight ``(out_channels, in_channels // groups, kh, kw)`` (PyTorch's
+    layout whatever the data format) and bias ``(out_channels,)``. ``data_format="NHWC"`` takes and gives
+    channels-last arrays (default ``"NCHW"``). See :func:`xpcnn.functional.conv2d_forward`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *, xp=None, device=None,
+                 dtype=None, seed: int | None = None, workspace_limit: int | None = None, data_format: str = "NCHW"):
         super().__init__()
+        self.data_format = _conv_data_format(data_format)
         in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
         groups = _positive(groups, "groups")
         if in_channels % groups or out_channels % groups:
@@ -100,7 +108,7 @@ class Conv2d(_Affine):
 
     def forward(self, x):
         out, self._cache = F.conv2d_forward(x, self.weight.data, self._bias_data(), **self.options,
-                                            workspace_limit=self.workspace_limit)
+                                            data_format=self.data_format, workspace_limit=self.workspace_limit)
         return out
 
     def backward(self, dout, *, input_grad=True):
@@ -111,20 +119,25 @@ class Conv2d(_Affine):
     def __repr__(self):
         o, i, kh, kw = self.weight.data.shape
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"Conv2d({i * self.options['groups']}, {o}, kernel_size={(kh, kw)}, {options}, bias={self.bias is not None})"
+        layout = "" if self.data_format == "NCHW" else f", data_format={self.data_format!r}"
+        return (f"Conv2d({i * self.options['groups']}, {o}, kernel_size={(kh, kw)}, {options}, "
+                f"bias={self.bias is not None}{layout})")
 
 
 class ConvTranspose2d(_Affine):
     """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``: weight ``(in_channels, out_channels // groups,
-    kh, kw)`` and bias ``(out_channels,)`` drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan_in for
-    that layout, ``weight.shape[1] * kh * kw``. See :func:`xpcnn.functional.conv_transpose2d_forward`."""
+    kh, kw)`` (PyTorch's layout whatever the data format) and bias ``(out_channels,)`` drawn from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan_in for that layout, ``weight.shape[1] * kh * kw``.
+    ``data_format="NHWC"`` takes and gives channels-last arrays (default ``"NCHW"``). See
+    :func:`xpcnn.functional.conv_transpose2d_forward`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  output_padding: int | tuple[int, int] = 0, groups: int = 1, bias: bool = True,
                  dilation: int | tuple[int, int] = 1, *, xp=None, device=None, dtype=None, seed: int | None = None,
-                 workspace_limit: int | None = None):
+                 workspace_limit: int | None = None, data_format: str = "NCHW"):
         super().__init__()
+        self.data_format = _conv_data_format(data_format)
         in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
         groups = _positive(groups, "groups")
         if in_channels % groups or out_channels % groups:
@@ -140,6 +153,7 @@ class ConvTranspose2d(_Affine):
 
     def forward(self, x):
         out, self._cache = F.conv_transpose2d_forward(x, self.weight.data, self._bias_data(), **self.options,
+                                                      data_format=self.data_format,
                                                       workspace_limit=self.workspace_limit)
         return out
 
@@ -151,8 +165,9 @@ class ConvTranspose2d(_Affine):
     def __repr__(self) -> str:
         i, og, kh, kw = self.weight.data.shape
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        layout = "" if self.data_format == "NCHW" else f", data_format={self.data_format!r}"
         return (f"ConvTranspose2d({i}, {og * self.options['groups']}, kernel_size={(kh, kw)}, {options}, "
-                f"bias={self.bias is not None})")
+                f"bias={self.bias is not None}{layout})")
 
 
 class Linear(_Affine):
