@@ -236,7 +236,7 @@ def test_mse_target_gradient_matches_torch(xp, torch, reduction):
 def test_caches_print_as_a_short_summary():
     _, cache = softmax_cross_entropy_forward(np.zeros((64, 10), np.float32), np.zeros(64, np.int64))
     text = repr(cache)
-    assert text.startswith("CrossEntropyCache(probs=numpy(64, 10) float32, weights=numpy(64, 10) float32")
+    assert text.startswith("CrossEntropyCache(probs=numpy(64, 10) float32, onehot=numpy(64, 10) bool, weights=None")
     assert len(text) < 300 and "0." not in text
     assert repr(mse_loss_forward(np.zeros((2, 3)), np.zeros((2, 3)))[1]) == (
         "MSECache(diff=numpy(2, 3) float64, reduction='mean')")

@@ -62,7 +62,8 @@ class CrossEntropyCache(NamedTuple):
     """What :func:`softmax_cross_entropy_backward` needs; ``repr`` summarises the arrays (class, shape, dtype)."""
 
     probs: Any  # (M, C) softmax of the logits, the class axis last (M: samples times spatial positions)
-    weights: Any  # (M, C) q: the weight of each log-probability in the loss
+    onehot: Any  # (M, C) bool, True at each row's target class (class indices); None for class probabilities
+    weights: Any  # (M, C) q, the weight of each log-probability in the loss; None when it is onehot itself
     denominator: Any  # what "mean" divides by: an int (the rows) or a 0-d array (the target weights' sum)
     reduction: str
     kept: Any  # (M,) bool, False on ignored rows (class indices); None for class probabilities
@@ -190,7 +191,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         if weight is not None:
             weighted, q = weighted * weight, q * weight
         losses = -xp.sum(weighted, axis=1)
-        denominator = rows
+        denominator, onehot = rows, None
     else:
         # Class indices compared in int64: a small integer dtype could not count the classes (300 wraps in uint8).
         t = xp.reshape(xp.astype(target, xp.int64), (rows,))
@@ -199,12 +200,15 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         else:
             check_class_range(xp, t, classes, ignore_index)
         kept = t != ignore_index
-        onehot = (xp.arange(classes, dtype=xp.int64, device=device)[None, :] == t[:, None]) & kept[:, None]
+        onehot = xp.arange(classes, dtype=xp.int64, device=device)[None, :] == t[:, None]
+        if 0 <= ignore_index < classes:  # an ignored row would match that class's column
+            onehot = onehot & kept[:, None]
         losses = -xp.sum(xp.where(onehot, log_probs, 0.0), axis=1)
-        q = xp.astype(onehot, z.dtype)
+        q = None  # without weight or smoothing, the one-hot rows are the weights
         if weight is not None:
             target_weight = xp.sum(xp.where(onehot, weight, 0.0), axis=1)  # w[t], 0 on ignored rows
-            losses, q = losses * target_weight, q * target_weight[:, None]
+            losses = losses * target_weight
+            q = xp.where(onehot, target_weight[:, None], 0.0)
             denominator = xp.sum(target_weight)
         else:
             denominator = xp.sum(xp.astype(kept, z.dtype))
@@ -213,6 +217,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
             smooth = xp.where(kept, smooth, 0.0)
             every_class = xp.ones_like(z) if weight is None else xp.broadcast_to(weight, z.shape)
             losses = losses * (1.0 - label_smoothing) + smooth * smoothing
+            q = xp.astype(onehot, z.dtype) if q is None else q
             q = q * (1.0 - label_smoothing) + xp.where(kept[:, None], every_class, 0.0) * smoothing
         if valid is not None:
             losses = xp.where(valid, losses, math.nan)
@@ -222,7 +227,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         loss = xp.sum(losses)
     else:
         loss = xp.sum(losses) / denominator if rows else xp.mean(losses)
-    return loss, CrossEntropyCache(xp.exp(log_probs), q, denominator, reduction, kept, valid, shape)
+    return loss, CrossEntropyCache(xp.exp(log_probs), onehot, q, denominator, reduction, kept, valid, shape)
 
 
 def check_class_range(xp, target, classes: int, ignore_index: int | None = None) -> None:
@@ -261,16 +266,21 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
         For a ``dloss`` of the wrong kind, shape, dtype, library or device, or another op's cache.
     """
     check_cache(cache, CrossEntropyCache, "softmax_cross_entropy")
-    probs, q, denominator, reduction, kept, valid, shape = cache
-    xp, _ = namespace_and_device(probs=probs)
+    probs, onehot, q, denominator, reduction, kept, valid, shape = cache
+    xp, device = namespace_and_device(probs=probs)
     rows = probs.shape[0]
     unreduced = shape[1:] if len(shape) == 1 else (shape[0], *shape[2:])
     scale = _upstream_scale(xp, dloss, probs, reduction, unreduced, denominator)
-    if reduction == "none":
+    if kept is not None:  # ignored rows get no gradient (even where the mean's scale is inf or NaN)
+        if not hasattr(scale, "shape"):
+            scale = xp.asarray(scale, dtype=probs.dtype, device=device)
+        scale = xp.where(kept, xp.reshape(scale, (-1,)), 0.0)
+    if getattr(scale, "ndim", 0) >= 1:  # a per-row factor: "none", or rows ignored
         scale = xp.reshape(scale, (rows, 1))
-    dlogits = (probs * xp.sum(q, axis=1, keepdims=True) - q) * scale
-    if kept is not None:
-        dlogits = xp.where(kept[:, None], dlogits, 0.0)
+    if q is None:
+        dlogits = (probs - xp.astype(onehot, probs.dtype)) * scale
+    else:
+        dlogits = (probs * xp.sum(q, axis=1, keepdims=True) - q) * scale
     if valid is not None:
         dlogits = xp.where(valid[:, None], dlogits, math.nan)
     return _classes_back(xp, dlogits, shape)
