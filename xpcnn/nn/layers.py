@@ -496,8 +496,11 @@ class Dropout(Module):
     """Zeroes elements with probability ``p`` in training mode (scaling the rest by 1/(1-p)); identity in eval.
 
     Masks are reproducible: the n-th training forward pass of a Dropout built with ``seed`` always uses the same
-    mask, on every backend.
+    mask, on every backend. The count of training passes is extra state (:meth:`Module.named_extra_state`): a
+    checkpoint keeps it, so a resumed run draws the masks it would have drawn.
     """
+
+    extra_state_names = ("calls",)
 
     def __init__(self, p=0.5, *, seed=None):
         super().__init__()
