@@ -13,7 +13,7 @@ from .._validation import as_bool, as_float, as_int, namespace_and_device
 from ..nn.losses import CrossEntropyLoss
 from ..nn.module import Module
 from ..optim import Optimizer
-from ..training import _check_criterion, _progress
+from ..training import _check_criterion, _progress_bar, _progress_stream
 from ..functional.losses import check_class_range
 from . import _checkpoint
 from ._backends import ReplicaLost, backend_for
@@ -273,7 +273,7 @@ class _Run:
         first = True
         while position["epoch"] < self.epochs:
             epoch = position["epoch"]
-            bar = _progress(self.progress, len(self.batches), f"epoch {epoch + 1}/{self.epochs}")
+            bar = _progress_bar(_progress_stream(self.progress), len(self.batches), f"epoch {epoch + 1}/{self.epochs}")
             if bar is not None:
                 bar.update(position["batch"])
             shown = time.monotonic()

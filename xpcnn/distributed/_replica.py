@@ -16,7 +16,7 @@ import array_api_compat
 from .._host import from_numpy, to_numpy
 from .._validation import namespace_and_device
 from ..nn.losses import CrossEntropyLoss, MSELoss
-from ..training import _correct
+from ..training import _hits
 from ._data import Samples, batch_bounds, epoch_order, shard_bounds
 from ._exchange import Conversation, InlineConversation, fresh
 from ._layers import ShardContext, dropout_calls, prepare, set_dropout_calls
@@ -127,7 +127,7 @@ class Replica:
         self.model.zero_grad()
         if self.reduction == "mean" and per_sample != 1:
             total = total / per_sample
-        return grads, total, (_correct(self.xp, out, yb) if self.classify else None)
+        return grads, total, (_hits(self.xp, out, yb, None)[0] if self.classify else None)
 
     def _evaluate(self):
         n = self.val.n
@@ -144,7 +144,7 @@ class Replica:
                 loss = loss / per_sample if self.reduction == "mean" and per_sample != 1 else loss
                 total = loss if total is None else total + loss
                 if self.classify:
-                    c = _correct(self.xp, out, yb)
+                    c = _hits(self.xp, out, yb, None)[0]
                     correct = c if correct is None else correct + c
         finally:
             self.model.train()

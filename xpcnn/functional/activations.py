@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .._validation import cache_repr
 from .._dispatch import known_finite, multiply_by_mask
 from .._precision import half_in_float32, half_in_float32_backward
 from .._special import erf
@@ -74,36 +75,52 @@ DENSITY_UNDERFLOW = 40.0  # beyond it, exp(-x**2 / 2) is 0 (from |x| > 38.6 in f
 
 
 class ReluCache(NamedTuple):
+    __repr__ = cache_repr
+
     out: Array  # the forward output
 
 
 class LeakyReluCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Array  # the forward input
     negative_slope: float
 
 
 class SigmoidCache(NamedTuple):
+    __repr__ = cache_repr
+
     out: Array  # the forward output
 
 
 class TanhCache(NamedTuple):
+    __repr__ = cache_repr
+
     out: Array  # the forward output
 
 
 class ArctanCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Array  # the forward input
 
 
 class GeluCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Array  # the forward input
     approximate: str
 
 
 class SiluCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Array  # the forward input
 
 
 class EluCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Array  # the forward input
     alpha: float
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .._validation import cache_repr
 from .._random import uniform
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import as_float, check_cache, check_floating, check_upstream, namespace_and_device
@@ -20,6 +21,8 @@ __all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
 
 
 class DropoutCache(NamedTuple):
+    __repr__ = cache_repr
+
     scale: Any  # keep / (1 - p), of x's shape
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .._validation import cache_repr
 from .._validation import as_int, check_cache, check_floating, check_shape, namespace_and_device
 from .._windows import Array, is_channels_last
 
@@ -17,6 +18,8 @@ __all__ = ["FlattenCache", "flatten_forward", "flatten_backward"]
 
 class FlattenCache(NamedTuple):
     """x_shape, out_shape: the shapes before and after; data_format: the layout x was declared in."""
+
+    __repr__ = cache_repr
 
     x_shape: tuple
     out_shape: tuple

@@ -40,6 +40,7 @@ import struct
 from fractions import Fraction
 from typing import Any, NamedTuple
 
+from .._validation import cache_repr
 from .._axis_maps import AxisMap, combined
 from .._windows import Array, is_channels_last
 from .._precision import half_in_float32, half_in_float32_backward
@@ -64,6 +65,8 @@ class InterpolateCache(NamedTuple):
     """rows, cols: the taps along the height and the width (rows: the identity for a 3-D x); x_shape: x's shape
     (3-D for 1-D signals); anchor: an empty array on x's device (checks dout's library and device);
     channels_last: whether x was NHWC (NLC)."""
+
+    __repr__ = cache_repr
 
     rows: AxisMap
     cols: AxisMap

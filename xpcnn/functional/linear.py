@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .._validation import cache_repr
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     as_bool,
@@ -27,6 +28,8 @@ __all__ = ["LinearCache", "linear_forward", "linear_backward"]
 
 
 class LinearCache(NamedTuple):
+    __repr__ = cache_repr
+
     x: Any
     weight: Any
     has_bias: bool

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .._validation import cache_repr
 from .._precision import half_in_float32, half_in_float32_backward
 from .._typing import Array
 from .._validation import (
@@ -275,6 +276,8 @@ class BatchNormCache(NamedTuple):
     """The cache of :func:`batch_norm_forward`: the backward pass's needs, the batch's statistics and the updated
     running statistics."""
 
+    __repr__ = cache_repr
+
     normalized: Normalized
     batch_mean: Array | None  # (C,), or None in evaluation and for an empty batch
     batch_var: Array | None  # (C,) unbiased, or None likewise
@@ -462,6 +465,8 @@ def _checked_backward(dout, norm: Normalized, input_grad):
 
 
 class LayerNormCache(NamedTuple):
+    __repr__ = cache_repr
+
     normalized: Normalized
 
 
@@ -544,6 +549,8 @@ def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
 
 
 class GroupNormCache(NamedTuple):
+    __repr__ = cache_repr
+
     normalized: Normalized
 
 

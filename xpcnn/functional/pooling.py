@@ -40,6 +40,7 @@ from typing import Any, Final, NamedTuple
 
 from array_api_compat import device as device_of
 
+from .._validation import cache_repr
 from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
@@ -113,6 +114,8 @@ class MaxPool2dCache(NamedTuple):
     to its column; None when the forward pass walked the ``kh * kw`` slices directly.
     channels_last: whether x was NHWC."""
 
+    __repr__ = cache_repr
+
     winners: Any
     column_winners: Any
     geometry: WindowGeometry
@@ -149,6 +152,8 @@ def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
 class AvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
     divided by; x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
+
+    __repr__ = cache_repr
 
     divisor: Any
     geometry: WindowGeometry
@@ -590,6 +595,8 @@ class AdaptiveAvgPool2dCache(NamedTuple):
     pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None;
     channels_last: whether x was NHWC."""
 
+    __repr__ = cache_repr
+
     divisor: Any
     rows: Any
     cols: Any
@@ -604,6 +611,8 @@ class AdaptiveMaxPool2dCache(NamedTuple):
     the column of each row's window maximum (the first pass, along the rows); rows, cols: the windows. pooled:
     max_pool2d's cache when the windows tile x (then every other array is None). channels_last: whether x was
     NHWC."""
+
+    __repr__ = cache_repr
 
     flat_indices: Any
     chosen_columns: Any
