@@ -1,5 +1,5 @@
 """Data-parallel fit with W replicas in one process: bitwise the single-process micro-batch accumulation over the
-same shards, within 1e-12 of xpcnn.fit (batch norm and dropout included), checkpoints, data sources, errors."""
+same shards, within 1e-12 of xpcnn.fit (5e-12 with batch norm: FIT_TOLERANCE), checkpoints, data sources, errors."""
 
 from __future__ import annotations
 
