@@ -229,13 +229,15 @@ def _largest_difference(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
-def check_against_nchw(*, m: int = 6, size: int = CNN_SIZE, channels: int = 4, hidden: int = 16,
+def check_against_nchw(*, m: int = 6, size: int = CNN_SIZE, channels: int = 4, hidden: int = 16, steps: int = 5,
                        seed: int = 0) -> dict[str, float]:
     """The channels-last networks of articles 3 and 4 against the same networks built NCHW on the transposed input.
 
     Article 3: each pooling layer's output and input gradient on :func:`pooling_example`. Article 4 (max and average
     pooling): the loss on ``m`` samples of :func:`cnn_data`, every parameter gradient (the first Linear's compared
-    through :func:`flatten_permutation`) and the input gradient, from :func:`nchw_twin`.
+    through :func:`flatten_permutation`) and the input gradient, from :func:`nchw_twin`; then ``steps`` steps of
+    :func:`train_cnn` in each layout: the loss at every step and the weights at the end (the NHWC network's mapped to
+    NCHW by :func:`nchw_twin`).
 
     Returns
     -------
@@ -269,6 +271,13 @@ def check_against_nchw(*, m: int = 6, size: int = CNN_SIZE, channels: int = 4, h
             expected = grad[:, perm] if name == FIRST_LINEAR else grad
             differences[f"cnn ({pool} pool) d{name}"] = _largest_difference(expected, grads_nchw[name])
         differences[f"cnn ({pool} pool) input gradient"] = _largest_difference(dx.transpose(to_nchw), dx_nchw)
+        if steps:  # then train both: the same losses step by step and the same weights at the end
+            losses, _ = train_cnn(nhwc, x, labels, steps=steps)
+            losses_nchw, _ = train_cnn(nchw, x.transpose(to_nchw), labels, steps=steps)
+            differences[f"cnn ({pool} pool) losses over {steps} SGD steps"] = _largest_difference(losses, losses_nchw)
+            trained = nchw_twin(nhwc, pool, size=size, channels=channels, hidden=hidden).state_dict()
+            differences[f"cnn ({pool} pool) weights after {steps} SGD steps"] = max(
+                _largest_difference(value, trained[name]) for name, value in nchw.state_dict().items())
     return differences
 
 
@@ -294,11 +303,12 @@ def main(argv=None):
             print(f"{name}: predictions {predictions} (error {np.abs(predictions - y[:, 0]).max():.4f})")
     show_pooling_article()
     show_cnn_article()
-    differences = check_against_nchw()
+    steps = 5
+    differences = check_against_nchw(steps=steps)
     worst = max(differences, key=differences.get)
     print(f"\n== channels-last against NCHW (same weights, transposed input) ==\n{len(differences)} comparisons "
-          f"(outputs, losses, every parameter and input gradient): largest difference {differences[worst]:.1e} "
-          f"({worst})")
+          f"(outputs, losses, every parameter and input gradient, {steps} SGD steps): largest difference "
+          f"{differences[worst]:.1e} ({worst})")
 
 
 def show_pooling_article():
