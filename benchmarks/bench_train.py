@@ -190,8 +190,13 @@ def main(argv=None):
                         help="seconds each contender runs untimed before its timed call in every round")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke test: small ResNet images, batch 2, one step, one round, no settling")
+    parser.add_argument("--winograd", choices=["on", "off"], default="on",
+                        help="off: xpcnn.config.set_winograd(False) (3x3 convolutions by im2col), to compare")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    import xpcnn
+
+    xpcnn.config.set_winograd(args.winograd == "on")
     if args.tiny:
         args.repeats, args.settle = 1, 0.0
     json_path = common.output_path(args.json)  # checked (its folder made) before measuring
@@ -204,7 +209,8 @@ def main(argv=None):
     checks = "; ".join(NETWORKS[o["network"]][0] + " " + ", ".join(f"{a:.6f}/{b:.6f}" for a, b in
                                                                   zip(o["check_losses"], t["check_losses"]))
                        for o, t in zip(rows[::2], rows[1::2]))
-    print(f"# training step, {titles}, {args.backend}; {common.cpu_summary(info)}; BLAS {info['blas']}; "
+    print(f"# training step, {titles}, {args.backend}, winograd {args.winograd}; {common.cpu_summary(info)}; "
+          f"BLAS {info['blas']}; "
           f"PyTorch {info.get('torch_threads')} threads")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
@@ -212,7 +218,8 @@ def main(argv=None):
     common.print_table(rows, ["network", "contender", "batch_size", "steps", "median_ms", "min_ms", "max_ms",
                               "images_per_s", "vs_torch", "vs_torch_rounds"])
     if json_path:
-        common.write_json(json_path, dict(benchmark="train", backend=args.backend, machine=info, rows=rows))
+        common.write_json(json_path, dict(benchmark="train", backend=args.backend, winograd=args.winograd,
+                                          machine=info, rows=rows))
     return rows
 
 

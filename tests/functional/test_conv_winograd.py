@@ -103,6 +103,7 @@ def test_cost_model_takes_winograd_for_finite_numpy_data(data_format):
     assert cache.plan.forward == conv.ForwardAlgorithm.WINOGRAD
     assert cache.plan.dx == conv.DxAlgorithm.WINOGRAD and cache.plan.dweight == conv.WeightGradientAlgorithm.WINOGRAD
     assert cache.plan.tile == 4 and cache.columns is None
+    assert conv_transpose2d_forward(x, w, padding=1, data_format=data_format)[1].plan.dx == "winograd"
     ref, ref_cache = conv2d_forward(x, w, padding=1, data_format=data_format, algorithm="im2col")
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
     dout = rng.standard_normal(out.shape).astype(np.float32)
@@ -156,6 +157,10 @@ def test_backward_falls_back_for_a_non_finite_dout():
     assert not np.isnan(dx).all()
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-4, atol=1e-4)
     assert conv.plan_for_dout(np, cache.plan, dout).dx == cache.plan.if_dout_not_finite[0]
+    # a backward _plan forces what it names; the rest still follows dout
+    named = conv2d_backward(dout, cache, _plan=dict(dweight="winograd"))
+    np.testing.assert_array_equal(np.isnan(named[0]), np.isnan(dx_ref))
+    np.testing.assert_allclose(named[1], dw_ref, rtol=1e-4, atol=1e-4)
     # forced, Winograd stays whatever dout holds (and spreads the NaN over the tiles)
     _, forced = conv2d_forward(x, w, padding=1, algorithm="winograd")
     assert forced.plan.if_dout_not_finite is None

@@ -37,6 +37,13 @@ costing about two copies), so layers that expand the channels (1 -> 32, say) kee
 rows put zeros in front of the weights, so they are taken only for weights known to be finite (a NaN or inf weight
 would spread NaN where PyTorch has none).
 
+Winograd (:mod:`xpcnn._winograd`): a 3 x 3, stride-1, dilation-1 convolution with enough channels per group
+computes each part with F(m x m, 3 x 3) instead, about four times fewer multiplies -- the forward pass, dx as the
+transposed correlation above, and dweight as the adjoint of the forward pass in the weights. Its float32 rounding
+error is larger (about 1e-5 relative), and it spreads an inf or NaN over whole tiles, so the cost model takes it
+only for data known to be finite (:func:`conv2d_plan`); ``algorithm=`` and :func:`xpcnn.config.set_winograd`
+switch it off (or force it).
+
 The transposed convolution (``torch.nn.functional.conv_transpose2d``, weights ``(C_in, C_out / G, kh, kw)``) is
 the same pair read the other way round. Its forward pass is conv2d's input gradient with x in dout's place
 (:func:`_correlate_transposed`: col2im, or the correlation above); its backward pass is conv2d's forward pass
@@ -808,8 +815,16 @@ def _checked_dout(dout, cache, shape) -> tuple[Any, Array]:
 
 
 def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
-    """The backward pass's ``_plan``: a whole plan, or the forward plan's fields with some replaced."""
-    return overrides if isinstance(overrides, Conv2dPlan) else {**plan._asdict(), **dict(overrides)}
+    """The backward pass's ``_plan``: a whole plan, or the forward plan's fields with some replaced (those also
+    replace the forward plan's choice for a dout not known finite: what the caller names is taken)."""
+    if isinstance(overrides, Conv2dPlan):
+        return overrides
+    overrides = dict(overrides)
+    merged = {**plan._asdict(), **overrides}
+    if plan.if_dout_not_finite is not None and "if_dout_not_finite" not in overrides:
+        merged["if_dout_not_finite"] = tuple(overrides.get(name, chosen) for name, chosen in
+                                             zip(("dx", "dweight"), plan.if_dout_not_finite))
+    return merged
 
 
 # --------------------------------------------------------------------------------------------------------------
