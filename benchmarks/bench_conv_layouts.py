@@ -128,7 +128,8 @@ def main(argv=None):
     state_before = machine_state()
     rows = []
     for name in args.shape or list(SHAPES):
-        samples = timed(contenders(SHAPES[name], np.dtype(args.dtype), args.with_im2col), args.repeats, clock, args.settle)
+        fns = contenders(SHAPES[name], np.dtype(args.dtype), args.with_im2col)
+        samples = timed(fns, args.repeats, clock, args.settle)
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append(dict(shape=name, **{f"{k} ms": round(v, 2) for k, v in med.items()},
                          nchw_ratio=round(med["xpcnn NCHW"] / med["torch NCHW"], 2),
