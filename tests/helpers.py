@@ -7,91 +7,21 @@ import random
 import array_api_compat
 import numpy as np
 
-class Backend:
-    """An array namespace bound to one device. ``xp.asarray`` puts NumPy data there, ``xp.to_numpy`` brings it back;
-    every other attribute is the namespace's own."""
+# The backend matrix, assert_close's checks and the finite differences are the public toolkit's (xpcnn.testing);
+# these names stay importable from here, with the signatures the tests use.
+from xpcnn.testing import Backend, numerical_gradient, numpy_backend, strict_backend  # noqa: E402,F401
+from xpcnn.testing import assertions as _assertions  # noqa: E402
+from xpcnn.testing.gradients import torch_autograd as _torch_autograd  # noqa: E402
 
-    def __init__(self, name, namespace, device, *, float64=True):
-        self.name, self.namespace, self.device, self.float64 = name, namespace, device, float64
-
-    def __getattr__(self, attr):
-        return getattr(self.namespace, attr)
-
-    def __repr__(self):
-        return self.name
-
-    def float_dtypes(self):
-        """The floating dtypes this device supports, as (namespace dtype, NumPy dtype) pairs."""
-        pairs = [(self.namespace.float32, np.float32)]
-        if self.float64:
-            pairs.append((self.namespace.float64, np.float64))
-        return pairs
-
-    def asarray(self, a, dtype=None):
-        a = np.asarray(a)
-        if dtype is None:
-            dtype = getattr(self.namespace, str(a.dtype))
-        if self.name.startswith("array_api_strict"):
-            a = self.namespace.asarray(a, dtype=dtype)  # on the default CPU device, then moved
-            return a.to_device(self.device)
-        if self.name == "dask":
-            a = self.namespace.asarray(a, dtype=dtype)
-            return a.rechunk({0: 1}) if a.ndim else a  # chunked along the batch axis only
-        return self.namespace.asarray(a, dtype=dtype, device=self.device)
-
-    def to_numpy(self, a):
-        if self.name.startswith("array_api_strict"):
-            import array_api_strict
-
-            a = a.to_device(array_api_strict.Device("CPU_DEVICE"))
-        elif self.name == "torch":
-            a = a.detach().cpu()
-        elif self.name == "cupy":
-            a = a.get()
-        elif self.name == "dask":
-            a = a.compute()
-        return np.asarray(a)
-
-    def assert_on_backend(self, a, dtype):
-        """``a`` belongs to this backend's namespace, lives on its device and has ``dtype``."""
-        assert array_api_compat.array_namespace(a) is self.namespace, f"{type(a)} is not from {self.name}"
-        assert array_api_compat.device(a) == self.device, f"{array_api_compat.device(a)} != {self.device}"
-        assert a.dtype == dtype, f"{a.dtype} != {dtype}"
-
-
-def strict_backend(device="device1"):
-    """array-api-strict on one of its devices (its API version is pinned by conftest)."""
-    import array_api_strict
-
-    return Backend(f"array_api_strict-{device}", array_api_strict, array_api_strict.Device(device))
-
-
-def numpy_backend():
-    return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu")
-
-
-RTOL = {np.float64: 1e-9, np.float32: 2e-4}
-ATOL = {np.float64: 1e-11, np.float32: 2e-5}
+RTOL, ATOL = _assertions.RTOL, _assertions.ATOL
 
 
 def assert_close(xp, actual, expected, np_dtype, *, dtype=None):
-    """``actual`` (a backend array) lives on xp's device with ``dtype`` and equals ``expected`` (NumPy)."""
-    xp.assert_on_backend(actual, dtype if dtype is not None else getattr(xp.namespace, np.dtype(np_dtype).name))
-    scale = np.max(np.abs(expected[np.isfinite(expected)]), initial=1.0)
-    np.testing.assert_allclose(xp.to_numpy(actual), expected, rtol=RTOL[np_dtype], atol=ATOL[np_dtype] * scale)
-
-
-def numerical_gradient(f, x, dout, eps=1e-6):
-    """Gradient of ``sum(f(x) * dout)`` with respect to ``x`` by central differences (float64 NumPy)."""
-    grad = np.zeros_like(x)
-    for i in range(x.size):
-        shifted = []
-        for sign in (1.0, -1.0):
-            xs = x.copy()
-            xs.flat[i] += sign * eps
-            shifted.append(np.sum(f(xs) * dout))
-        grad.flat[i] = (shifted[0] - shifted[1]) / (2 * eps)
-    return grad
+    """``actual`` (a backend array) lives on xp's device with ``dtype`` (``np_dtype``'s by default) and equals
+    ``expected`` (NumPy) within the tolerances for ``np_dtype``."""
+    rtol, atol = _assertions.default_tolerances(np_dtype, np.asarray(expected))
+    _assertions.assert_close(actual, expected, backend=xp, dtype=np_dtype if dtype is None else dtype, rtol=rtol,
+                             atol=atol)
 
 
 def torch_reference(torch, fn, inputs: dict, rng):
@@ -100,15 +30,9 @@ def torch_reference(torch, fn, inputs: dict, rng):
     Floating NumPy inputs require grad, others (integer targets) don't; None stays None.
     Returns (out, {name: grad}, dout) as NumPy arrays.
     """
-    tensors = {
-        name: None if value is None else torch.tensor(value, requires_grad=np.issubdtype(value.dtype, np.floating))
-        for name, value in inputs.items()
-    }
-    out = fn(**tensors)
-    dout = rng.standard_normal(tuple(out.shape))
-    out.backward(torch.tensor(dout))
-    grads = {name: t.grad.numpy() for name, t in tensors.items() if t is not None and t.grad is not None}
-    return out.detach().numpy(), grads, dout
+    names = list(inputs)
+    out, grads, dout = _torch_autograd(lambda *args: fn(**dict(zip(names, args))), list(inputs.values()), {}, rng)
+    return out, {names[i]: grad for i, grad in grads.items()}, dout
 
 
 def max_pool_input(kind, shape, rng):

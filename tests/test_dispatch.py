@@ -18,3 +18,14 @@ def test_known_finite_only_on_host_numpy(xp):
     assert known_finite(xp.namespace, finite) == (xp.name == "numpy")
     for bad in (np.inf, -np.inf, np.nan):
         assert not known_finite(xp.namespace, xp.asarray(np.array([0.0, bad], dtype=np.float32)))
+
+
+def test_multiply_by_mask_on_every_backend(xp):
+    from xpcnn._dispatch import multiply_by_mask
+
+    for np_dtype in (np.float32, np.float64) if xp.name != "array_api_strict-no_float64" else (np.float32,):
+        a = xp.asarray(np.array([1.5, -2.0, 3.0, 0.25], dtype=np_dtype))
+        mask = xp.asarray(np.array([True, False, True, False]))
+        got = multiply_by_mask(xp.namespace, a, mask)
+        xp.assert_on_backend(got, getattr(xp.namespace, np.dtype(np_dtype).name))
+        np.testing.assert_array_equal(xp.to_numpy(got), np.array([1.5, 0.0, 3.0, 0.0], dtype=np_dtype))

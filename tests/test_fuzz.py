@@ -273,7 +273,7 @@ TARGETS = [
                     validation_data=[(np.zeros((3, 4), np.float32),), (np.zeros((3, 5), np.float32),
                                                                         np.zeros((3, 2), np.float32)),
                                      (np.zeros((3, 4), np.float32), np.zeros((3, 3), np.float32))],
-                    loss_fn=[nn.MSELoss("none")]), optional=("validation_data",)),
+                    loss_fn=[nn.MSELoss("none")]), optional=("validation_data", "seed")),
     Target("evaluate", _evaluate,
            lambda: {k: v for k, v in _fit_call().items() if k in ("model", "loss_fn", "x", "y", "batch_size")},
            dict(model="array", loss_fn="array", x="floating_array", y="floating_array", batch_size="int"),

@@ -122,6 +122,7 @@ def pool_cases(draw, with_dilation):
         x_shape=(draw(st.integers(0, 3)), draw(st.integers(1, 5)), *size),
         kernel=kernel, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode,
         workspace_limit=draw(st.sampled_from([None, 1])),  # 1: one sample per piece
+        data_format=draw(st.sampled_from(["NCHW", "NHWC"])),
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -181,6 +182,17 @@ def test_conv_transpose2d_equals_naive_loops(make_backend, case):
     else:
         np.testing.assert_allclose(xp.to_numpy(db), ref[3], **CLOSE)
 
+def _in_layout(x, data_format):
+    """An NCHW NumPy array in ``data_format`` (channels last: transposed, contiguous)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if data_format == "NHWC" else x
+
+
+def _as_nchw(xp, a, data_format):
+    """A backend array in ``data_format`` as an NCHW NumPy array."""
+    a = xp.to_numpy(a)
+    return a.transpose(0, 3, 1, 2) if data_format == "NHWC" else a
+
+
 @pytest.mark.parametrize("make_backend", BACKENDS)
 @PROPERTY
 @given(case=pool_cases(with_dilation=True), kind=st.sampled_from(["normal", "ties", "nan", "-inf"]))
@@ -189,13 +201,15 @@ def test_max_pool2d_equals_naive_loops(make_backend, case, kind):
     rng = np.random.default_rng(case["seed"])
     x = max_pool_input(kind, case["x_shape"], rng)
     options = {k: case[k] for k in ("stride", "padding", "dilation", "ceil_mode")}
-    out, cache = max_pool2d_forward(xp.asarray(x), case["kernel"], **options, workspace_limit=case["workspace_limit"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx = max_pool2d_backward(xp.asarray(dout), cache)
+    layout = case["data_format"]
+    out, cache = max_pool2d_forward(xp.asarray(_in_layout(x, layout)), case["kernel"], **options,
+                                    data_format=layout, workspace_limit=case["workspace_limit"])
+    dout = rng.standard_normal(tuple(_as_nchw(xp, out, layout).shape))
+    dx = max_pool2d_backward(xp.asarray(_in_layout(dout, layout)), cache)
     ref_out, ref_indices, ref_dx = reference.max_pool2d(x, case["kernel"], *options.values(), dout)
-    np.testing.assert_array_equal(xp.to_numpy(out), ref_out)
-    np.testing.assert_array_equal(xp.to_numpy(cache.indices), ref_indices)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+    np.testing.assert_array_equal(_as_nchw(xp, out, layout), ref_out)
+    np.testing.assert_array_equal(_as_nchw(xp, cache.indices, layout), ref_indices)
+    np.testing.assert_allclose(_as_nchw(xp, dx, layout), ref_dx, **CLOSE)
 
 
 @pytest.mark.parametrize("make_backend", BACKENDS)
@@ -211,12 +225,14 @@ def test_avg_pool2d_equals_naive_loops(make_backend, case, count_include_pad, di
     x = rng.standard_normal(case["x_shape"])
     options = dict(stride=case["stride"], padding=case["padding"], ceil_mode=case["ceil_mode"],
                    count_include_pad=count_include_pad, divisor_override=divisor_override)
-    out, cache = avg_pool2d_forward(xp.asarray(x), case["kernel"], **options, workspace_limit=case["workspace_limit"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx = avg_pool2d_backward(xp.asarray(dout), cache)
+    layout = case["data_format"]
+    out, cache = avg_pool2d_forward(xp.asarray(_in_layout(x, layout)), case["kernel"], **options,
+                                    data_format=layout, workspace_limit=case["workspace_limit"])
+    dout = rng.standard_normal(tuple(_as_nchw(xp, out, layout).shape))
+    dx = avg_pool2d_backward(xp.asarray(_in_layout(dout, layout)), cache)
     ref_out, ref_dx = reference.avg_pool2d(x, case["kernel"], *options.values(), dout)
-    np.testing.assert_allclose(xp.to_numpy(out), ref_out, **CLOSE)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+    np.testing.assert_allclose(_as_nchw(xp, out, layout), ref_out, **CLOSE)
+    np.testing.assert_allclose(_as_nchw(xp, dx, layout), ref_dx, **CLOSE)
 
 
 @st.composite
@@ -231,6 +247,7 @@ def norm_cases(draw):
     param_shape = shape[len(shape) - normalized_ndim:] if kind == "layer" else (channels,)
     return dict(kind=kind, x_shape=shape, num_groups=groups, normalized_ndim=normalized_ndim, param_shape=param_shape,
                 weight=draw(st.booleans()), bias=draw(st.booleans()), eps=draw(st.sampled_from([1e-5, 1e-2, 1.0])),
+                data_format="NCHW" if kind == "layer" else draw(st.sampled_from(["NCHW", "NHWC"])),
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
@@ -244,6 +261,7 @@ def adaptive_cases(draw):
     return dict(
         x_shape=(draw(st.integers(0, 3)), draw(st.integers(1, 4)), *size),
         output_size=output_size,
+        data_format=draw(st.sampled_from(["NCHW", "NHWC"])),
         seed=draw(st.integers(0, 2**32 - 1)),
     )
 
@@ -257,30 +275,33 @@ def _adaptive_size(output_size, x_shape):
 @PROPERTY
 @given(case=norm_cases())
 def test_normalization_equals_naive_loops(make_backend, case):
-    """Batch (training), layer and group norm: values and gradients equal the row-by-row explicit Jacobians."""
+    """Batch (training), layer and group norm: values and gradients equal the row-by-row explicit Jacobians; batch
+    and group norm in both layouts (NHWC: x, out, dout, dx moved to channels last)."""
     xp = make_backend()
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(case["x_shape"]) * rng.uniform(0.1, 10) + rng.uniform(-5, 5)
     w = rng.standard_normal(case["param_shape"]) if case["weight"] else None
     b = rng.standard_normal(case["param_shape"]) if case["bias"] else None
     dout = rng.standard_normal(case["x_shape"])
-    args = [None if a is None else xp.asarray(a) for a in (x, w, b)]
+    layout = case["data_format"]
+    move = (lambda a: np.moveaxis(a, 1, -1)) if layout == "NHWC" else (lambda a: a)  # noqa: E731
+    args = [None if a is None else xp.asarray(a) for a in (move(x), w, b)]
     kind, eps = case["kind"], case["eps"]
     if kind == "batch":
-        out, cache = F.batch_norm_forward(*args, eps=eps)
-        grads = F.batch_norm_backward(xp.asarray(dout), cache)
+        out, cache = F.batch_norm_forward(*args, eps=eps, data_format=layout)
+        grads = F.batch_norm_backward(xp.asarray(move(dout)), cache)
     elif kind == "layer":
         out, cache = F.layer_norm_forward(args[0], case["param_shape"], *args[1:], eps=eps)
         grads = F.layer_norm_backward(xp.asarray(dout), cache)
     else:
-        out, cache = F.group_norm_forward(args[0], case["num_groups"], *args[1:], eps=eps)
-        grads = F.group_norm_backward(xp.asarray(dout), cache)
+        out, cache = F.group_norm_forward(args[0], case["num_groups"], *args[1:], eps=eps, data_format=layout)
+        grads = F.group_norm_backward(xp.asarray(move(dout)), cache)
     ref = reference.normalization(kind, x, w, b, eps, dout, num_groups=case["num_groups"],
                                   normalized_ndim=case["normalized_ndim"])
-    for got, want in zip((out, *grads), ref, strict=True):
+    for i, (got, want) in enumerate(zip((out, *grads), ref, strict=True)):
         assert (got is None) == (want is None)
         if got is not None:
-            np.testing.assert_allclose(xp.to_numpy(got), want, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(xp.to_numpy(got), move(want) if i < 2 else want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("make_backend", BACKENDS)
@@ -290,12 +311,14 @@ def test_adaptive_avg_pool2d_equals_naive_loops(make_backend, case):
     xp = make_backend()
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(case["x_shape"])
-    out, cache = adaptive_avg_pool2d_forward(xp.asarray(x), case["output_size"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx = adaptive_avg_pool2d_backward(xp.asarray(dout), cache)
+    layout = case["data_format"]
+    out, cache = adaptive_avg_pool2d_forward(xp.asarray(_in_layout(x, layout)), case["output_size"],
+                                             data_format=layout)
+    dout = rng.standard_normal(tuple(_as_nchw(xp, out, layout).shape))
+    dx = adaptive_avg_pool2d_backward(xp.asarray(_in_layout(dout, layout)), cache)
     ref_out, ref_dx = reference.adaptive_avg_pool2d(x, _adaptive_size(case["output_size"], x.shape), dout)
-    np.testing.assert_allclose(xp.to_numpy(out), ref_out, **CLOSE)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+    np.testing.assert_allclose(_as_nchw(xp, out, layout), ref_out, **CLOSE)
+    np.testing.assert_allclose(_as_nchw(xp, dx, layout), ref_dx, **CLOSE)
 
 
 @pytest.mark.parametrize("make_backend", BACKENDS)
@@ -305,15 +328,17 @@ def test_adaptive_max_pool2d_equals_naive_loops(make_backend, case, kind):
     xp = make_backend()
     rng = np.random.default_rng(case["seed"])
     x = max_pool_input(kind, case["x_shape"], rng)
-    out, cache = adaptive_max_pool2d_forward(xp.asarray(x), case["output_size"])
-    dout = rng.standard_normal(tuple(out.shape))
-    dx = adaptive_max_pool2d_backward(xp.asarray(dout), cache)
+    layout = case["data_format"]
+    out, cache = adaptive_max_pool2d_forward(xp.asarray(_in_layout(x, layout)), case["output_size"],
+                                             data_format=layout)
+    dout = rng.standard_normal(tuple(_as_nchw(xp, out, layout).shape))
+    dx = adaptive_max_pool2d_backward(xp.asarray(_in_layout(dout, layout)), cache)
     ref_out, ref_indices, ref_dx = reference.adaptive_max_pool2d(
         x, _adaptive_size(case["output_size"], x.shape), dout
     )
-    np.testing.assert_array_equal(xp.to_numpy(out), ref_out)
-    np.testing.assert_array_equal(xp.to_numpy(cache.indices), ref_indices)
-    np.testing.assert_allclose(xp.to_numpy(dx), ref_dx, **CLOSE)
+    np.testing.assert_array_equal(_as_nchw(xp, out, layout), ref_out)
+    np.testing.assert_array_equal(_as_nchw(xp, cache.indices, layout), ref_indices)
+    np.testing.assert_allclose(_as_nchw(xp, dx, layout), ref_dx, **CLOSE)
 
 
 def _pair(v):

@@ -388,6 +388,24 @@ def norm_constant():
         assert np.isfinite(dx).all() and np.abs(dx).max() > 0
 
 
+def norm_channels_last():
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((2, 4, 3, 5)), rng.standard_normal((2, 4, 3, 5))
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    last = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    for forward, backward, args in ((F.batch_norm_forward, F.batch_norm_backward, ()),
+                                    (F.group_norm_forward, F.group_norm_backward, (2,))):
+        out, cache = forward(x, *args, w, b)
+        out_last, cache_last = forward(last(x), *args, w, b, data_format="NHWC")
+        np.testing.assert_allclose(out_last, last(out), rtol=1e-12, atol=1e-12)
+        (dx, dw, db), (dx_last, dw_last, db_last) = backward(dout, cache), backward(last(dout), cache_last)
+        np.testing.assert_allclose(dx_last, last(dx), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(dw_last, dw, rtol=1e-12)
+        np.testing.assert_allclose(db_last, db, rtol=1e-12)
+    with pytest.raises(ValueError, match="data_format='NHWC'"):
+        F.batch_norm_forward(last(x), w, b)
+
+
 def batchnorm_empty():
     from xpcnn import nn
 
@@ -532,6 +550,36 @@ def interpolate_identity():
         dx = F.interpolate_backward(out, cache)
         assert dx is not out and not np.shares_memory(dx, out)
         np.testing.assert_array_equal(dx, x)
+
+
+def pool_nhwc_indices():
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4))
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    out, cache = F.max_pool2d_forward(x, 3, stride=2, padding=1)
+    out_last, cache_last = F.max_pool2d_forward(x_last, 3, stride=2, padding=1, data_format="NHWC")
+    assert cache_last.indices.shape == (2, 3, 2, 3)  # (N, out_h, out_w, C)
+    np.testing.assert_array_equal(cache_last.indices.transpose(0, 3, 1, 2), cache.indices)  # h * W + w, as NCHW
+    np.testing.assert_array_equal(out_last.transpose(0, 3, 1, 2), out)
+
+
+def pool_unbatched():
+    image = np.random.default_rng(0).standard_normal((3, 6, 5))
+    for forward, backward, options in ((F.max_pool2d_forward, F.max_pool2d_backward, dict(kernel_size=(2,))),
+                                       (F.avg_pool2d_forward, F.avg_pool2d_backward, dict(kernel_size=2)),
+                                       (F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward,
+                                        dict(output_size=(2, 3)))):
+        out, cache = forward(image, **options)
+        batched, _ = forward(image[None], **options)
+        assert out.ndim == 3
+        np.testing.assert_array_equal(out, batched[0])
+        assert backward(np.ones_like(out), cache).shape == image.shape
+
+
+def interpolate_3d():
+    x = np.arange(6.0).reshape(1, 2, 3)  # (N, C, L): resized along L, as PyTorch
+    out, cache = F.interpolate_forward(x, scale_factor=2)
+    np.testing.assert_array_equal(out, np.repeat(x, 2, axis=-1))
+    np.testing.assert_array_equal(F.interpolate_backward(np.ones_like(out), cache), np.full(x.shape, 2.0))
 
 
 ROWS = {name.replace("_", "-"): fn for name, fn in list(globals().items())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import numpy as np
 import pytest
 
@@ -126,7 +129,7 @@ def test_targets_are_checked_once_not_at_every_step(monkeypatch):
     assert len(calls) == 1 and loss_fn.check_targets
     y_bad = y.copy()
     y_bad[-1] = 10
-    with pytest.raises(ValueError, match=r"class indices in \[0, 9\], got values in \[0, 10\]"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\] or ignore_index -100, got values in \[0, 10\]"):
         xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y_bad, progress=False)
     with pytest.raises(ValueError, match="class indices"):
         xpcnn.evaluate(model, loss_fn, x, y_bad)
@@ -140,3 +143,83 @@ def test_validation_targets_are_checked_too():
     with pytest.raises(ValueError, match="class indices"):
         xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
                   validation_data=(x, y_bad), progress=False)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_one_plain_line_per_epoch_off_a_terminal_a_bar_on_one_and_nothing_when_off(capsys):
+    x, y, x_val, y_val = _digits(64, 16)
+    log = io.StringIO()
+    model = _small_cnn()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=2,
+              batch_size=16, validation_data=(x_val, y_val), progress=log)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        assert re.fullmatch(rf"epoch {epoch}/2: loss \d\.\d{{4}}, accuracy \d\.\d{{4}}, val_loss \d\.\d{{4}}, "
+                            r"val_accuracy \d\.\d{4}, \d+\.\d s", line), line
+    terminal = _Terminal()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+              batch_size=16, progress=terminal)
+    assert "\r" in terminal.getvalue() and "epoch 3/3" in terminal.getvalue() and "4/4" in terminal.getvalue()
+    capsys.readouterr()
+    xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=1,
+              progress=False)
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
+        xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, progress="yes")
+
+
+def test_predict_probabilities_is_the_softmax_of_the_outputs(xp):
+    x, _, _, _ = _digits(20, 1)
+    model = _small_cnn(xp.namespace, xp.device)
+    x = xp.asarray(x)
+    logits = xp.to_numpy(xpcnn.predict(model, x, batch_size=7))
+    probs = xpcnn.predict(model, x, batch_size=7, probabilities=True)
+    xp.assert_on_backend(probs, xp.float32)
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    expected = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(xp.to_numpy(probs), expected, rtol=1e-5, atol=1e-7)
+    assert tuple(xpcnn.predict(model, x[:0, ...], probabilities=True).shape) == (0, 10)
+    with pytest.raises(TypeError, match="probabilities must be True or False"):
+        xpcnn.predict(model, x, probabilities=1)
+
+
+def test_weighted_ignoring_and_probability_losses_are_the_whole_datasets_whatever_the_batches():
+    import xpcnn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((23, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 23)
+    y[::4] = -100
+    weight = np.array([0.5, 1.0, 2.0], np.float32)
+    model = nn.Sequential(nn.Linear(5, 3, seed=0))
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    loss, accuracy = xpcnn.evaluate(model, loss_fn, x, y, batch_size=4)
+    out = xpcnn.predict(model, x)
+    expected, _ = F.softmax_cross_entropy_forward(out, y, weight=weight, label_smoothing=0.1)
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    kept = y != -100
+    assert accuracy == pytest.approx(np.mean(out.argmax(axis=1)[kept] == y[kept]))
+    onehot = np.eye(3, dtype=np.float32)[y[kept]]
+    loss_p, accuracy_p = xpcnn.evaluate(model, nn.CrossEntropyLoss(), x[kept], onehot, batch_size=5)
+    loss_i, accuracy_i = xpcnn.evaluate(model, nn.CrossEntropyLoss(), x[kept], y[kept])
+    assert loss_p == pytest.approx(loss_i, rel=1e-6) and accuracy_p == accuracy_i
+    history = xpcnn.fit(model, loss_fn, xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=2,
+                        batch_size=4, progress=False)
+    assert np.isfinite(history["loss"]).all() and 0 <= history["accuracy"][-1] <= 1
+
+
+def test_segmentation_accuracy_counts_every_position():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 2, 4, 4)).astype(np.float32)
+    y = rng.integers(0, 3, (6, 4, 4))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, seed=0))
+    loss, accuracy = xpcnn.evaluate(model, nn.CrossEntropyLoss(), x, y, batch_size=4)
+    out = xpcnn.predict(model, x)
+    assert accuracy == pytest.approx(np.mean(out.argmax(axis=1) == y))
+    probs = xpcnn.predict(model, x, probabilities=True)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)

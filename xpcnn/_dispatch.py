@@ -27,3 +27,13 @@ def take_nonnegative(xp, x, indices, *, axis: int):
     if is_torch_array(x):
         return x.index_select(axis % x.ndim, indices)
     return xp.take(x, indices, axis=axis)
+
+
+def multiply_by_mask(xp, array, mask):
+    """``array * mask`` for a boolean ``mask``: ``array`` where it is True, 0 where False (and NaN there where
+    ``array`` is not finite: ``inf * 0``). NumPy, CuPy and PyTorch multiply a floating array by a boolean one
+    directly (the mask is widened on the fly, no floating copy of it); the standard has no mixed bool-float
+    arithmetic, so elsewhere the mask is cast to ``array``'s dtype first (one more pass and array)."""
+    if is_numpy_array(array) or is_cupy_array(array) or is_torch_array(array):
+        return array * mask
+    return array * xp.astype(mask, array.dtype)

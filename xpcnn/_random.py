@@ -38,14 +38,20 @@ def _key(seed: int, stream: int) -> int:
     return key
 
 
-def uniform(xp, shape, *, seed: int, stream: int = 0, device, dtype=None):
+def uniform(xp, shape, *, seed: int, stream: int = 0, offset: int = 0, device, dtype=None):
     """Uniform numbers in [0, 1) of ``shape`` on ``device``, in float32 (or ``dtype`` float64): 24 random bits
-    need at least float32 (float16 would overflow), so callers cast the result to a smaller dtype themselves."""
+    need at least float32 (float16 would overflow), so callers cast the result to a smaller dtype themselves.
+
+    ``offset`` skips that many numbers of the ``(seed, stream)`` sequence: element ``i`` (in C order) is the
+    number a call without offset gives at flat index ``offset + i``. A block of rows of a larger array thus gets
+    the very numbers those rows get in the whole array (data-parallel dropout draws a shard's mask this way).
+    """
     seed, stream = as_int(seed, "seed"), as_int(stream, "stream")
+    offset = as_int(offset, "offset", minimum=0)
     dtype = xp.float32 if dtype is None else dtype
     if dtype not in (xp.float32, getattr(xp, "float64", None)):
         raise ValueError(f"uniform numbers are made in float32 or float64, got {dtype}")
-    index = xp.arange(math.prod(shape), dtype=xp.int64, device=device)
+    index = xp.arange(offset, offset + math.prod(shape), dtype=xp.int64, device=device)
     key = _key(seed, stream)
     bits = _hash32(_hash32(index ^ key) ^ _hash32(xp.full_like(index, key ^ 0x5BD1E995)))
     return xp.reshape(xp.astype(bits >> 8, dtype) * (1.0 / 2**24), tuple(shape))

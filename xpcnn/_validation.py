@@ -53,9 +53,27 @@ def check_floating(xp, a, name: str) -> None:
         raise TypeError(f"{name} must have a real floating dtype (float32 or float64), got {a.dtype}")
 
 
-def check_same_dtype(a, name: str, ref, ref_name: str) -> None:
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}; they must match")
+_PARAMETER_NAMES = ("weight", "bias", "running_mean", "running_var")  # a layer's arrays, cast with model.to
+
+
+def check_same_dtype(a, name: str, ref, ref_name: str, *, parameter: bool | None = None) -> None:
+    """A TypeError when ``a``'s dtype is not ``ref``'s, saying how to cast (xpcnn never casts behind the user's
+    back): a layer's weight against its input suggests ``xp.astype(x, ...)`` or ``model.to(..., dtype=...)``, any
+    other pair ``xp.astype(<name>, ...)``. ``parameter`` says whether ``a`` is a layer's array (by default: when
+    ``name`` is weight, bias or a running statistic)."""
+    if a.dtype == ref.dtype:
+        return
+    have, want = _dtype_name(a.dtype), _dtype_name(ref.dtype)
+    if name in _PARAMETER_NAMES if parameter is None else parameter:
+        advice = (f"cast the input, xp.astype({ref_name}, xp.{have}), or the model's parameters, "
+                  f"model.to(xp, dtype=xp.{want})")
+    else:
+        advice = f"cast it, xp.astype({name.split(' ', 1)[0]}, xp.{want})"
+    raise TypeError(f"{name} has dtype {a.dtype} but {ref_name} has dtype {ref.dtype}; they must match: {advice}")
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 def check_ndim(a, name: str, ndim: int, layout: str) -> None:
@@ -140,3 +158,48 @@ def check_upstream(dout, expected_shape, cached, dtype, name: str = "dout"):
     if dout.dtype != dtype:
         raise TypeError(f"{name} has dtype {dout.dtype} but the forward input had dtype {dtype}; they must match")
     return xp, device
+
+
+def cache_repr(cache) -> str:
+    """A short summary of a cache (or any record of arrays): its class name and fields, each array as its library,
+    shape and dtype, never its values — ``CrossEntropyCache(probs=numpy(64, 10) float32, reduction='mean', ...)``.
+
+    Use it as a cache class's ``__repr__`` (``__repr__ = cache_repr`` in the class body). Works on NamedTuples,
+    dataclasses, classes with ``__slots__`` and plain objects; nested records are summarised the same way.
+    """
+    return f"{type(cache).__name__}({', '.join(f'{k}={_summary(v)}' for k, v in _fields(cache).items())})"
+
+
+def _fields(record) -> dict:
+    if hasattr(record, "_asdict"):  # NamedTuple
+        return dict(record._asdict())
+    import dataclasses
+
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    slots = [name for cls in type(record).__mro__ for name in getattr(cls, "__slots__", ())]
+    if slots:
+        return {name: getattr(record, name, None) for name in slots}
+    return dict(vars(record)) if hasattr(record, "__dict__") else {}
+
+
+_SUMMARY_LIMIT = 60  # characters of a non-array field's repr kept in a cache summary
+
+
+def _summary(value) -> str:
+    if array_api_compat.is_array_api_obj(value):
+        return f"{library_name(value)}{tuple(value.shape)} {_dtype_name(value.dtype)}"
+    if _is_record(value):
+        return cache_repr(value)
+    if isinstance(value, (tuple, list)) and any(array_api_compat.is_array_api_obj(v) or _is_record(v) for v in value):
+        inner = ", ".join(_summary(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    text = repr(value)
+    return text if len(text) <= _SUMMARY_LIMIT else text[: _SUMMARY_LIMIT - 3] + "..."
+
+
+def _is_record(value) -> bool:
+    """A cache-like record: a NamedTuple or a dataclass instance (summarised field by field)."""
+    import dataclasses
+
+    return hasattr(value, "_asdict") or (dataclasses.is_dataclass(value) and not isinstance(value, type))

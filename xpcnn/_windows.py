@@ -1,6 +1,9 @@
 """The one window primitive behind convolution and pooling.
 
-A sliding 2-D window over the last two axes of an (N, C, H, W) array is described by a :class:`WindowGeometry`.
+A sliding 2-D window over the spatial axes of an array is described by a :class:`WindowGeometry`. The spatial
+axes are the last two, ``(..., H, W)`` (NCHW), or with ``channels_last=True`` the two before the last,
+``(..., H, W, C)`` (NHWC: each window element is then a contiguous run of C values, and the slices below keep it
+whole). :func:`is_channels_last` reads an op's ``data_format`` argument.
 
 * :func:`pad` pads the input (zeros for convolution and average pooling, ``-inf`` for max pooling).
 * :func:`windows` yields, for each kernel offset ``(i, j)`` in row-major order, the strided slice of the padded input
@@ -25,6 +28,7 @@ import functools
 import math
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import array_api_extra as xpx
 from array_api_compat import device as device_of
@@ -34,6 +38,25 @@ from ._dispatch import take_nonnegative, updates_in_place
 from ._tuning import profile_for
 
 _AXES = ("height", "width")
+
+Array = Any
+"""An array of any array API library (the type of every array argument and result)."""
+
+DATA_FORMATS = ("NCHW", "NHWC")
+"""The layouts of a batch of images: channels first (PyTorch's default) or channels last (TensorFlow's)."""
+
+
+def is_channels_last(data_format: str, name: str = "data_format") -> bool:
+    """Whether ``data_format`` (``"NCHW"`` or ``"NHWC"``, never guessed from shapes) puts the channels last; a
+    ValueError naming the argument for anything else."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"{name} must be 'NCHW' or 'NHWC', got {data_format!r}")
+    return data_format == "NHWC"
+
+
+def spatial(rows, cols, *, channels_last: bool = False) -> tuple:
+    """The index of ``(rows, cols)`` on the spatial axes: ``(..., rows, cols)`` or ``(..., rows, cols, :)``."""
+    return plane_index(rows, cols, channels_last=channels_last)
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,34 @@ class WindowGeometry:
             for k, d, s, o in zip((i, j), self.dilation, self.stride, self.out_size)
         )
 
+    # -- where the windows lie in the unpadded input, along one axis (0: height, 1: width), as PyTorch counts --
+
+    def window_starts(self, axis: int) -> list[int]:
+        """The unpadded coordinate of every window's first element (negative inside the top/left padding)."""
+        before = self.padding[axis][0]
+        return [o * self.stride[axis] - before for o in range(self.out_size[axis])]
+
+    def first_steps(self, axis: int) -> list[int]:
+        """For every window, the kernel steps from its start to its first element past the top/left padding
+        (PyTorch's ``while start < 0: start += dilation``); that element may still lie past x's end."""
+        d = self.dilation[axis]
+        return [-(-max(0, -start) // d) for start in self.window_starts(axis)]
+
+    def first_positions(self, axis: int) -> list[int]:
+        """The unpadded coordinate of every window's first element past the top/left padding (PyTorch's index of
+        a window in which nothing beats ``-inf``; past x's end for a window lying entirely in the padding)."""
+        d = self.dilation[axis]
+        return [start + step * d for start, step in zip(self.window_starts(axis), self.first_steps(axis))]
+
+    def first_inside_steps(self, axis: int) -> list[int | None]:
+        """For every window, the kernel step of its first element inside x; None where it has none (the window
+        lies entirely in the padding)."""
+        d, k, size = self.dilation[axis], self.kernel[axis], self.in_size[axis]
+        return [
+            step if step < k and start + step * d < size else None
+            for start, step in zip(self.window_starts(axis), self.first_steps(axis))
+        ]
+
 
 def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=False, kernel_name="kernel_size"):
     """Build the geometry; output size ``floor((H + pads - d(k-1) - 1) / s) + 1`` (or ceil, as PyTorch's pooling).
@@ -93,8 +144,8 @@ def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=Fal
 
 
 def pad(xp, x, geometry: WindowGeometry, value: float, *, channels_last: bool = False):
-    """Pad the last two axes of ``x`` with ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed.
-    With ``channels_last`` the two axes before the last (``(..., H, W, C)``) are padded instead.
+    """Pad the spatial axes of ``x`` (the last two, or the two before the channels with ``channels_last``) with
+    ``value`` to ``geometry.padded_size``; ``x`` itself when none is needed.
 
     Where the library updates arrays in place (:func:`xpcnn._dispatch.updates_in_place`), x is assigned into a
     filled array (one copy). Elsewhere the padded array is concatenated from constant blocks (in x's dtype, on
@@ -224,18 +275,18 @@ def _window_indices(geometry: WindowGeometry) -> tuple[tuple[int, ...], bool]:
     return tuple(indices), pad_index in indices
 
 
-def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device, channels_last=False):
-    """Accumulating inverse of :func:`windows`: add ``parts[k]`` (``(..., out_h, out_w)``, one per offset in
-    row-major order) into the slice of offset ``k`` of a zero padded array, then crop the padding.
+def scatter_windows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device, trailing_shape=()):
+    """Accumulating inverse of :func:`windows`: add ``parts[k]`` (``(..., out_h, out_w, *trailing_shape)``, one
+    per offset in row-major order) into the slice of offset ``k`` of a zero padded array, then crop the padding.
 
-    Returns an array of shape ``(*leading_shape, H, W)``. With ``channels_last`` the parts are
-    ``(N, out_h, out_w, C)``, ``leading_shape`` is ``(N, C)`` and the result ``(N, H, W, C)``.
+    Returns an array of shape ``(*leading_shape, H, W, *trailing_shape)``; ``trailing_shape`` is ``()`` for NCHW
+    and ``(C,)`` for NHWC.
     """
-    slices = [plane_index(rows, cols, channels_last=channels_last) for _, _, rows, cols in _offset_slices(geometry)]
-    shape = ((*leading_shape[:-1], *geometry.padded_size, leading_shape[-1]) if channels_last
-             else (*leading_shape, *geometry.padded_size))
+    last = bool(trailing_shape)
+    slices = [plane_index(rows, cols, channels_last=last) for _, _, rows, cols in _offset_slices(geometry)]
+    shape = (*leading_shape, *geometry.padded_size, *trailing_shape)
     grad = _accumulated(xp, shape, slices, parts, dtype=dtype, device=device)
-    return crop(grad, geometry, channels_last=channels_last)
+    return crop(grad, geometry, channels_last=last)
 
 
 def scatter_wide_rows(xp, parts, geometry: WindowGeometry, leading_shape, *, dtype, device):

@@ -217,7 +217,7 @@ X = np.zeros((1, 2, 5, 5))
 @pytest.mark.parametrize(
     "args, error, word",
     [
-        ((np.zeros((2, 5, 5)), 2), ValueError, "4-D"),
+        ((np.zeros((5, 5)), 2), ValueError, "4-D"),
         ((np.zeros((1, 2, 0, 5)), 2), ValueError, "non-empty height and width"),
         ((X, -1), ValueError, "output_size must be >= 0"),
         ((X, (2, -3)), ValueError, "output_size must be >= 0"),

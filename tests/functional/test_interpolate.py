@@ -202,8 +202,8 @@ X = np.zeros((1, 2, 5, 5))
         (dict(scale_factor=2, align_corners=False), ValueError, "align_corners option"),
         (dict(scale_factor=2, mode="nearest-exact", align_corners=True), ValueError, "align_corners option"),
         (dict(scale_factor=2, mode="bilinear", align_corners=1), TypeError, "align_corners must be True or False"),
-        (dict(size=(2, 2, 2)), ValueError, "size must be an int or a pair"),
-        (dict(scale_factor=(2,)), ValueError, "scale_factor must be a number or a pair"),
+        (dict(size=(2, 2, 2)), ValueError, "size must be an int or a tuple"),
+        (dict(scale_factor=(2,)), ValueError, "scale_factor must have one value per resized axis"),
         (dict(size=0), ValueError, "size must be >= 1"),
         (dict(size=(3, -1)), ValueError, "size must be >= 1"),
         (dict(size=2.0), TypeError, "size must be an int"),
@@ -226,7 +226,8 @@ def test_bad_options(kwargs, error, word):
 @pytest.mark.parametrize(
     "x, error, word",
     [
-        (np.zeros((2, 5, 5)), ValueError, "4-D"),
+        (np.zeros((5, 5)), ValueError, "4-D"),
+        (np.zeros((1, 2, 5, 5, 5)), ValueError, "4-D"),
         (np.zeros((1, 0, 5, 5)), ValueError, "non-empty channel, height and width"),
         (np.zeros((1, 2, 0, 5)), ValueError, "non-empty channel, height and width"),
         (np.zeros((1, 2, 5, 5), dtype=np.int64), TypeError, "floating"),

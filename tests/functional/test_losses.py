@@ -106,7 +106,15 @@ L = np.zeros((3, 4))
         (L, np.array([True, False, True]), {}, TypeError, "integer"),
         (L, np.array([0, 1]), {}, ValueError, "target must have shape"),
         (L, np.array([[0, 1, 2]]), {}, ValueError, "target must have shape"),
-        (np.zeros(4), np.array([0]), {}, ValueError, "logits must be 2-D"),
+        (np.zeros(4), np.array([0]), {}, ValueError, r"target must have shape \(\)"),
+        (np.zeros(()), np.array(0), {}, ValueError, "0-d"),
+        (L, np.zeros(3), {}, TypeError, r"integer class indices of shape \(3,\), or class probabilities"),
+        (L, np.zeros((3, 4), np.float32), {}, TypeError, "xp.astype"),
+        (L, np.zeros((3, 4)), dict(ignore_index=1), ValueError, "ignore_index is only for class-index targets"),
+        (L, np.array([0, 1, 2]), dict(label_smoothing=1.5), ValueError, "label_smoothing must be in"),
+        (L, np.array([0, 1, 2]), dict(weight=np.ones(3)), ValueError, "weight must have shape"),
+        (L, np.array([0, 1, 2]), dict(weight=np.ones(4, np.float32)), TypeError, "weight has dtype float32"),
+        (L, np.array([0, -100, 9]), {}, ValueError, r"\[0, 3\] or ignore_index -100"),
         (np.zeros((3, 0)), np.array([0, 0, 0]), {}, ValueError, "at least one class"),
         (L.astype(np.int64), np.array([0, 1, 2]), {}, TypeError, "floating"),
         (L, np.array([0, 1, 2]), dict(reduction="avg"), ValueError, "reduction"),
@@ -135,3 +143,100 @@ def test_bad_dloss():
     _, cache = mse_loss_forward(L, L, reduction="none")
     with pytest.raises(TypeError, match=r"dloss must be an array of shape \(3, 4\)"):
         mse_loss_backward(1.0, cache)
+
+
+def _torch_cross_entropy(torch, logits, target, dloss, **options):
+    x = torch.tensor(logits, requires_grad=True)
+    options = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    out = torch.nn.functional.cross_entropy(x, torch.tensor(target), **options)
+    out.backward(torch.tensor(dloss, dtype=torch.float64))
+    return out.detach().numpy(), x.grad.numpy()
+
+
+CE_CASES = {
+    "weight": dict(weight=True),
+    "smoothing": dict(label_smoothing=0.2),
+    "ignored": dict(ignore=True),
+    "weight-smoothing-ignored": dict(weight=True, label_smoothing=0.3, ignore=True),
+    "ignore-a-class": dict(ignore_index=1, weight=True),
+    "probabilities": dict(probabilities=True),
+    "probabilities-weight-smoothing": dict(probabilities=True, weight=True, label_smoothing=0.1),
+    "spatial": dict(shape=(2, 4, 3, 2), weight=True, label_smoothing=0.1, ignore=True),
+    "spatial-probabilities": dict(shape=(2, 4, 3, 2), probabilities=True, weight=True),
+    "unbatched": dict(shape=(5,), weight=True, label_smoothing=0.2),
+    "unbatched-probabilities": dict(shape=(5,), probabilities=True),
+    "all-ignored": dict(all_ignored=True, label_smoothing=0.1),
+}
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", CE_CASES, ids=str)
+def test_cross_entropy_options_match_torch(xp, torch, reduction, case):
+    """weight, label_smoothing, ignore_index, class-probability targets, (N, C, d1, ...) and (C,) logits: values
+    and gradients are torch's, every reduction (the weighted mean divides by the summed target weights)."""
+    spec = dict(CE_CASES[case])
+    rng = np.random.default_rng(3)
+    shape = spec.pop("shape", (6, 4))
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    index_shape = shape[1:] if len(shape) == 1 else (shape[0], *shape[2:])
+    logits = rng.standard_normal(shape) * 2
+    options = {}
+    if spec.pop("probabilities", False):
+        target = rng.random(shape)
+        target = target / target.sum(axis=0 if len(shape) == 1 else 1, keepdims=True)
+    else:
+        target = rng.integers(0, classes, index_shape)
+        if spec.pop("ignore", False):
+            target.reshape(-1)[::3] = -100
+        if spec.pop("all_ignored", False):
+            target[...] = -100
+        if "ignore_index" in spec:
+            options["ignore_index"] = spec.pop("ignore_index")
+    if spec.pop("weight", False):
+        options["weight"] = rng.random(classes) + 0.5
+    options.update(spec)
+    for dtype, np_dtype in xp.float_dtypes():
+        dloss, dloss_xp = _upstream(xp, reduction, index_shape, dtype, rng)
+        ref_loss, ref_grad = _torch_cross_entropy(torch, logits, target, dloss, reduction=reduction, **options)
+        ours = {k: xp.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+        t = xp.asarray(target, dtype) if target.dtype.kind == "f" else xp.asarray(target, xp.int64)
+        loss, cache = softmax_cross_entropy_forward(xp.asarray(logits, dtype), t, reduction=reduction, **ours)
+        assert_close(xp, loss, ref_loss, np_dtype)
+        assert_close(xp, softmax_cross_entropy_backward(dloss_xp, cache), ref_grad, np_dtype)
+
+
+def test_cross_entropy_options_match_finite_differences():
+    rng = np.random.default_rng(4)
+    logits, target = rng.standard_normal((2, 3, 2, 2)), rng.integers(0, 3, (2, 2, 2))
+    target[0, 0, 0] = -100
+    options = dict(weight=rng.random(3) + 0.5, label_smoothing=0.25)
+    ce = lambda v: softmax_cross_entropy_forward(v, target, **options)[0]  # noqa: E731
+    grad = softmax_cross_entropy_backward(0.7, softmax_cross_entropy_forward(logits, target, **options)[1])
+    np.testing.assert_allclose(grad, numerical_gradient(ce, logits, 0.7), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_target_gradient_matches_torch(xp, torch, reduction):
+    rng = np.random.default_rng(5)
+    pred, target = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    for dtype, np_dtype in xp.float_dtypes():
+        dloss, dloss_xp = _upstream(xp, reduction, (3, 4), dtype, rng)
+        p, t = torch.tensor(pred, requires_grad=True), torch.tensor(target, requires_grad=True)
+        torch.nn.functional.mse_loss(p, t, reduction=reduction).backward(torch.tensor(dloss, dtype=torch.float64))
+        _, cache = mse_loss_forward(xp.asarray(pred, dtype), xp.asarray(target, dtype), reduction=reduction)
+        dpred, dtarget = mse_loss_backward(dloss_xp, cache, target_grad=True)
+        assert_close(xp, dpred, p.grad.numpy(), np_dtype)
+        assert_close(xp, dtarget, t.grad.numpy(), np_dtype)
+    with pytest.raises(TypeError, match="target_grad must be True or False"):
+        mse_loss_backward(1.0, mse_loss_forward(np.zeros(2), np.zeros(2))[1], target_grad="yes")
+
+
+def test_caches_print_as_a_short_summary():
+    _, cache = softmax_cross_entropy_forward(np.zeros((64, 10), np.float32), np.zeros(64, np.int64))
+    text = repr(cache)
+    assert text.startswith("CrossEntropyCache(probs=numpy(64, 10) float32, onehot=numpy(64, 10) bool, weights=None")
+    assert len(text) < 300 and "0." not in text
+    assert repr(mse_loss_forward(np.zeros((2, 3)), np.zeros((2, 3)))[1]) == (
+        "MSECache(diff=numpy(2, 3) float64, reduction='mean')")

@@ -469,6 +469,91 @@ def test_inputs_keep_their_values():
     assert (cache.running_mean != 0).all() and (cache.running_var != 1).all()
 
 
+# -- channels last ------------------------------------------------------------------------------------------------
+
+
+def _last(a):
+    """An (N, C, *) NumPy array as (N, *, C)."""
+    return None if a is None or a.ndim < 3 else np.moveaxis(a, 1, -1)
+
+
+@pytest.mark.parametrize("config", range(12))
+@pytest.mark.parametrize("name", ["batch_norm", "group_norm"])
+def test_nhwc_equals_nchw_on_the_transposed_input(xp, name, config):
+    """data_format="NHWC" on x moved to (N, *, C) gives the NCHW results moved likewise: output, dx, dweight,
+    dbias and the running statistics, on every backend."""
+    config = (BN_CONFIGS if name == "batch_norm" else GN_CONFIGS)[config]
+    if len(config["x_shape"]) < 3:
+        config = dict(config, x_shape=(*config["x_shape"], 3))
+    rng = np.random.default_rng(len(config["x_shape"]) + config["x_shape"][1])
+    arrays = _inputs(config, (_channels(config),), rng)
+    dout = rng.standard_normal(config["x_shape"])
+    for dtype, np_dtype in xp.float_dtypes():
+        results = {}
+        for data_format, move in (("NCHW", lambda a: a), ("NHWC", _last)):
+            backend = {k: None if v is None else xp.asarray(move(v) if k == "x" else v, dtype)
+                       for k, v in arrays.items()}
+            if name == "batch_norm":
+                extra = {}
+                if config["momentum"] is None:
+                    extra["num_batches_tracked"] = xp.asarray(np.asarray(config["num_batches_tracked"]), xp.int64)
+                out, cache = F.batch_norm_forward(
+                    backend["x"], backend["weight"], backend["bias"], running_mean=backend.get("running_mean"),
+                    running_var=backend.get("running_var"), training=config["training"],
+                    momentum=config["momentum"], eps=config["eps"], data_format=data_format, **extra)
+                running = [cache.running_mean, cache.running_var]
+            else:
+                out, cache = F.group_norm_forward(backend["x"], config["num_groups"], backend["weight"],
+                                                  backend["bias"], config["eps"], data_format=data_format)
+                running = []
+            grads = BACKWARD[name](xp.asarray(move(dout), dtype), cache)
+            results[data_format] = [out, *grads, *running]
+        nchw = [None if a is None else xp.to_numpy(a) for a in results["NCHW"]]
+        for i, (got, want) in enumerate(zip(results["NHWC"], nchw)):
+            assert (got is None) == (want is None), i
+            if got is not None:
+                assert_close(xp, got, _last(want) if i in (0, 1) else want, np_dtype)
+
+
+def test_nhwc_batch_norm2d_and_torch_channels_last(torch):
+    """batch_norm2d in NHWC against PyTorch on the same values (its channels_last tensor is (N, C, H, W) logically)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 4, 6)) * 2 + 1
+    w, b, dout = rng.standard_normal(6), rng.standard_normal(6), rng.standard_normal(x.shape)
+    out, cache = F.batch_norm2d_forward(x, w, b, running_mean=np.zeros(6), running_var=np.ones(6), data_format="NHWC")
+    dx, dw, db = F.batch_norm2d_backward(dout, cache)
+    tx = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+    tw, tb = torch.tensor(w).requires_grad_(), torch.tensor(b).requires_grad_()
+    rm, rv = torch.zeros(6, dtype=torch.float64), torch.ones(6, dtype=torch.float64)
+    tout = torch.nn.functional.batch_norm(tx, rm, rv, tw, tb, True, 0.1, 1e-5)
+    tout.backward(torch.tensor(dout).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(out, tout.detach().permute(0, 2, 3, 1).numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, tx.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(cache.running_var, rv.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, word",
+    [
+        (lambda: F.batch_norm_forward(X, data_format="nhwc"), "data_format must be 'NCHW' or 'NHWC', got 'nhwc'"),
+        (lambda: F.group_norm_forward(X, 2, data_format=None), "data_format must be 'NCHW' or 'NHWC', got None"),
+        (lambda: F.batch_norm2d_forward(np.zeros((2, 5, 5, 3)), np.ones(3)),
+         r"looks NHWC; pass data_format='NHWC'"),
+        (lambda: F.batch_norm2d_forward(np.zeros((2, 3, 5, 5)), np.ones(3), data_format="NHWC"),
+         r"looks NCHW; pass data_format='NCHW'"),
+        (lambda: F.batch_norm2d_forward(np.zeros((2, 4, 3)), data_format="NHWC"), r"x must be 4-D \(N, H, W, C\)"),
+        (lambda: F.group_norm_forward(np.zeros((2, 5, 5, 4)), 2, np.ones(4)), "looks NHWC"),
+        (lambda: F.group_norm_forward(np.zeros((2, 5, 5, 4)), 3, data_format="NHWC"),
+         r"num_groups=3 must divide the channels of x, got x of shape \(2, 5, 5, 4\) \(NHWC: channels last\)"),
+    ],
+)
+def test_bad_data_format(call, word):
+    with pytest.raises(ValueError, match=word):
+        call()
+
+
 # -- bad input ----------------------------------------------------------------------------------------------------
 
 X = np.zeros((2, 4, 3))

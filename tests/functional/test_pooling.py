@@ -119,7 +119,7 @@ def test_max_pool_configurations_cover_both_passes():
     """The PyTorch comparisons above run both max-pool algorithms: the kh * kw slices directly, and the
     separable passes (along the rows, then across them)."""
     separable = {
-        max_pool2d_forward(np.zeros(c["x_shape"]), **{k: v for k, v in c.items() if k != "x_shape"})[1].column_choices
+        max_pool2d_forward(np.zeros(c["x_shape"]), **{k: v for k, v in c.items() if k != "x_shape"})[1].column_winners
         is not None
         for c in MAX_CONFIGS
     }
@@ -162,7 +162,9 @@ X = np.zeros((1, 2, 5, 5))
 @pytest.mark.parametrize(
     "args, kwargs, error, word",
     [
-        ((np.zeros((2, 5, 5)), 2), {}, ValueError, "4-D"),
+        ((np.zeros((5, 5)), 2), {}, ValueError, "4-D"),
+        ((np.zeros((1, 1, 2, 5, 5)), 2), {}, ValueError, "3-D"),
+        ((X, 2), dict(data_format="NWHC"), ValueError, "data_format"),
         ((X, 0), {}, ValueError, "kernel_size"),
         ((X, (2, 2, 2)), {}, ValueError, "kernel_size"),
         ((X, 2), dict(stride=0), ValueError, "stride"),

@@ -102,3 +102,12 @@ def test_cross_entropy_integer_targets_and_a_small_network():
 def test_bad_n_grads():
     with pytest.raises(ValueError, match="n_grads"):
         function(F.relu_forward, F.relu_backward, n_grads="1")
+
+
+def test_an_option_before_the_weights_takes_no_gradient_slot():
+    layer_norm = function(F.layer_norm_forward, F.layer_norm_backward)
+    x, w, b = (jnp.asarray(rng.standard_normal(s)) for s in ((2, 3, 4), (3, 4), (3, 4)))
+    grads = jax.jit(jax.grad(lambda x, w, b: jnp.sum(layer_norm(x, (3, 4), w, b) ** 2), argnums=(0, 1, 2)))(x, w, b)
+    _, want = _grads_by_hand(F.layer_norm_forward, F.layer_norm_backward, (x, (3, 4), w, b), {}, lambda out: 2 * out)
+    for got, expected in zip(grads, want):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-12, atol=1e-12)

@@ -157,3 +157,72 @@ def test_cuda_tensors_stay_on_the_device():
                                    nn.ReLU(), nn.MaxPool2d(2)))
     assert all(p.device.type == "cuda" for p in wrapped.parameters())
     assert torch.autograd.gradcheck(lambda x, *_: wrapped(x), (x, *wrapped.parameters()))
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_an_option_before_the_weights_takes_no_gradient_slot(name):
+    """layer_norm(x, normalized_shape, weight, bias) returns (dx, dweight, dbias): the shape between x and the
+    weights takes no place in that tuple (xpcnn.interop.gradient_slots)."""
+    f = function(getattr(F, f"{name}_forward"), getattr(F, f"{name}_backward"))
+    reference = getattr(torch.nn.functional, name)
+    option = (3, 4) if name == "layer_norm" else 3
+    shape = (3, 4) if name == "layer_norm" else (6,)
+    x, w, b = _randn(2, 6, 3, 4), _randn(*shape, seed=1), _randn(*shape, seed=2)
+    assert torch.autograd.gradcheck(lambda x, w, b: f(x, option, w, b), (x, w, b))
+    f(x, option, w, b).square().sum().backward()
+    refs = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    reference(refs[0], option, refs[1], refs[2]).square().sum().backward()
+    for got, want in zip((x, w, b), refs):
+        torch.testing.assert_close(got.grad, want.grad)
+    x.grad = None
+    f(x, option, None, b).sum().backward()  # no weight: its slot is None, the bias keeps its own
+    assert x.grad is not None and b.grad is not None
+
+
+def test_a_wrapped_block_with_batch_norm_trains_like_pure_torch():
+    """An xpcnn Conv2d-BatchNorm2d-ReLU block inside a torch model, trained with Adam: losses, parameters and the
+    running statistics (kept by the xpcnn module) follow the pure PyTorch model's."""
+    block = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False, xp=torch, dtype=torch.float64, seed=8),
+                          nn.BatchNorm2d(4, xp=torch, dtype=torch.float64), nn.ReLU())
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).double()
+    model = torch.nn.Sequential(module(block), head)
+    ref = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1, bias=False),
+                                                  torch.nn.BatchNorm2d(4), torch.nn.ReLU()),
+                              torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3))).double()
+    ref.load_state_dict(model.state_dict(), strict=True)  # the wrapper's state dict holds the xpcnn buffers
+    x, y = torch.randn(6, 2, 5, 5, dtype=torch.float64), torch.arange(6) % 3
+    opts = [torch.optim.Adam(m.parameters(), lr=0.05) for m in (model, ref)]
+    for _ in range(3):
+        for m, opt in zip((model, ref), opts):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-11, msg=name)
+    bn = block[1]
+    torch.testing.assert_close(bn.running_mean, ref[0][1].running_mean)
+    torch.testing.assert_close(bn.running_var, ref[0][1].running_var)
+    assert int(bn.num_batches_tracked) == int(ref[0][1].num_batches_tracked) == 3
+    model.eval()
+    ref.eval()
+    torch.testing.assert_close(model(x), ref(x))
+    # a checkpoint of the torch model holding the xpcnn block is the pure model's, both ways
+    state = model.state_dict()
+    assert list(state) == list(ref.state_dict()) or sorted(state) == sorted(ref.state_dict())
+    for key, value in ref.state_dict().items():
+        torch.testing.assert_close(state[key], value, msg=key)
+    fresh = torch.nn.Sequential(module(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False, xp=torch,
+                                                               dtype=torch.float64, seed=9),
+                                                     nn.BatchNorm2d(4, xp=torch, dtype=torch.float64), nn.ReLU())),
+                                torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 5, 3)).double())
+    result = fresh.load_state_dict(ref.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert int(fresh[0].xpcnn_module[1].num_batches_tracked) == 3
+    fresh.eval()
+    torch.testing.assert_close(fresh(x), ref(x))
+    bad = dict(ref.state_dict())
+    bad["0.1.running_var"] = torch.ones(5, dtype=torch.float64)
+    del bad["0.1.running_mean"]
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key\(s\).*0\.1\.running_mean.*size mismatch for 0\.1\.running_var"):
+        fresh.load_state_dict(bad)

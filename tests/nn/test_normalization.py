@@ -256,6 +256,59 @@ def test_network_with_every_norm_matches_torch(xp, torch, mode):
         assert_close(xp, model.state_dict()[name], net.state_dict()[name].numpy(), np_dtype)
 
 
+LAYOUT_PAIRS = [
+    ("BatchNorm2d", (3,), {}, (4, 3, 5, 2)),
+    ("BatchNorm2d", (3,), dict(momentum=None, affine=False), (2, 3, 3, 3)),
+    ("BatchNorm1d", (3,), dict(momentum=0.3), (5, 3, 4)),
+    ("GroupNorm", (2, 4), {}, (3, 4, 2, 3)),
+    ("GroupNorm", (4, 4), dict(bias=False), (2, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("layer_name, args, kwargs, shape", LAYOUT_PAIRS,
+                         ids=[f"{n}-{a}-{k}" for n, a, k, _ in LAYOUT_PAIRS])
+def test_nhwc_layers_equal_nchw_layers_on_the_transposed_input(xp, layer_name, args, kwargs, shape):
+    """A layer built with data_format="NHWC", fed x moved to (N, *, C), gives the NCHW layer's output and input
+    gradient moved likewise, and the same parameter gradients and running statistics, over training steps and
+    in evaluation; the two layers' state dicts are interchangeable."""
+    dtype, np_dtype = xp.float_dtypes()[-1]
+    rng = np.random.default_rng(1)
+    first = getattr(nn, layer_name)(*args, **kwargs, **_common(xp, dtype))
+    last = getattr(nn, layer_name)(*args, **kwargs, data_format="NHWC", **_common(xp, dtype))
+    for name, p in first.named_parameters():
+        value = rng.standard_normal(tuple(p.data.shape))
+        p.data = xp.asarray(value, dtype)
+        getattr(last, name).data = xp.asarray(value, dtype)
+    move = lambda a: np.moveaxis(a, 1, -1)  # noqa: E731
+    for mode in ("train", "train", "eval"):
+        getattr(first, mode)(), getattr(last, mode)()
+        x = rng.standard_normal(shape) * 2 + 1
+        dout = rng.standard_normal(shape)
+        out = xp.to_numpy(first(xp.asarray(x, dtype)))
+        assert_close(xp, last(xp.asarray(move(x), dtype)), move(out), np_dtype)
+        dx = xp.to_numpy(first.backward(xp.asarray(dout, dtype)))
+        assert_close(xp, last.backward(xp.asarray(move(dout), dtype)), move(dx), np_dtype)
+        grads = last.named_gradients()
+        for name, g in first.named_gradients().items():
+            assert_close(xp, grads[name], xp.to_numpy(g), np_dtype)
+        state = last.state_dict()
+        for name, value in first.state_dict().items():
+            assert_close(xp, state[name], xp.to_numpy(value), np_dtype, dtype=value.dtype)
+    last.load_state_dict(first.state_dict())
+    assert "data_format='NHWC'" in repr(last) and "data_format" not in repr(first)
+
+
+def test_nhwc_by_accident_names_data_format():
+    with pytest.raises(ValueError, match=r"x looks NHWC: construct the layer with data_format='NHWC'"):
+        nn.BatchNorm2d(3)(np.zeros((2, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\) with C = 3.*looks NCHW"):
+        nn.BatchNorm2d(3, data_format="NHWC")(np.zeros((2, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"x looks NHWC"):
+        nn.GroupNorm(2, 4)(np.zeros((2, 5, 5, 4), np.float32))
+    with pytest.raises(ValueError, match=r"data_format must be 'NCHW' or 'NHWC', got 'channels_last'"):
+        nn.GroupNorm(2, 4, data_format="channels_last")
+
+
 @pytest.mark.parametrize(
     "make, error, word",
     [

@@ -29,11 +29,12 @@ into NaN cost nothing for NumPy input known to be finite.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from .._dispatch import known_finite
+from .._dispatch import known_finite, multiply_by_mask
 from .._precision import half_in_float32, half_in_float32_backward
 from .._special import erf
+from .._typing import Array
 from .._validation import as_float, check_cache, check_floating, check_upstream, namespace_and_device
 
 __all__ = [
@@ -73,44 +74,44 @@ DENSITY_UNDERFLOW = 40.0  # beyond it, exp(-x**2 / 2) is 0 (from |x| > 38.6 in f
 
 
 class ReluCache(NamedTuple):
-    out: Any
+    out: Array  # the forward output
 
 
 class LeakyReluCache(NamedTuple):
-    x: Any
+    x: Array  # the forward input
     negative_slope: float
 
 
 class SigmoidCache(NamedTuple):
-    out: Any
+    out: Array  # the forward output
 
 
 class TanhCache(NamedTuple):
-    out: Any
+    out: Array  # the forward output
 
 
 class ArctanCache(NamedTuple):
-    x: Any
+    x: Array  # the forward input
 
 
 class GeluCache(NamedTuple):
-    x: Any
+    x: Array  # the forward input
     approximate: str
 
 
 class SiluCache(NamedTuple):
-    x: Any
+    x: Array  # the forward input
 
 
 class EluCache(NamedTuple):
-    x: Any
+    x: Array  # the forward input
     alpha: float
 
 
 # -- ReLU and leaky ReLU --------------------------------------------------------------------------------------------
 
 @half_in_float32
-def relu_forward(x) -> tuple[Any, ReluCache]:
+def relu_forward(x: Array) -> tuple[Array, ReluCache]:
     """``max(x, 0)``, as ``torch.relu``.
 
     Parameters
@@ -127,29 +128,27 @@ def relu_forward(x) -> tuple[Any, ReluCache]:
     TypeError
         x is not an array or not of a real floating dtype.
     """
-    xp, device = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, device = _floating_input(x)
     out = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device))  # maximum propagates NaN
     return out, ReluCache(out)
 
 
 @half_in_float32_backward
-def relu_backward(dout, cache: ReluCache):
+def relu_backward(dout: Array, cache: ReluCache) -> Array:
     """Gradient of :func:`relu_forward`: ``dx = dout`` where ``out > 0`` or out is NaN, else 0 (0 at exactly 0).
 
     Raises a ValueError/TypeError for a ``dout`` of another shape, dtype, library or device than the forward
     pass's, and a TypeError for another op's cache.
     """
-    check_cache(cache, ReluCache, "relu")
+    xp = _upstream(dout, cache, ReluCache, "relu")
     out = cache.out
-    xp, _ = check_upstream(dout, out.shape, out, out.dtype)
     if known_finite(xp, dout):  # out is >= 0 or NaN, so out != 0 is the same test
-        return dout * xp.astype(out != 0, dout.dtype)
+        return multiply_by_mask(xp, dout, out != 0)
     return xp.where(out <= 0, 0.0, dout)
 
 
 @half_in_float32
-def leaky_relu_forward(x, negative_slope: float = 0.01) -> tuple[Any, LeakyReluCache]:
+def leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> tuple[Array, LeakyReluCache]:
     """``x`` where ``x > 0``, else ``negative_slope * x``, as ``torch.nn.functional.leaky_relu``.
 
     Parameters
@@ -169,8 +168,7 @@ def leaky_relu_forward(x, negative_slope: float = 0.01) -> tuple[Any, LeakyReluC
     ValueError
         negative_slope is NaN.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     negative_slope = as_float(negative_slope, "negative_slope", finite=False)
     if 0.0 < negative_slope <= 1.0:  # the larger of x and slope * x is that value (maximum propagates NaN)
         out = xp.maximum(x, x * negative_slope)
@@ -181,11 +179,10 @@ def leaky_relu_forward(x, negative_slope: float = 0.01) -> tuple[Any, LeakyReluC
 
 
 @half_in_float32_backward
-def leaky_relu_backward(dout, cache: LeakyReluCache):
+def leaky_relu_backward(dout: Array, cache: LeakyReluCache) -> Array:
     """Gradient of :func:`leaky_relu_forward`: ``dx = dout`` where ``x > 0``, else ``negative_slope * dout``."""
-    check_cache(cache, LeakyReluCache, "leaky_relu")
+    xp = _upstream(dout, cache, LeakyReluCache, "leaky_relu")
     x, negative_slope = cache
-    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     if not math.isfinite(negative_slope):
         return xp.where(x > 0, dout, dout * negative_slope)
     positive = xp.astype(x > 0, dout.dtype)
@@ -196,74 +193,68 @@ def leaky_relu_backward(dout, cache: LeakyReluCache):
 # -- sigmoid, tanh, arctan ------------------------------------------------------------------------------------------
 
 @half_in_float32
-def sigmoid_forward(x) -> tuple[Any, SigmoidCache]:
+def sigmoid_forward(x: Array) -> tuple[Array, SigmoidCache]:
     """``1 / (1 + exp(-x))`` without overflow for large ``|x|``, as ``torch.sigmoid``.
 
     x: any shape, real floating dtype. Returns ``(out, SigmoidCache(out))``, out in [0, 1] with x's shape, dtype
     and device. Raises a TypeError when x is not a real floating array.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     out = _sigmoid(xp, x)
     return out, SigmoidCache(out)
 
 
 @half_in_float32_backward
-def sigmoid_backward(dout, cache: SigmoidCache):
+def sigmoid_backward(dout: Array, cache: SigmoidCache) -> Array:
     """Gradient of :func:`sigmoid_forward`: ``dx = dout * out * (1 - out)``."""
-    check_cache(cache, SigmoidCache, "sigmoid")
+    _upstream(dout, cache, SigmoidCache, "sigmoid")
     out = cache.out
-    check_upstream(dout, out.shape, out, out.dtype)
     return dout * out * (1.0 - out)
 
 
 @half_in_float32
-def tanh_forward(x) -> tuple[Any, TanhCache]:
+def tanh_forward(x: Array) -> tuple[Array, TanhCache]:
     """``tanh(x)``, as ``torch.tanh``.
 
     x: any shape, real floating dtype. Returns ``(out, TanhCache(out))``, out with x's shape, dtype and device.
     Raises a TypeError when x is not a real floating array.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     out = xp.tanh(x)
     return out, TanhCache(out)
 
 
 @half_in_float32_backward
-def tanh_backward(dout, cache: TanhCache):
+def tanh_backward(dout: Array, cache: TanhCache) -> Array:
     """Gradient of :func:`tanh_forward`: ``dx = dout * (1 - out**2)``."""
-    check_cache(cache, TanhCache, "tanh")
+    _upstream(dout, cache, TanhCache, "tanh")
     out = cache.out
-    check_upstream(dout, out.shape, out, out.dtype)
     return dout * (1.0 - out * out)
 
 
 @half_in_float32
-def arctan_forward(x) -> tuple[Any, ArctanCache]:
+def arctan_forward(x: Array) -> tuple[Array, ArctanCache]:
     """``arctan(x)``, as ``torch.atan``.
 
     x: any shape, real floating dtype. Returns ``(out, ArctanCache(x))``, out in [-pi/2, pi/2] with x's shape,
     dtype and device. Raises a TypeError when x is not a real floating array.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     return xp.atan(x), ArctanCache(x)
 
 
 @half_in_float32_backward
-def arctan_backward(dout, cache: ArctanCache):
+def arctan_backward(dout: Array, cache: ArctanCache) -> Array:
     """Gradient of :func:`arctan_forward`: ``dx = dout / (1 + x**2)`` (0 where ``x**2`` overflows, as PyTorch)."""
-    check_cache(cache, ArctanCache, "arctan")
+    xp = _upstream(dout, cache, ArctanCache, "arctan")
     x = cache.x
-    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     return dout / (1.0 + _square(xp, x))
 
 
 # -- GELU, SiLU, ELU ------------------------------------------------------------------------------------------------
 
 @half_in_float32
-def gelu_forward(x, approximate: str = "none") -> tuple[Any, GeluCache]:
+def gelu_forward(x: Array, approximate: str = "none") -> tuple[Array, GeluCache]:
     """The Gaussian error linear unit ``x * Phi(x)``, as ``torch.nn.functional.gelu``.
 
     Parameters
@@ -286,8 +277,7 @@ def gelu_forward(x, approximate: str = "none") -> tuple[Any, GeluCache]:
     ValueError
         approximate is another string.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     approximate = check_approximate(approximate)
     x = _infinities_to_nan(xp, x, negative_only=True)  # -inf * Phi(-inf) = -inf * 0
     if approximate == "none":
@@ -297,7 +287,7 @@ def gelu_forward(x, approximate: str = "none") -> tuple[Any, GeluCache]:
 
 
 @half_in_float32_backward
-def gelu_backward(dout, cache: GeluCache):
+def gelu_backward(dout: Array, cache: GeluCache) -> Array:
     """Gradient of :func:`gelu_forward`.
 
     ``"none"``:  ``dx = dout * (Phi(x) + x * phi(x))``, ``phi(x) = exp(-x**2 / 2) / sqrt(2 pi)``.
@@ -306,9 +296,8 @@ def gelu_backward(dout, cache: GeluCache):
 
     NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
     """
-    check_cache(cache, GeluCache, "gelu")
+    xp = _upstream(dout, cache, GeluCache, "gelu")
     x, approximate = cache
-    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     if approximate == "none":
         x = _infinities_to_nan(xp, x)  # inf * phi(inf) = inf * 0
         cdf = 0.5 * (1.0 + erf(xp, x * SQRT1_2))
@@ -327,35 +316,33 @@ def gelu_backward(dout, cache: GeluCache):
 
 
 @half_in_float32
-def silu_forward(x) -> tuple[Any, SiluCache]:
+def silu_forward(x: Array) -> tuple[Array, SiluCache]:
     """The sigmoid linear unit (swish) ``x * sigmoid(x)``, as ``torch.nn.functional.silu``.
 
     x: any shape, real floating dtype. Returns ``(out, SiluCache(x))``, out with x's shape, dtype and device (NaN
     at NaN and at ``-inf``, as PyTorch; no overflow for large ``|x|``). Raises a TypeError when x is not a real
     floating array.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     x = _infinities_to_nan(xp, x, negative_only=True)  # -inf * sigmoid(-inf) = -inf * 0
     return x * _sigmoid(xp, x), SiluCache(x)
 
 
 @half_in_float32_backward
-def silu_backward(dout, cache: SiluCache):
+def silu_backward(dout: Array, cache: SiluCache) -> Array:
     """Gradient of :func:`silu_forward`: ``s = sigmoid(x)``, ``dx = dout * s * (1 + x * (1 - s))``.
 
     NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
     """
-    check_cache(cache, SiluCache, "silu")
+    xp = _upstream(dout, cache, SiluCache, "silu")
     x = cache.x
-    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     x = _infinities_to_nan(xp, x)  # inf * (1 - sigmoid(inf)) = inf * 0, and -inf * 0 likewise
     s = _sigmoid(xp, x)
     return dout * s * (1.0 + x * (1.0 - s))
 
 
 @half_in_float32
-def elu_forward(x, alpha: float = 1.0) -> tuple[Any, EluCache]:
+def elu_forward(x: Array, alpha: float = 1.0) -> tuple[Array, EluCache]:
     """The exponential linear unit: ``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``, as
     ``torch.nn.functional.elu``.
 
@@ -376,24 +363,37 @@ def elu_forward(x, alpha: float = 1.0) -> tuple[Any, EluCache]:
     ValueError
         alpha is NaN.
     """
-    xp, _ = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
+    xp, _ = _floating_input(x)
     alpha = as_float(alpha, "alpha", finite=False)
     negative = xp.expm1(xp.minimum(x, 0.0)) * alpha  # exp of x <= 0 only: no overflow in the unused branch
     return xp.where(x <= 0, negative, x), EluCache(x, alpha)
 
 
 @half_in_float32_backward
-def elu_backward(dout, cache: EluCache):
+def elu_backward(dout: Array, cache: EluCache) -> Array:
     """Gradient of :func:`elu_forward`: ``dx = dout * alpha * exp(x)`` where ``x <= 0``, else ``dout`` (NaN
     included: the comparison is false)."""
-    check_cache(cache, EluCache, "elu")
+    xp = _upstream(dout, cache, EluCache, "elu")
     x, alpha = cache
-    xp, _ = check_upstream(dout, x.shape, x, x.dtype)
     return xp.where(x <= 0, dout * alpha * xp.exp(xp.minimum(x, 0.0)), dout)
 
 
 # -- shared pieces --------------------------------------------------------------------------------------------------
+
+def _floating_input(x) -> tuple:
+    """``(xp, device)`` of x, a real floating array (a TypeError naming x otherwise)."""
+    xp, device = namespace_and_device(x=x)
+    check_floating(xp, x, "x")
+    return xp, device
+
+
+def _upstream(dout, cache, cache_type: type, op: str):
+    """The namespace of ``dout`` once it is checked against the forward pass that made ``cache`` (of
+    ``cache_type``, else a TypeError): the cached array's library, device, shape and dtype."""
+    check_cache(cache, cache_type, op)
+    kept = cache[0]  # every activation cache starts with the forward input or output (x's shape and dtype)
+    xp, _ = check_upstream(dout, kept.shape, kept, kept.dtype)
+    return xp
 
 def check_approximate(approximate) -> str:
     """``approximate`` if it names a GELU approximation (``"none"``, ``"tanh"``); else a TypeError/ValueError."""

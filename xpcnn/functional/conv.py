@@ -1017,7 +1017,7 @@ def _col2im(xp, w_mat, dout, conv: ConvShape, m: int, wide_rows: bool, device):
             dcols = xp.permute_dims(dcols, (1, 2, 0, 3))
         dcols = xp.reshape(dcols, (m, out_h, out_w, num_offsets, channels))
         parts = (dcols[:, :, :, k, :] for k in range(num_offsets))
-        return scatter_windows(xp, parts, geometry, (m, channels), channels_last=True, **like)
+        return scatter_windows(xp, parts, geometry, (m,), trailing_shape=(channels,), **like)
     _, groups, group_out, _ = dout.shape
     if wide_rows:
         extra = geometry.padded_size[1] - out_w

@@ -3,7 +3,9 @@
     keep = uniform(seed, stream) >= p          out = x * keep / (1 - p)          dx = dout * keep / (1 - p)
 
 The mask comes from xpcnn's counter-based generator, made on x's device: the same ``(seed, stream)`` gives the
-same mask on every backend.
+same mask on every backend. ``offset`` (in elements) draws the part of a larger array's mask that starts there:
+the mask of rows ``[a, b)`` of a batch is ``offset = a * prod(x.shape[1:])`` (data-parallel training gives each
+sample the mask it has in the whole batch, whichever replica holds it).
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ class DropoutCache(NamedTuple):
 
 
 @half_in_float32
-def dropout_forward(x, p=0.5, *, seed=0, stream=0):
-    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p). Returns ``(out, cache)``."""
+def dropout_forward(x, p=0.5, *, seed=0, stream=0, offset=0):
+    """Zero each element with probability ``p`` and scale the rest by 1 / (1 - p). Returns ``(out, cache)``.
+
+    ``offset``: the flat position (C order) of x's first element in the array whose mask is drawn (0: x itself).
+    """
     xp, device = namespace_and_device(x=x)
     check_floating(xp, x, "x")
     p = check_probability(p)
     if p == 1.0:
         scale = xp.zeros_like(x)
     else:
-        keep = uniform(xp, x.shape, seed=seed, stream=stream, device=device) >= p
+        keep = uniform(xp, x.shape, seed=seed, stream=stream, offset=offset, device=device) >= p
         scale = xp.astype(keep, x.dtype) * (1.0 / (1.0 - p))
     return x * scale, DropoutCache(scale)
 

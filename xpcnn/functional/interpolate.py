@@ -1,5 +1,10 @@
-"""Resizing 2-D images, as ``torch.nn.functional.interpolate`` on NCHW input: modes ``nearest``, ``nearest-exact``
-and ``bilinear`` (``align_corners`` False or True), to a ``size`` or by a ``scale_factor``, and the backward pass.
+"""Resizing 2-D images, as ``torch.nn.functional.interpolate``: modes ``nearest``, ``nearest-exact`` and ``bilinear``
+(``align_corners`` False or True), to a ``size`` or by a ``scale_factor``, and the backward pass.
+
+Layouts: ``data_format="NCHW"`` (the default) or ``"NHWC"`` (channels last, never guessed): the axes resized are
+2 and 3, or 1 and 2. A 3-D x is, as in PyTorch, a batch of 1-D signals ``(N, C, L)`` (``(N, L, C)`` channels last)
+resized along L by the nearest modes (``size`` and ``scale_factor`` then have one value), NOT an unbatched image:
+PyTorch reads it so, and xpcnn gives the same result for the same call.
 
 Each axis is resized on its own (:mod:`xpcnn._axis_maps`): output ``i`` along an axis reads the input positions of its
 *taps*, one for the nearest modes, two with weights ``(1 - t, t)`` for ``bilinear``. The forward pass resizes the
@@ -36,6 +41,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 from .._axis_maps import AxisMap, combined
+from .._windows import Array, is_channels_last
 from .._precision import half_in_float32, half_in_float32_backward
 from .._validation import (
     as_bool,
@@ -43,7 +49,6 @@ from .._validation import (
     as_int,
     check_cache,
     check_floating,
-    check_ndim,
     check_upstream,
     namespace_and_device,
 )
@@ -56,43 +61,69 @@ FLOAT32_BITS, FLOAT64_BITS = 24, 53  # significand bits of the precision the sou
 
 
 class InterpolateCache(NamedTuple):
-    """rows, cols: the taps along the height and the width; anchor: an empty array on x's device (checks dout's
-    library and device)."""
+    """rows, cols: the taps along the height and the width (rows: the identity for a 3-D x); x_shape: x's shape
+    (3-D for 1-D signals); anchor: an empty array on x's device (checks dout's library and device);
+    channels_last: whether x was NHWC (NLC)."""
 
     rows: AxisMap
     cols: AxisMap
     x_shape: tuple
     dtype: Any
     anchor: Any
+    channels_last: bool = False
+
+    @property
+    def out_shape(self) -> tuple:
+        """The forward output's shape."""
+        n, out = self.x_shape[0], (self.rows.out_size, self.cols.out_size)[2 - _spatial_dims(self.x_shape) :]
+        channels = self.x_shape[-1] if self.channels_last else self.x_shape[1]
+        return (n, *out, channels) if self.channels_last else (n, channels, *out)
+
+
+def _spatial_dims(shape) -> int:
+    return len(shape) - 2
 
 
 @half_in_float32
-def interpolate_forward(x, *, size=None, scale_factor=None, mode: str = "nearest", align_corners: bool | None = None):
+def interpolate_forward(
+    x: Array,
+    *,
+    size: int | tuple[int, ...] | None = None,
+    scale_factor: float | tuple[float, ...] | None = None,
+    mode: str = "nearest",
+    align_corners: bool | None = None,
+    data_format: str = "NCHW",
+) -> tuple[Array, InterpolateCache]:
     """Resize x as ``torch.nn.functional.interpolate(x, size, scale_factor, mode, align_corners)``.
 
     Parameters
     ----------
-    x : array, (N, C, H, W), real floating
-        C, H and W must be at least 1 (N may be 0).
-    size : int or pair of ints, optional
-        The output's (height, width). Exactly one of ``size`` and ``scale_factor`` is given.
-    scale_factor : float or pair of floats, optional
+    x : array, real floating
+        (N, C, H, W) for ``data_format="NCHW"``, (N, H, W, C) for ``"NHWC"``; or 3-D, a batch of 1-D signals as in
+        PyTorch: (N, C, L) or (N, L, C), nearest modes only. C and the resized axes must be at least 1 (N may be 0).
+    size : int or tuple of ints, optional
+        The output's (height, width) (one value per resized axis, or an int for all). Exactly one of ``size`` and
+        ``scale_factor`` is given.
+    scale_factor : float or tuple of floats, optional
         Output size ``floor(H * scale_factor)``; the scale of the source positions is ``1 / scale_factor``.
     mode : {"nearest", "nearest-exact", "bilinear"}
     align_corners : bool, optional
         Bilinear only (None means False): map the corner pixels' centres onto each other.
+    data_format : {"NCHW", "NHWC"}
+        x's layout (channels first or last); out and the gradient have the same.
 
     Returns
     -------
-    out : array, (N, C, out_h, out_w), x's dtype and device
+    out : array, x's layout with the resized axes, x's dtype and device
     cache : InterpolateCache
 
     Raises
     ------
     ValueError
-        Both or neither of ``size`` and ``scale_factor``; a pair of the wrong length; an output size below 1; a
-        ``scale_factor`` that is not positive and finite; an unknown ``mode``; ``align_corners`` with a nearest
-        mode; x not 4-D or with an empty channel, height or width axis.
+        Both or neither of ``size`` and ``scale_factor``; a tuple whose length is not the number of resized axes; an
+        output size below 1; a ``scale_factor`` that is not positive and finite; an unknown ``mode``;
+        ``align_corners`` with a nearest mode; ``bilinear`` on a 3-D x; x not 3-D or 4-D, or with an empty channel
+        or resized axis; a bad ``data_format``.
     TypeError
         x not a floating array; ``size`` not made of ints, ``scale_factor`` not made of numbers (bools and strings
         are refused); ``align_corners`` not a bool.
@@ -100,37 +131,55 @@ def interpolate_forward(x, *, size=None, scale_factor=None, mode: str = "nearest
     sizes, scales, mode, align_corners = interpolate_options(size, scale_factor, mode, align_corners)
     xp, device = namespace_and_device(x=x)
     check_floating(xp, x, "x")
-    check_ndim(x, "x", 4, "(N, C, H, W)")
+    last = is_channels_last(data_format)
+    if x.ndim not in (3, 4):
+        layout = "(N, H, W, C)" if last else "(N, C, H, W)"
+        raise ValueError(
+            f"x must be 4-D {layout} (or 3-D, a batch of 1-D signals) with data_format={data_format!r}, "
+            f"got shape {tuple(x.shape)}"
+        )
     if min(x.shape[1:]) < 1:
         raise ValueError(
             f"x must have non-empty channel, height and width axes (N may be 0), got shape {tuple(x.shape)}"
         )
-    in_size = tuple(x.shape[2:])
+    dims = _spatial_dims(x.shape)
+    if dims == 1 and mode == "bilinear":
+        raise ValueError(
+            f"mode 'bilinear' needs a 4-D x (N, C, H, W); a 3-D x {tuple(x.shape)} is a batch of 1-D signals, "
+            "which only the nearest modes resize (as PyTorch)"
+        )
+    in_size = tuple(x.shape[1 : 1 + dims]) if last else tuple(x.shape[2:])
+    sizes, scales = (None if v is None else _per_axis(v, dims, name, in_size) for v, name in
+                     ((sizes, "size"), (scales, "scale_factor")))
     out_size = _output_size(in_size, sizes, scales)
-    scales = scales or (None, None)
+    scales = scales or (None,) * dims
     bits = FLOAT64_BITS if xp.finfo(x.dtype).bits == 64 else FLOAT32_BITS
-    rows, cols = (
-        axis_taps(mode, n, out, scale, align_corners, bits) for n, out, scale in zip(in_size, out_size, scales)
-    )
-    out = combined(xp, combined(xp, x, cols, -1), rows, -2)  # each row, then the rows
+    maps = [axis_taps(mode, n, out, scale, align_corners, bits) for n, out, scale in zip(in_size, out_size, scales)]
+    rows, cols = maps if dims == 2 else (axis_taps(mode, 1, 1, None, align_corners, bits), maps[0])
+    height_axis, width_axis = (-3, -2) if last else (-2, -1)
+    out = combined(xp, x, cols, width_axis)  # each row, then the rows
+    if dims == 2:
+        out = combined(xp, out, rows, height_axis)
     if rows.identity and cols.identity:
         out = xp.asarray(out, copy=True)  # an unchanged size: never hand back x itself
     anchor = xp.empty((0,), dtype=x.dtype, device=device)
-    return out, InterpolateCache(rows, cols, tuple(x.shape), x.dtype, anchor)
+    return out, InterpolateCache(rows, cols, tuple(x.shape), x.dtype, anchor, last)
 
 
 @half_in_float32_backward
-def interpolate_backward(dout, cache: InterpolateCache):
+def interpolate_backward(dout: Array, cache: InterpolateCache) -> Array:
     """Gradient of :func:`interpolate_forward`: ``dx = rows^T @ dout @ cols``, each output's gradient added back to
     the positions it read with its weights (through the transposed taps: no scatter).
 
-    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
     Raises TypeError for another op's cache or a dout of another dtype, ValueError for a dout of another shape.
     """
     check_cache(cache, InterpolateCache, "interpolate")
-    rows, cols, x_shape, dtype, anchor = cache
-    xp, _ = check_upstream(dout, (*x_shape[:2], rows.out_size, cols.out_size), anchor, dtype)
-    dx = combined(xp, combined(xp, dout, rows.transposed, -2), cols.transposed, -1)
+    rows, cols, x_shape, dtype, anchor, last = cache
+    xp, _ = check_upstream(dout, cache.out_shape, anchor, dtype)
+    height_axis, width_axis = (-3, -2) if last else (-2, -1)
+    dx = dout if _spatial_dims(x_shape) == 1 else combined(xp, dout, rows.transposed, height_axis)
+    dx = combined(xp, dx, cols.transposed, width_axis)
     if rows.identity and cols.identity:
         dx = xp.asarray(dx, copy=True)
     return dx
@@ -138,9 +187,9 @@ def interpolate_backward(dout, cache: InterpolateCache):
 
 def interpolate_options(size, scale_factor, mode, align_corners):
     """Check the options that do not depend on x (also for :class:`xpcnn.nn.Upsample`'s constructor). Returns
-    ``(sizes, scale_factors, mode, align_corners)``: the (height, width) pair of ints >= 1 given as ``size``, or
-    None; the pair of positive finite floats given as ``scale_factor``, or None; ``align_corners`` False for
-    ``bilinear`` when None."""
+    ``(sizes, scale_factors, mode, align_corners)``: ``size`` as an int >= 1 or a tuple of one or two of them, or
+    None; ``scale_factor`` as a positive finite float or a tuple of one or two, or None (the number of values is
+    checked against x's resized axes when x arrives); ``align_corners`` False for ``bilinear`` when None."""
     if size is not None and scale_factor is not None:
         raise ValueError("only one of size or scale_factor should be defined")
     if size is None and scale_factor is None:
@@ -157,35 +206,52 @@ def interpolate_options(size, scale_factor, mode, align_corners):
         align_corners = False if align_corners is None else as_bool(align_corners, "align_corners")
     sizes = scales = None
     if size is not None:
-        sizes = tuple(as_int(v, "size") for v in _pair(size, "size", "an int"))
-        if min(sizes) < 1:
-            raise ValueError(f"size must be >= 1 on both axes, got {size!r}")
+        sizes = _checked(size, "size", "an int", lambda v: as_int(v, "size"))
+        if min(_values(sizes)) < 1:
+            raise ValueError(f"size must be >= 1 on every axis, got {size!r}")
     else:
-        scales = tuple(as_float(v, "scale_factor") for v in _pair(scale_factor, "scale_factor", "a number"))
-        if min(scales) <= 0:
+        scales = _checked(scale_factor, "scale_factor", "a number", lambda v: as_float(v, "scale_factor"))
+        if min(_values(scales)) <= 0:
             raise ValueError(f"scale_factor must be > 0, got {scale_factor!r}")
     return sizes, scales, mode, align_corners
 
 
-def _pair(value, name: str, kind: str) -> tuple:
+def _checked(value, name: str, kind: str, convert):
+    """A scalar converted, or a tuple of one or two converted values."""
     if isinstance(value, (tuple, list)):
-        if len(value) != 2:
+        if len(value) not in (1, 2):
             raise ValueError(
-                f"{name} must be {kind} or a pair of them (one per spatial axis of the (N, C, H, W) input), "
-                f"got {value!r}"
+                f"{name} must be {kind} or a tuple of them, one per resized axis (two for an (N, C, H, W) x, "
+                f"one for an (N, C, L) x), got {value!r}"
             )
-        return tuple(value)
-    return (value, value)
+        return tuple(convert(v) for v in value)
+    return convert(value)
 
 
-def _output_size(in_size, sizes, scales) -> tuple[int, int]:
-    """The output (height, width): ``sizes``, or ``floor(n * scale_factor)`` (at least 1)."""
+def _values(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _per_axis(value, dims: int, name: str, in_size) -> tuple:
+    """A checked ``size`` or ``scale_factor`` as one value per resized axis (a scalar serves every axis)."""
+    if not isinstance(value, tuple):
+        return (value,) * dims
+    if len(value) != dims:
+        raise ValueError(
+            f"{name} must have one value per resized axis of x: {dims} for spatial size {tuple(in_size)}, got "
+            f"{value!r}"
+        )
+    return value
+
+
+def _output_size(in_size, sizes, scales) -> tuple[int, ...]:
+    """The output size along each resized axis: ``sizes``, or ``floor(n * scale_factor)`` (at least 1)."""
     if sizes is not None:
         return sizes
     out = tuple(math.floor(n * s) for n, s in zip(in_size, scales))
     if min(out) < 1:
         raise ValueError(
-            f"output size must be >= 1 on both axes, got {out} = floor({tuple(in_size)} * scale_factor {scales})"
+            f"output size must be >= 1 on every axis, got {out} = floor({tuple(in_size)} * scale_factor {scales})"
         )
     return out
 

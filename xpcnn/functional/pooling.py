@@ -1,4 +1,8 @@
-"""2-D max and average pooling and their backward passes, with PyTorch's semantics.
+"""2-D max and average pooling and their backward passes, with PyTorch's semantics, in both layouts.
+
+Layouts: ``data_format="NCHW"`` (the default) or ``"NHWC"`` (channels last; never guessed from shapes). NHWC is
+computed natively: the windows are taken on axes 1 and 2, so every window element is a contiguous run of C values.
+A 3-D input is one unbatched image, ``(C, H, W)`` or ``(H, W, C)``, as PyTorch takes it (:mod:`xpcnn._unbatched`).
 
 Both reduce strided slices of the shared window primitive one at a time (a running maximum or a running sum), so no
 ``kh * kw`` times larger temporary is built, and both go through the batch in pieces that fit the workspace limit
@@ -12,8 +16,9 @@ Max pooling routes each upstream gradient to exactly ONE input element: the firs
 row-major order. It is NOT an equality mask (which would send the full gradient to every tied element). NaN
 propagates: a window holding NaN outputs NaN and its gradient goes to that NaN (the last NaN of the window when there
 are several, as PyTorch). Padding is implicit ``-inf`` and never wins; a window of ``-inf`` values routes its gradient
-to its first in-bounds element, as PyTorch. The chosen positions are kept in ``cache.indices`` with the layout of
-PyTorch's ``return_indices``: a flat index into each unpadded ``H * W`` plane.
+to its first in-bounds element, as PyTorch. The winners are recorded as :class:`Winner` codes; ``cache.indices``
+gives them with the layout of PyTorch's ``return_indices``: a flat index ``h * W + w`` into each unpadded plane,
+(N, C, out_h, out_w) for NCHW and (N, out_h, out_w, C) for NHWC.
 
 Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
 (``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
@@ -31,35 +36,38 @@ windows. Adaptive max pooling follows max pooling's rules above (first maximum, 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from array_api_compat import device as device_of
 
 from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
+from .._unbatched import accepts_unbatched, accepts_unbatched_backward, check_image_ndim
 from .._validation import (
     as_bool,
     as_int,
     check_cache,
     check_floating,
-    check_ndim,
     check_upstream,
-    int_pair,
     namespace_and_device,
 )
 from .._windows import (
+    Array,
     WindowGeometry,
     batch_pieces,
     by_axis,
     concat_pieces,
     crop,
+    is_channels_last,
     pad,
     samples_per_piece,
     scatter_windows,
+    spatial,
     window_geometry,
     windows,
 )
+from .._tuning import profile_for
 from ..config import resolve_workspace_limit
 
 __all__ = [
@@ -78,188 +86,340 @@ __all__ = [
 ]
 
 
-class MaxPool2dCache(NamedTuple):
-    """offsets: (N, C, out_h, out_w) int16, the kernel offset ``i * kw + j`` that won each window (-1: none, for a
-    window entirely in the padding); ``indices`` gives them as PyTorch's ``return_indices``.
-    column_choices: (N, C, Hp, out_w) int16, ``j + 1`` of the winner along each padded row's column window (the
-    first pass), by which the backward pass routes a row's gradient to its column."""
+class Winner:
+    """How max pooling records the element that won each window: one int16 per window.
 
-    offsets: Any
-    column_choices: Any  # None: the forward pass walked the kh * kw slices directly
+    ``FIRST + k`` for the k-th candidate of a scan: the kernel offset ``k = i * kw + j`` in row-major order, or in
+    the separable passes the column ``j`` along a row (:attr:`MaxPool2dCache.column_winners`) and the row ``i``
+    across the rows. ``NONE`` for a window with no element inside x (it lies entirely in the padding, which only
+    dilation allows): its gradient goes nowhere and PyTorch's index is its first element past the padding.
+
+    NONE is 0, below every candidate: the 0/1 masks of the backward pass are then ``winners == FIRST + k``, a
+    running ``maximum`` over growing candidates picks the last qualifying one, and ``(w - FIRST) // kw + FIRST``
+    maps an offset's code to its row's and NONE to NONE (``-1 // kw == -1``).
+
+    Plain ints, not an ``IntEnum``: array-api-strict refuses int subclasses as scalars.
+    """
+
+    NONE: Final = 0
+    FIRST: Final = 1
+
+
+class MaxPool2dCache(NamedTuple):
+    """winners: (N, C, out_h, out_w) int16 ((N, out_h, out_w, C) for NHWC), the :class:`Winner` code of each
+    window's chosen kernel offset; ``indices`` gives them as PyTorch's ``return_indices``.
+    column_winners: (N, C, Hp, out_w) int16 (NHWC: (N, Hp, out_w, C)), the Winner code of the column ``j`` that
+    won along each padded row's column window (the first pass), by which the backward pass routes a row's gradient
+    to its column; None when the forward pass walked the ``kh * kw`` slices directly.
+    channels_last: whether x was NHWC."""
+
+    winners: Any
+    column_winners: Any
     geometry: WindowGeometry
     dtype: Any
     workspace_limit: Any
+    channels_last: bool = False
 
     @property
     def indices(self):
-        """(N, C, out_h, out_w) int64: the flat position ``row * W + col`` in x of each output's maximum."""
-        xp, device = namespace_and_device(offsets=self.offsets)
-        g, offsets = self.geometry, xp.astype(self.offsets, xp.int64)
-        rows = xp.asarray(_window_starts(g, 0), dtype=xp.int64, device=device)[:, None]
-        cols = xp.asarray(_window_starts(g, 1), dtype=xp.int64, device=device)[None, :]
+        """int64, x's layout ((N, C, out_h, out_w) or (N, out_h, out_w, C)): the flat position ``row * W + col``
+        in x's (H, W) plane of each output's maximum, as PyTorch's ``return_indices``."""
+        xp, device = namespace_and_device(winners=self.winners)
+        g, last = self.geometry, self.channels_last
+        offsets = xp.astype(self.winners, xp.int64) - Winner.FIRST
+        rows = _per_window(xp, g.window_starts(0), None, last, device)
+        cols = _per_window(xp, None, g.window_starts(1), last, device)
         kw, (dh, dw) = g.kernel[1], g.dilation
         flat = (rows + (offsets // kw) * dh) * g.in_size[1] + cols + (offsets % kw) * dw
-        return xp.where(offsets >= 0, flat, _first_in_bounds_index(xp, g, device))
+        first = _per_window(xp, g.first_positions(0), g.first_positions(1), last, device, width=g.in_size[1])
+        return xp.where(self.winners != Winner.NONE, flat, first)
+
+
+def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
+    """An int64 array of per-window values that broadcasts against the output: ``rows`` (one per output row)
+    times ``width`` plus ``cols`` (one per output column); either may be None."""
+    total = 0
+    if rows is not None:
+        total = xp.asarray(rows, dtype=xp.int64, device=device)[:, None] * (width or 1)
+    if cols is not None:
+        total = total + xp.asarray(cols, dtype=xp.int64, device=device)[None, :]
+    return total[..., None] if channels_last else total
 
 
 class AvgPool2dCache(NamedTuple):
-    """divisor: (out_h, out_w) array in x's dtype, the count each window's sum was divided by."""
+    """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
+    divided by; x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
 
     divisor: Any
     geometry: WindowGeometry
     x_shape: tuple
     workspace_limit: Any
+    channels_last: bool = False
 
 
+@accepts_unbatched
 @half_in_float32
-def max_pool2d_forward(x, kernel_size, *, stride=None, padding=0, dilation=1, ceil_mode=False, workspace_limit=None):
-    """Max pooling as ``torch.nn.functional.max_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
+def max_pool2d_forward(
+    x: Array,
+    kernel_size: int | tuple[int, ...],
+    *,
+    stride: int | tuple[int, ...] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
+    ceil_mode: bool = False,
+    data_format: str = "NCHW",
+    workspace_limit: int | None = None,
+) -> tuple[Array, MaxPool2dCache]:
+    """Max pooling as ``torch.nn.functional.max_pool2d``.
 
-    workspace_limit: bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
-    Returns ``(out, cache)``; out: (N, C, out_h, out_w); ``cache.indices`` holds the argmax positions.
+    Parameters
+    ----------
+    x : array, (N, C, H, W) for ``data_format="NCHW"``, (N, H, W, C) for ``"NHWC"``; or one unbatched image,
+        (C, H, W) or (H, W, C). Real floating.
+    kernel_size, stride, padding, dilation : int or tuple of one or two ints
+        (height, width); one value serves both axes. ``stride`` defaults to ``kernel_size`` (also when ``()``).
+        ``padding`` is implicit ``-inf``, at most half the kernel.
+    ceil_mode : bool
+        Round the output size up (a last window starting inside the right/bottom padding is dropped).
+    data_format : {"NCHW", "NHWC"}
+        x's layout; out, ``cache.indices`` and the gradient have the same.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w) or (N, out_h, out_w, C) (without N for an unbatched x)
+    cache : MaxPool2dCache
+        ``cache.indices``: the flat position ``h * W + w`` of each output's maximum (PyTorch's
+        ``return_indices``), in out's shape.
+
+    Raises
+    ------
+    ValueError
+        x not 3-D or 4-D; bad kernel, stride, padding, dilation or data_format; a kernel larger than the padded
+        input.
+    TypeError
+        x not a floating array; options of the wrong type.
     """
-    xp, device = _check_input(x)
-    geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    first_row, first_col = (_first_in_bounds_step(xp, geometry, axis, device) for axis in (0, 1))
-    first = xp.where((first_row >= 0) & (first_col >= 0), first_row * geometry.kernel[1] + first_col + 1, 0)
-    separable = _separable_is_cheaper(geometry)
-    along_rows, across_rows = by_axis(geometry)
+    xp, device, last = _check_input(x, data_format)
+    geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
+    first = _first_winners(xp, geometry, last, device)
+    profile = profile_for(x)
+    separable = _separable_is_cheaper(geometry, profile.separable_max_pool_ratio)
     pieces = []
-    for part in _pool_pieces(xp, x, geometry, workspace_limit):
-        x_padded = pad(xp, x[part, ...], geometry, -math.inf)
-        if not separable:
-            out, chosen = _running_maximum(xp, x_padded, geometry, first)
-            pieces.append((out, chosen - 1))
-            continue
-        # Along each padded row first (column choice j + 1), then across the rows: a window's first maximum in
-        # row-major order is the first row maximum that beats the earlier rows' (NaN: the last NaN of the last
-        # row holding one), as the scan over all kh * kw elements finds it.
-        row_maxima, column_choices = _running_maximum(xp, x_padded, along_rows, first_col + 1)
-        candidates = (
-            column_choices[..., across_rows.slices(i, 0)[0], :] + i * geometry.kernel[1]
-            for i, _ in across_rows.offsets()
-        )
-        out, chosen = _running_maximum(xp, row_maxima, across_rows, first, candidates)
-        pieces.append((out, chosen - 1, column_choices))
-    out, offsets, *column_choices = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
-    column_choices = column_choices[0] if column_choices else None
-    return out, MaxPool2dCache(offsets, column_choices, geometry, x.dtype, workspace_limit)
+    for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
+        # NaN-free pieces skip the NaN test (checked per piece, while it is in the CPU's caches)
+        scan = dict(channels_last=last, nan_free=known_finite(xp, x[part, ...]),
+                    copy_windows=profile.copy_strided_windows)
+        x_padded = pad(xp, x[part, ...], geometry, -math.inf, channels_last=last)
+        if separable:
+            pieces.append(_separable_maximum(xp, x_padded, geometry, first, device, **scan))
+        else:
+            pieces.append(_running_maximum(xp, x_padded, geometry, first, **scan))
+    out, winners, *column_winners = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
+    column_winners = column_winners[0] if column_winners else None
+    return out, MaxPool2dCache(winners, column_winners, geometry, x.dtype, workspace_limit, last)
 
 
-def _running_maximum(xp, x, geometry: WindowGeometry, first, candidates=None):
-    """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the choice of each: ``k + 1`` for
-    the k-th slice (or ``candidates``' k-th array), ``first`` where nothing beats ``-inf`` (0: no element in
-    bounds). PyTorch's rule: in order, take an element strictly greater than the maximum so far, or a NaN.
+def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, axes=(0, 1)):
+    """The :class:`Winner` code of each window's first element inside x (NONE where there is none): what a window
+    in which nothing beats ``-inf`` chooses, as PyTorch. Over both axes (kernel offsets), or along one (``axes``:
+    ``(1,)`` for the column pass of :func:`by_axis`), shaped to broadcast against the output."""
+    steps = [geometry.first_inside_steps(axis) for axis in axes]
+    if axes == (1,):
+        codes = [[Winner.NONE if j is None else Winner.FIRST + j for j in steps[0]]]
+    else:
+        kw = geometry.kernel[1]
+        codes = [[Winner.NONE if i is None or j is None else Winner.FIRST + i * kw + j for j in steps[1]]
+                 for i in steps[0]]
+    codes = xp.asarray(codes, dtype=xp.int16, device=device)
+    return codes[..., None] if channels_last else codes
 
-    Written without ``where`` (a slow, branchy select on NumPy): ``maximum`` propagates NaN as the rule does, and
-    the choices grow with k, so taking the k-th is ``maximum(chosen, take * candidate_k)``. The first slice is
-    taken unless it lies in the padding (then its candidate is below ``first``) or the window has no element
-    in bounds.
+
+def _separable_maximum(xp, x_padded, geometry: WindowGeometry, first, device, **scan):
+    """The windows' maxima and Winner codes in two passes (:func:`by_axis`): along each padded row first (the column
+    winners), then across the rows. A window's first maximum in row-major order is the first row maximum that
+    beats the earlier rows' (NaN: the last NaN of the last row holding one), as the scan over all ``kh * kw``
+    elements finds it. ``scan``: :func:`_running_maximum`'s options. Returns ``(out, winners, column_winners)``."""
+    along_rows, across_rows = by_axis(geometry)
+    kw, last = geometry.kernel[1], scan["channels_last"]
+    first_columns = _first_winners(xp, geometry, last, device, axes=(1,))
+    row_maxima, column_winners = _running_maximum(xp, x_padded, along_rows, first_columns, **scan)
+    every_column = slice(None)
+    candidates = (  # row i's winning column j (code FIRST + j) as the code of the offset i * kw + j
+        column_winners[spatial(across_rows.slices(i, 0)[0], every_column, channels_last=last)] + i * kw
+        for i, _ in across_rows.offsets()
+    )
+    out, winners = _running_maximum(xp, row_maxima, across_rows, first, candidates, **scan)
+    return out, winners, column_winners
+
+
+def _running_maximum(
+    xp, x, geometry: WindowGeometry, first, candidates=None, *, channels_last: bool = False, nan_free: bool = False,
+    copy_windows: bool = True,
+):
+    """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the :class:`Winner` code of each:
+    ``FIRST + k`` for the k-th slice (or ``candidates``' k-th array), by :func:`_first_maximum`'s rule; ``first``
+    where nothing beats ``-inf``. The first slice is taken unless it lies in the padding (then its candidate is
+    below ``first``) or the window has no element in bounds (``first`` is NONE). ``nan_free``: x is known to hold
+    no NaN. ``copy_windows``: copy a slice that is strided along the width once, so that the comparisons run on
+    contiguous memory (:attr:`xpcnn._tuning.Profile.copy_strided_windows`).
     """
-    out, chosen = None, None
-    candidates = candidates if candidates is not None else (k + 1 for k in range(len(geometry.offsets())))
-    for (_, _, window), candidate in zip(windows(x, geometry), candidates, strict=True):
-        window = xp.asarray(window, copy=True)  # one strided read; the comparisons then run on contiguous memory
-        if out is None:
-            out, chosen = window, xp.maximum(first, candidate) * xp.astype(first > 0, xp.int16)
-            continue
-        take = xp.astype((window > out) | xp.isnan(window), xp.int16)
-        out = xp.maximum(out, window)
-        chosen = xp.maximum(chosen, take * candidate)
-    return out, xp.broadcast_to(chosen, out.shape)
+    if candidates is None:
+        candidates = (Winner.FIRST + k for k in range(len(geometry.offsets())))
+    copy = copy_windows and geometry.stride[1] > 1
+    values = (xp.asarray(window, copy=True) if copy else window
+              for _, _, window in windows(x, geometry, channels_last=channels_last))
+    out, chosen = _first_maximum(xp, values, candidates, first=first, nan_free=nan_free)
+    single_view = len(geometry.offsets()) == 1 and not copy  # out would be a view of x: never hand one back
+    return (xp.asarray(out, copy=True) if single_view else out), chosen
 
 
+@accepts_unbatched_backward
 @half_in_float32_backward
-def max_pool2d_backward(dout, cache: MaxPool2dCache):
+def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
-    the chosen column, piece by piece so that the intermediate stays in cache)."""
+    the chosen column, piece by piece so that the intermediate stays in cache).
+
+    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    """
     check_cache(cache, MaxPool2dCache, "max_pool2d")
-    offsets, column_choices, geometry, dtype, limit = cache
-    n, channels = offsets.shape[:2]
-    xp, device = check_upstream(dout, offsets.shape, offsets, dtype)
-    if column_choices is None:
-        parts = _routed(xp, dout, offsets + 1, geometry)
-        return scatter_windows(xp, parts, geometry, (n, channels), dtype=dout.dtype, device=device)
+    winners, column_winners, geometry, dtype, limit, last = cache
+    xp, device = check_upstream(dout, winners.shape, winners, dtype)
+    lead, trail = _lead_and_trail(winners.shape, last)
+    like = dict(dtype=dout.dtype, device=device, trailing_shape=trail)
+    if column_winners is None and _tiles_input(geometry):  # disjoint windows: interleave, nothing to add up
+        return _from_tile_parts(xp, list(_routed(xp, dout, winners, geometry)), geometry, device, last)
+    if column_winners is None:
+        return scatter_windows(xp, _routed(xp, dout, winners, geometry), geometry, lead, **like)
     along_rows, across_rows = by_axis(geometry)
-    row_choices = offsets // geometry.kernel[1] + 1  # 0: none
     pieces = []
-    for part in _pool_pieces(xp, dout, geometry, limit):
-        lead = (len(range(n)[part]), channels)
-        to_rows = _routed(xp, dout[part, ...], row_choices[part, ...], across_rows)
-        to_rows = scatter_windows(xp, to_rows, across_rows, lead, dtype=dout.dtype, device=device)
-        to_columns = _routed(xp, to_rows, column_choices[part, ...], along_rows)
-        grad = scatter_windows(xp, to_columns, along_rows, lead, dtype=dout.dtype, device=device)
-        pieces.append(crop(grad, geometry))
+    for part in _pool_pieces(xp, dout, geometry, limit, last):
+        piece_lead = (len(range(winners.shape[0])[part]), *lead[1:])
+        row_winners = (winners[part, ...] - Winner.FIRST) // geometry.kernel[1] + Winner.FIRST  # NONE stays NONE
+        finite = known_finite(xp, dout[part, ...])  # then so is what it routes to the rows
+        to_rows = _routed(xp, dout[part, ...], row_winners, across_rows, finite=finite)
+        to_rows = scatter_windows(xp, to_rows, across_rows, piece_lead, **like)
+        to_columns = _routed(xp, to_rows, column_winners[part, ...], along_rows, finite=finite)
+        grad = scatter_windows(xp, to_columns, along_rows, piece_lead, **like)
+        pieces.append(crop(grad, geometry, channels_last=last))
     return concat_pieces(xp, pieces)
 
 
-def _separable_is_cheaper(geometry: WindowGeometry) -> bool:
-    """Whether the two passes of :func:`by_axis` walk fewer elements than the ``kh * kw`` slices (3x3 windows
-    with stride 1: 6336 against 9216 per 32x32 plane; 2x2 windows with stride 2: 1536 against 1024)."""
+def _lead_and_trail(shape, channels_last: bool) -> tuple[tuple, tuple]:
+    """The axes before and after the spatial ones: ``((N, C), ())`` for NCHW, ``((N,), (C,))`` for NHWC."""
+    return ((shape[0],), (shape[3],)) if channels_last else ((shape[0], shape[1]), ())
+
+
+def _separable_is_cheaper(geometry: WindowGeometry, ratio: float = 1.0) -> bool:
+    """Whether the two passes of :func:`by_axis` walk fewer than ``ratio`` times the elements of the ``kh * kw``
+    slices (3x3 windows with stride 1: 6336 against 9216 per 32x32 plane; 2x2 windows with stride 2: 1536 against
+    1024); :attr:`xpcnn._tuning.Profile.separable_max_pool_ratio`."""
     (kh, kw), (padded_h, _), (out_h, out_w) = geometry.kernel, geometry.padded_size, geometry.out_size
-    return kw * padded_h * out_w + kh * out_h * out_w < kh * kw * out_h * out_w
+    return kw * padded_h * out_w + kh * out_h * out_w < ratio * kh * kw * out_h * out_w
 
 
-def _routed(xp, grad, choices, geometry: WindowGeometry):
-    """For each slice k of ``geometry``: ``grad`` where ``choices == k + 1``, else 0.
+def _routed(xp, grad, winners, geometry: WindowGeometry, *, finite: bool | None = None):
+    """For each slice k of ``geometry``: ``grad`` where ``winners == FIRST + k``, else 0.
 
-    Where grad is known to be finite (:func:`xpcnn._dispatch.known_finite`: NumPy, checked for free) a product
-    with the 0/1 mask, several times faster on NumPy than a ``where`` on a random mask. Otherwise the ``where``:
-    a non-finite grad must reach only the chosen element (``inf * 0`` would put NaN on the others).
+    Where grad is known to be finite (``finite``, or else :func:`xpcnn._dispatch.known_finite`: NumPy, checked
+    for free) a product with the 0/1 mask, several times faster on NumPy than a ``where`` on a random mask.
+    Otherwise the ``where``: a non-finite grad must reach only the chosen element (``inf * 0`` would put NaN on
+    the others).
     """
-    fast = known_finite(xp, grad)
+    fast = known_finite(xp, grad) if finite is None else finite
     for k in range(len(geometry.offsets())):
-        chosen = choices == k + 1
+        chosen = winners == Winner.FIRST + k
         yield grad * xp.astype(chosen, grad.dtype) if fast else xp.where(chosen, grad, 0.0)
 
 
+@accepts_unbatched
 @half_in_float32
 def avg_pool2d_forward(
-    x, kernel_size, *, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None,
-    workspace_limit=None,
-):
-    """Average pooling as ``torch.nn.functional.avg_pool2d``. x: (N, C, H, W); stride defaults to kernel_size.
+    x: Array,
+    kernel_size: int | tuple[int, ...],
+    *,
+    stride: int | tuple[int, ...] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    data_format: str = "NCHW",
+    workspace_limit: int | None = None,
+) -> tuple[Array, AvgPool2dCache]:
+    """Average pooling as ``torch.nn.functional.avg_pool2d``.
 
-    workspace_limit: bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
-    Returns ``(out, cache)``; out: (N, C, out_h, out_w).
+    Parameters
+    ----------
+    x : array, (N, C, H, W) for ``data_format="NCHW"``, (N, H, W, C) for ``"NHWC"``; or one unbatched image,
+        (C, H, W) or (H, W, C). Real floating.
+    kernel_size, stride, padding : int or tuple of one or two ints
+        (height, width); one value serves both axes. ``stride`` defaults to ``kernel_size`` (also when ``()``).
+        ``padding`` is zeros, at most half the kernel.
+    ceil_mode : bool
+        Round the output size up (the overhang past the padded input is never counted).
+    count_include_pad : bool
+        Divide by the window size clipped to the padded input (True) or by the number of x's elements in it.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+    data_format : {"NCHW", "NHWC"}
+        x's layout; out and the gradient have the same.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: the global setting of :mod:`xpcnn.config`).
+
+    Returns
+    -------
+    out : array, (N, C, out_h, out_w) or (N, out_h, out_w, C) (without N for an unbatched x)
+    cache : AvgPool2dCache
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`max_pool2d_forward`; a ``divisor_override`` that is not a positive int.
     """
-    xp, device = _check_input(x)
-    geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode)
+    xp, device, last = _check_input(x, data_format)
+    geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, last)
     count_include_pad, divisor_override = avg_pool_options(count_include_pad, divisor_override)
     first, second = by_axis(geometry, rows_first=False)
-    pieces = _pool_pieces(xp, x, geometry, workspace_limit)
-    total = concat_pieces(xp, [_sum(_sum(pad(xp, x[part, ...], geometry, 0.0), first), second) for part in pieces])
-    divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device)
-    return total / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape), workspace_limit)
+    sums = []
+    for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
+        x_padded = pad(xp, x[part, ...], geometry, 0.0, channels_last=last)
+        sums.append(_sum(_sum(x_padded, first, last), second, last))
+    divisor = _divisor(xp, geometry, count_include_pad, divisor_override, x.dtype, device, last)
+    return concat_pieces(xp, sums) / divisor, AvgPool2dCache(divisor, geometry, tuple(x.shape), workspace_limit, last)
 
 
+@accepts_unbatched_backward
 @half_in_float32_backward
-def avg_pool2d_backward(dout, cache: AvgPool2dCache):
+def avg_pool2d_backward(dout: Array, cache: AvgPool2dCache) -> Array:
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
-    across the rows, then along them, piece by piece so that the intermediate stays in cache)."""
+    across the rows, then along them, piece by piece so that the intermediate stays in cache).
+
+    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    """
     check_cache(cache, AvgPool2dCache, "avg_pool2d")
-    divisor, geometry, x_shape, limit = cache
-    lead = tuple(x_shape[:2])
-    xp, device = check_upstream(dout, (*lead, *geometry.out_size), divisor, divisor.dtype)
+    divisor, geometry, x_shape, limit, last = cache
+    lead, trail = _lead_and_trail(x_shape, last)
+    xp, device = check_upstream(dout, (*lead, *geometry.out_size, *trail), divisor, divisor.dtype)
     share = dout / divisor
     if _tiles_input(geometry):
-        return _from_tiles(xp, share, geometry, device)
+        return _from_tiles(xp, share, geometry, device, last)
     first, second = by_axis(geometry, rows_first=False)
+    like = dict(dtype=dout.dtype, device=device, trailing_shape=trail)
     pieces = []
-    for part in _pool_pieces(xp, dout, geometry, limit):
-        piece_lead = (len(range(lead[0])[part]), lead[1])
-        like = dict(dtype=dout.dtype, device=device)
+    for part in _pool_pieces(xp, dout, geometry, limit, last):
+        piece_lead = (len(range(x_shape[0])[part]), *lead[1:])
         sums = scatter_windows(xp, _repeated(share[part, ...], second), second, piece_lead, **like)
         grad = scatter_windows(xp, _repeated(sums, first), first, piece_lead, **like)
-        pieces.append(crop(grad, geometry))
+        pieces.append(crop(grad, geometry, channels_last=last))
     return concat_pieces(xp, pieces)
 
 
-def _sum(x, geometry: WindowGeometry):
+def _sum(x, geometry: WindowGeometry, channels_last: bool = False):
     """The sum over each window of ``geometry``, slice by slice."""
     total = None
-    for _, _, window in windows(x, geometry):
+    for _, _, window in windows(x, geometry, channels_last=channels_last):
         total = window if total is None else total + window
     return total
 
@@ -278,53 +438,115 @@ def _tiles_input(geometry: WindowGeometry) -> bool:
     )
 
 
-def _from_tiles(xp, share, geometry: WindowGeometry, device):
-    """Each (N, C, out_h, out_w) value repeated over its tile; zeros for the rows and columns no window covers."""
+def _from_tiles(xp, share, geometry: WindowGeometry, device, channels_last: bool = False):
+    """Each output value repeated over its tile; zeros for the rows and columns no window covers."""
+    (kh, kw), rows_axis, cols_axis = geometry.kernel, *((1, 2) if channels_last else (2, 3))
+    grad = xp.repeat(xp.repeat(share, kh, axis=rows_axis), kw, axis=cols_axis)
+    return _zero_extended(xp, grad, geometry, device, channels_last)
+
+
+def _zero_extended(xp, grad, geometry: WindowGeometry, device, channels_last: bool):
+    """The gradient of the tiles, ``(out_h * kh, out_w * kw)`` on the spatial axes, extended with zeros to x's
+    (H, W): the rows and columns past the last tile."""
     (out_h, out_w), (kh, kw), (height, width) = geometry.out_size, geometry.kernel, geometry.in_size
-    lead = tuple(share.shape[:2])
-    grad = xp.repeat(xp.repeat(share, kh, axis=2), kw, axis=3)
+    rows_axis, cols_axis = (1, 2) if channels_last else (2, 3)
+
+    def zeros(axis, size):
+        shape = list(grad.shape)
+        shape[axis] = size
+        return xp.zeros(tuple(shape), dtype=grad.dtype, device=device)
+
     if out_w * kw < width:
-        grad = xp.concat([grad, xp.zeros((*lead, out_h * kh, width - out_w * kw), dtype=share.dtype, device=device)], axis=-1)
+        grad = xp.concat([grad, zeros(cols_axis, width - out_w * kw)], axis=cols_axis)
     if out_h * kh < height:
-        grad = xp.concat([grad, xp.zeros((*lead, height - out_h * kh, width), dtype=share.dtype, device=device)], axis=-2)
+        grad = xp.concat([grad, zeros(rows_axis, height - out_h * kh)], axis=rows_axis)
     return grad
 
 
-def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit) -> list[slice]:
+def _from_tile_parts(xp, parts, geometry: WindowGeometry, device, channels_last: bool = False):
+    """:func:`scatter_windows` for windows that tile x (:func:`_tiles_input`): element ``(i, j)`` of every tile,
+    ``parts[i * kw + j]`` (the output's shape), interleaved into place by two stacks and reshapes (no zeros to add
+    into, no strided adds); zeros for the rows and columns no window covers."""
+    (out_h, out_w), (kh, kw) = geometry.out_size, geometry.kernel
+    shape = parts[0].shape
+    if channels_last:  # (N, out_h, out_w, C): columns interleave on the axis before C
+        n, channels = shape[0], shape[3]
+        rows = [xp.reshape(xp.stack(parts[i * kw : (i + 1) * kw], axis=3), (n, out_h, out_w * kw, channels))
+                for i in range(kh)]
+        grad = xp.reshape(xp.stack(rows, axis=2), (n, out_h * kh, out_w * kw, channels))
+    else:  # (N, C, out_h, out_w)
+        lead = tuple(shape[:2])
+        rows = [xp.reshape(xp.stack(parts[i * kw : (i + 1) * kw], axis=-1), (*lead, out_h, out_w * kw))
+                for i in range(kh)]
+        grad = xp.reshape(xp.stack(rows, axis=-2), (*lead, out_h * kh, out_w * kw))
+    return _zero_extended(xp, grad, geometry, device, channels_last)
+
+
+def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool) -> list[slice]:
     """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays) fit the
     workspace limit. Small pieces stay in the CPU's caches while the kernel offsets are walked."""
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
-    per_sample = x.shape[1] * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
+    channels = x.shape[3] if channels_last else x.shape[1]
+    per_sample = channels * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
     return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit, x)))
 
 
-def _check_input(x):
+def _check_input(x, data_format: str = "NCHW") -> tuple[Any, Any, bool]:
+    """The checks every pooling op makes on x (4-D here: :func:`accepts_unbatched` has batched a 3-D one).
+    Returns ``(xp, device, channels_last)``."""
     xp, device = namespace_and_device(x=x)
     check_floating(xp, x, "x")
-    check_ndim(x, "x", 4, "(N, C, H, W)")
-    return xp, device
+    last = is_channels_last(data_format)
+    check_image_ndim(x, data_format)
+    return xp, device, last
 
 
-def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode) -> WindowGeometry:
+def _spatial_size(x, channels_last: bool) -> tuple[int, int]:
+    return tuple(x.shape[1:3]) if channels_last else tuple(x.shape[2:])
+
+
+def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, channels_last: bool) -> WindowGeometry:
     kernel, stride, pads, dilation, ceil_mode = pool_options(kernel_size, stride, padding, dilation, ceil_mode)
-    return window_geometry(tuple(x.shape[2:]), kernel, stride, dilation, tuple((p, p) for p in pads), ceil_mode=ceil_mode)
+    pads = tuple((p, p) for p in pads)
+    return window_geometry(_spatial_size(x, channels_last), kernel, stride, dilation, pads, ceil_mode=ceil_mode)
 
 
 def pool_options(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """The pooling arguments checked and normalised: ``(kernel, stride, padding, dilation, ceil_mode)``, pairs as
-    (height, width) tuples. The layers call it when they are built, the ops on every call (same messages)."""
-    kernel = int_pair(kernel_size, "kernel_size", minimum=1)
-    if kernel[0] * kernel[1] > 2**15 - 1:
-        raise ValueError(f"kernel_size may have at most 32767 elements (int16 offsets), got {kernel_size!r}")
-    stride = kernel if stride is None else int_pair(stride, "stride", minimum=1)
-    dilation = int_pair(dilation, "dilation", minimum=1)
-    pads = int_pair(padding, "padding", minimum=0)
+    (height, width) tuples. Each may be an int or a tuple of one or two ints, as PyTorch takes them; ``stride``
+    None or ``()`` is the kernel size. The layers call it when they are built, the ops on every call (same
+    messages)."""
+    kernel = _pool_pair(kernel_size, "kernel_size", minimum=1)
+    if kernel[0] * kernel[1] > MAX_KERNEL_ELEMENTS:
+        raise ValueError(
+            f"kernel_size may have at most {MAX_KERNEL_ELEMENTS} elements (int16 winners), got {kernel_size!r}"
+        )
+    stride = kernel if stride is None or _is_empty_sequence(stride) else _pool_pair(stride, "stride", minimum=1)
+    dilation = _pool_pair(dilation, "dilation", minimum=1)
+    pads = _pool_pair(padding, "padding", minimum=0)
     if any(p > k // 2 for p, k in zip(pads, kernel)):
         raise ValueError(
             f"padding must be at most half the kernel size ({kernel[0] // 2}, {kernel[1] // 2}), "
             f"got padding {padding!r} with kernel_size {kernel_size!r}"
         )
     return kernel, stride, pads, dilation, as_bool(ceil_mode, "ceil_mode")
+
+
+def _is_empty_sequence(value) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 0
+
+
+def _pool_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """``value`` as a (height, width) pair: an int, or a tuple/list of one int (both axes) or two."""
+    if isinstance(value, (tuple, list)):
+        if len(value) not in (1, 2):
+            raise ValueError(f"{name} must be an int or a pair of ints (or a tuple of one int), got {value!r}")
+        pair = tuple(as_int(v, name) for v in value) * (3 - len(value))
+    else:
+        pair = (as_int(value, name),) * 2
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair
 
 
 def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[bool, int | None]:
@@ -337,81 +559,51 @@ def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[boo
     return count_include_pad, divisor_override
 
 
-def _window_starts(geometry: WindowGeometry, axis: int) -> list[int]:
-    """Unpadded coordinate of the first element of every window along one axis (negative inside the padding)."""
-    before = geometry.padding[axis][0]
-    return [o * geometry.stride[axis] - before for o in range(geometry.out_size[axis])]
-
-
-def _first_steps(geometry: WindowGeometry, axis: int) -> list[int]:
-    """For every window along one axis, the kernel steps from its start to its first position past the top/left
-    padding (PyTorch's ``while start < 0: start += dilation``); that position may still lie past x's end."""
-    d = geometry.dilation[axis]
-    return [-(-max(0, -start) // d) for start in _window_starts(geometry, axis)]
-
-
-def _first_in_bounds_index(xp, geometry: WindowGeometry, device):
-    """(out_h, out_w) int64: PyTorch's index for a window where nothing beats ``-inf``: the flat position of its
-    first element past the padding (outside the plane when the window lies entirely in the padding)."""
-    rows, cols = (
-        xp.asarray([start + step * geometry.dilation[axis]
-                    for start, step in zip(_window_starts(geometry, axis), _first_steps(geometry, axis))],
-                   dtype=xp.int64, device=device)
-        for axis in (0, 1)
-    )
-    return rows[:, None] * geometry.in_size[1] + cols[None, :]
-
-
-def _first_in_bounds_step(xp, geometry: WindowGeometry, axis: int, device):
-    """(out_h, 1) or (1, out_w) int16: along one axis, the kernel step of each window's first element inside x,
-    -1 when there is none (the window lies entirely in the padding)."""
-    d, k, size = geometry.dilation[axis], geometry.kernel[axis], geometry.in_size[axis]
-    starts, steps = _window_starts(geometry, axis), _first_steps(geometry, axis)
-    firsts = [step if step < k and start + step * d < size else -1 for start, step in zip(starts, steps)]
-    firsts = xp.asarray(firsts, dtype=xp.int16, device=device)
-    return firsts[:, None] if axis == 0 else firsts[None, :]
-
-
-def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device):
-    """(out_h, out_w) divisors of the window sums, computed per axis as PyTorch does."""
+def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device, channels_last=False):
+    """(out_h, out_w) divisors of the window sums ((out_h, out_w, 1) for NHWC), computed per axis as PyTorch."""
     if divisor_override is not None:
-        return xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+        divisor = xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+        return divisor[..., None] if channels_last else divisor
     counts = []
     for axis in (0, 1):
         size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
         axis_counts = []
-        for start in _window_starts(geometry, axis):
+        for start in geometry.window_starts(axis):
             end = min(start + kernel, size + before)
             if not count_include_pad:
                 start, end = max(start, 0), min(end, size)
             axis_counts.append(end - start)
         counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
-    return counts[0][:, None] * counts[1][None, :]
+    divisor = counts[0][:, None] * counts[1][None, :]
+    return divisor[..., None] if channels_last else divisor
 
 
 # -- adaptive pooling -------------------------------------------------------------------------------------------------
 
 MAX_KERNEL_ELEMENTS = 2**15 - 1
-"""Pooling's kernel limit (max_pool2d's int16 offsets): larger tiling windows take the gathered path."""
+"""Pooling's kernel limit (max_pool2d's int16 :class:`Winner` codes): larger tiling windows take the gathered path."""
 
 
 class AdaptiveAvgPool2dCache(NamedTuple):
-    """divisor: (out_h, out_w) array in x's dtype, the size of each window (the sum is divided by it);
-    rows, cols: the windows along the height and the width (None for the global mean: one window);
-    pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None."""
+    """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the size of each window (the sum is
+    divided by it); rows, cols: the windows along the height and the width (None for the global mean: one window);
+    pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None;
+    channels_last: whether x was NHWC."""
 
     divisor: Any
     rows: Any
     cols: Any
     pooled: Any
     x_shape: tuple
+    channels_last: bool = False
 
 
 class AdaptiveMaxPool2dCache(NamedTuple):
-    """flat_indices: (N, C, out_h, out_w) int64, the flat position ``row * W + col`` in x of each maximum;
-    chosen_columns: (N, C, H, out_w) int16 (int32 for planes wider than 32767), the column of each row's window
-    maximum (the first pass, along the rows); rows, cols: the windows. pooled: max_pool2d's cache when the windows
-    tile x (then every other array is None)."""
+    """flat_indices: int64 in the output's shape and layout, the flat position ``row * W + col`` in x of each
+    maximum; chosen_columns: (N, C, H, out_w) int16 ((N, H, out_w, C) for NHWC; int32 for planes wider than 32767),
+    the column of each row's window maximum (the first pass, along the rows); rows, cols: the windows. pooled:
+    max_pool2d's cache when the windows tile x (then every other array is None). channels_last: whether x was
+    NHWC."""
 
     flat_indices: Any
     chosen_columns: Any
@@ -420,16 +612,29 @@ class AdaptiveMaxPool2dCache(NamedTuple):
     pooled: Any
     x_shape: tuple
     dtype: Any
+    channels_last: bool = False
 
     @property
     def indices(self):
-        """(N, C, out_h, out_w) int64: the flat position ``row * W + col`` in x of each output's maximum, as
-        PyTorch's ``return_indices``."""
+        """int64 in the output's shape and layout: the flat position ``row * W + col`` in x of each output's
+        maximum, as PyTorch's ``return_indices``."""
         return self.pooled.indices if self.pooled is not None else self.flat_indices
 
 
+def _axes(channels_last: bool) -> tuple[int, int]:
+    """The (height, width) axes, counted from the end: (-2, -1) for NCHW, (-3, -2) for NHWC."""
+    return (-3, -2) if channels_last else (-2, -1)
+
+
+def _image_shape(n: int, channels: int, size, channels_last: bool) -> tuple[int, int, int, int]:
+    return (n, *size, channels) if channels_last else (n, channels, *size)
+
+
+@accepts_unbatched
 @half_in_float32
-def adaptive_avg_pool2d_forward(x, output_size):
+def adaptive_avg_pool2d_forward(
+    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW"
+) -> tuple[Array, AdaptiveAvgPool2dCache]:
     """Adaptive average pooling as ``torch.nn.functional.adaptive_avg_pool2d``.
 
     Output ``(i, j)`` is the mean of rows ``[floor(i * H / out_h), ceil((i + 1) * H / out_h))`` and likewise columns
@@ -439,67 +644,81 @@ def adaptive_avg_pool2d_forward(x, output_size):
 
     Parameters
     ----------
-    x : array, (N, C, H, W), real floating; H and W at least 1.
+    x : array, (N, C, H, W) for ``data_format="NCHW"``, (N, H, W, C) for ``"NHWC"``, or one unbatched image
+        ((C, H, W) or (H, W, C)); real floating; H and W at least 1.
     output_size : int or pair
         (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+    data_format : {"NCHW", "NHWC"}
+        x's layout; out and the gradient have the same.
 
     Returns
     -------
-    out : array, (N, C, out_h, out_w)
+    out : array, (N, C, out_h, out_w) or (N, out_h, out_w, C) (without N for an unbatched x)
     cache : AdaptiveAvgPool2dCache
 
     Raises
     ------
     ValueError
-        x not 4-D, or with an empty height or width; an output size below 0; a pair of the wrong length.
+        x not 3-D or 4-D, or with an empty height or width; an output size below 0; a pair of the wrong length; a
+        bad ``data_format``.
     TypeError
         x not a floating array; ``output_size`` not an int, None or a pair of them.
     """
-    xp, device = _check_adaptive_input(x)
-    in_size = tuple(x.shape[2:])
+    xp, device, last = _check_adaptive_input(x, data_format)
+    in_size = _spatial_size(x, last)
     out_size = _adaptive_output_size(output_size, in_size)
+    height_axis, width_axis = _axes(last)
     if out_size == (1, 1):  # global average pooling: one mean per plane
         divisor = xp.full((1, 1), in_size[0] * in_size[1], dtype=x.dtype, device=device)
-        return xp.mean(x, axis=(2, 3), keepdims=True), AdaptiveAvgPool2dCache(divisor, None, None, None, tuple(x.shape))
+        out = xp.mean(x, axis=(height_axis, width_axis), keepdims=True)
+        return out, AdaptiveAvgPool2dCache(divisor, None, None, None, tuple(x.shape), last)
     kernel = _tiling_kernel(in_size, out_size)
     if kernel is not None:
-        out, pooled = avg_pool2d_forward(x, kernel)
-        return out, AdaptiveAvgPool2dCache(pooled.divisor, None, None, pooled, tuple(x.shape))
+        out, pooled = avg_pool2d_forward(x, kernel, data_format=data_format)
+        return out, AdaptiveAvgPool2dCache(pooled.divisor, None, None, pooled, tuple(x.shape), last)
     rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
-    divisor = _window_sizes(xp, rows, cols, x.dtype, device)
-    cache = AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape))
+    divisor = _window_sizes(xp, rows, cols, x.dtype, device, last)
+    cache = AdaptiveAvgPool2dCache(divisor, rows, cols, None, tuple(x.shape), last)
     if 0 in out_size:
-        return xp.zeros((*x.shape[:2], *out_size), dtype=x.dtype, device=device), cache
-    return _window_sums(xp, x, rows, cols) / divisor, cache
+        n, channels = _batch_and_channels(x.shape, last)
+        return xp.zeros(_image_shape(n, channels, out_size, last), dtype=x.dtype, device=device), cache
+    return _window_sums(xp, x, rows, cols, last) / divisor, cache
 
 
+@accepts_unbatched_backward
 @half_in_float32_backward
-def adaptive_avg_pool2d_backward(dout, cache: AdaptiveAvgPool2dCache):
+def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> Array:
     """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx[r, c] = sum of dout[i, j] / divisor[i, j]`` over the
     windows ``(i, j)`` that hold ``(r, c)`` (through the transposed windows: no scatter).
 
-    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
     """
     check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
-    divisor, rows, cols, pooled, x_shape = cache
+    divisor, rows, cols, pooled, x_shape, last = cache
     if pooled is not None:
         return avg_pool2d_backward(dout, pooled)
-    out_size = tuple(divisor.shape) if rows is None else (rows.out_size, cols.out_size)
-    xp, device = check_upstream(dout, (*x_shape[:2], *out_size), divisor, divisor.dtype)
+    out_size = (1, 1) if rows is None else (rows.out_size, cols.out_size)
+    n, channels = _batch_and_channels(x_shape, last)
+    xp, device = check_upstream(dout, _image_shape(n, channels, out_size, last), divisor, divisor.dtype)
     share = dout / divisor
     if rows is None:  # the global mean: each plane's share everywhere
         return xp.asarray(xp.broadcast_to(share, x_shape), copy=True)
     if 0 in out_size:
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
-    return _window_sums(xp, share, rows.transposed, cols.transposed)
+    height_axis, width_axis = _axes(last)
+    return combined(xp, combined(xp, share, rows.transposed, height_axis), cols.transposed, width_axis)
 
 
+@accepts_unbatched
 @half_in_float32
-def adaptive_max_pool2d_forward(x, output_size):
+def adaptive_max_pool2d_forward(
+    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW"
+) -> tuple[Array, AdaptiveMaxPool2dCache]:
     """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
     :func:`adaptive_avg_pool2d_forward`), with max_pool2d's rules: the gradient goes to the first maximum of each
     window in row-major order, NaN propagates (its gradient and index go to the last NaN of the window), and
-    ``cache.indices`` holds the flat positions ``row * W + col`` as PyTorch's ``return_indices``.
+    ``cache.indices`` holds the flat positions ``row * W + col`` as PyTorch's ``return_indices``, in the output's
+    shape and layout.
 
     Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``). Other windows are
     gathered along the rows (one ``take``; a running maximum over the taps gives each row's window maximum and its
@@ -507,13 +726,16 @@ def adaptive_max_pool2d_forward(x, output_size):
 
     Parameters
     ----------
-    x : array, (N, C, H, W), real floating; H and W at least 1.
+    x : array, (N, C, H, W) for ``data_format="NCHW"``, (N, H, W, C) for ``"NHWC"``, or one unbatched image
+        ((C, H, W) or (H, W, C)); real floating; H and W at least 1.
     output_size : int or pair
         (out_h, out_w), each an int >= 0 or None (None keeps that axis's size).
+    data_format : {"NCHW", "NHWC"}
+        x's layout; out, ``cache.indices`` and the gradient have the same.
 
     Returns
     -------
-    out : array, (N, C, out_h, out_w)
+    out : array, (N, C, out_h, out_w) or (N, out_h, out_w, C) (without N for an unbatched x)
     cache : AdaptiveMaxPool2dCache
 
     Raises
@@ -521,35 +743,39 @@ def adaptive_max_pool2d_forward(x, output_size):
     ValueError, TypeError
         As :func:`adaptive_avg_pool2d_forward`.
     """
-    xp, device = _check_adaptive_input(x)
-    in_size, lead = tuple(x.shape[2:]), tuple(x.shape[:2])
+    xp, device, last = _check_adaptive_input(x, data_format)
+    in_size = _spatial_size(x, last)
+    n, channels = _batch_and_channels(x.shape, last)
     out_size = _adaptive_output_size(output_size, in_size)
+    height_axis, width_axis = _axes(last)
     kernel = _tiling_kernel(in_size, out_size)
     if kernel is not None:
-        out, pooled = max_pool2d_forward(x, kernel)
-        return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype)
-    rows, cols = (adaptive_windows(n, out) for n, out in zip(in_size, out_size))
+        out, pooled = max_pool2d_forward(x, kernel, data_format=data_format)
+        return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype, last)
+    rows, cols = (adaptive_windows(size, out) for size, out in zip(in_size, out_size))
     if 0 in out_size:
-        empty = xp.zeros((*lead, *out_size), dtype=xp.int64, device=device)
-        return xp.zeros((*lead, *out_size), dtype=x.dtype, device=device), AdaptiveMaxPool2dCache(
-            empty, None, rows, cols, None, tuple(x.shape), x.dtype)
+        shape = _image_shape(n, channels, out_size, last)
+        empty = xp.zeros(shape, dtype=xp.int64, device=device)
+        return xp.zeros(shape, dtype=x.dtype, device=device), AdaptiveMaxPool2dCache(
+            empty, None, rows, cols, None, tuple(x.shape), x.dtype, last)
     index = _position_dtype(xp, max(in_size))
     # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
     # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
-    column_positions = per_tap(xp, cols.flat_index, cols, -1, dtype=index, device=device)
+    column_positions = per_tap(xp, cols.flat_index, cols, width_axis, dtype=index, device=device)
     row_maxima, chosen_columns = _first_maximum(
-        xp, taps(gathered(xp, x, cols, -1), -1), [column_positions[k, ...] for k in range(cols.width)]
+        xp, taps(gathered(xp, x, cols, width_axis), width_axis), [column_positions[k, ...] for k in range(cols.width)]
     )
     # Across the rows, each tap's candidate is the flat position of its row's maximum: row * W + column.
-    row_positions = per_tap(xp, rows.flat_index, rows, -2, dtype=xp.int64, device=device) * in_size[1]
-    column_taps = taps(gathered(xp, chosen_columns, rows, -2), -2)
+    row_positions = per_tap(xp, rows.flat_index, rows, height_axis, dtype=xp.int64, device=device) * in_size[1]
+    column_taps = taps(gathered(xp, chosen_columns, rows, height_axis), height_axis)
     candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
-    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, -2), -2), candidates)
-    return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype)
+    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, height_axis), height_axis), candidates)
+    return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype, last)
 
 
+@accepts_unbatched_backward
 @half_in_float32_backward
-def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
+def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> Array:
     """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
     element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
     column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
@@ -557,26 +783,32 @@ def adaptive_max_pool2d_backward(dout, cache: AdaptiveMaxPool2dCache):
     to the positions they read through the transposed windows (no scatter; a non-finite ``dout`` reaches only the
     chosen element).
 
-    dout: (N, C, out_h, out_w) in the forward input's dtype, library and device. Returns dx: (N, C, H, W).
+    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
     """
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
-    flat, chosen_columns, rows, cols, pooled, x_shape, dtype = cache
+    flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache
     if pooled is not None:
         return max_pool2d_backward(dout, pooled)
     xp, device = check_upstream(dout, flat.shape, flat, dtype)
     if chosen_columns is None:  # an empty output
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
-    to_rows = _routed_back(xp, dout, flat // x_shape[3], rows, -2)
-    return _routed_back(xp, to_rows, chosen_columns, cols, -1)
+    height_axis, width_axis = _axes(last)
+    width = x_shape[2] if last else x_shape[3]
+    to_rows = _routed_back(xp, dout, flat // width, rows, height_axis)
+    return _routed_back(xp, to_rows, chosen_columns, cols, width_axis)
 
 
-def _check_adaptive_input(x):
-    xp, device = namespace_and_device(x=x)
-    check_floating(xp, x, "x")
-    check_ndim(x, "x", 4, "(N, C, H, W)")
-    if min(x.shape[2:]) < 1:
-        raise ValueError(f"x must have a non-empty height and width, got shape {tuple(x.shape)}")
-    return xp, device
+def _batch_and_channels(shape, channels_last: bool) -> tuple[int, int]:
+    return (shape[0], shape[3]) if channels_last else (shape[0], shape[1])
+
+
+def _check_adaptive_input(x, data_format: str) -> tuple[Any, Any, bool]:
+    xp, device, last = _check_input(x, data_format)
+    if min(_spatial_size(x, last)) < 1:
+        raise ValueError(
+            f"x must have a non-empty height and width, got shape {tuple(x.shape)} (data_format={data_format!r})"
+        )
+    return xp, device, last
 
 
 def adaptive_output_size(output_size) -> tuple:
@@ -606,38 +838,54 @@ def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
     return kernel if kernel[0] * kernel[1] <= MAX_KERNEL_ELEMENTS else None
 
 
-def _window_sizes(xp, rows, cols, dtype, device):
-    """(out_h, out_w): the number of elements of every window, in ``dtype``."""
+def _window_sizes(xp, rows, cols, dtype, device, channels_last: bool = False):
+    """(out_h, out_w) ((out_h, out_w, 1) for NHWC): the number of elements of every window, in ``dtype``."""
     counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device) for m in (rows, cols)]
-    return counts[0][:, None] * counts[1][None, :]
+    sizes = counts[0][:, None] * counts[1][None, :]
+    return sizes[..., None] if channels_last else sizes
 
 
-def _window_sums(xp, x, rows, cols):
-    """The sums over the taps of ``rows`` (along the height) and ``cols`` (along the width) of (N, C, H, W) x, one
-    axis after the other: first the order that carries fewer elements, gathers along the width (the last axis,
-    several times slower per element on NumPy) counted twice. The order changes the rounding only."""
-    height, width = x.shape[2:]
-    out_h, out_w = rows.out_size, cols.out_size
+def _window_sums(xp, x, rows, cols, channels_last: bool = False):
+    """The sums over the taps of ``rows`` (along the height) and ``cols`` (along the width) of x, one axis after the
+    other: first the order that carries fewer elements, gathers along the width (in NCHW the last axis, several
+    times slower per element on NumPy) counted twice. The order changes the rounding only."""
+    (height, width), out_h, out_w = _spatial_size(x, channels_last), rows.out_size, cols.out_size
+    height_axis, width_axis = _axes(channels_last)
     if out_h * width + 2 * out_h * out_w <= 2 * height * out_w + out_h * out_w:
-        return combined(xp, combined(xp, x, rows, -2), cols, -1)
-    return combined(xp, combined(xp, x, cols, -1), rows, -2)
+        return combined(xp, combined(xp, x, rows, height_axis), cols, width_axis)
+    return combined(xp, combined(xp, x, cols, width_axis), rows, height_axis)
 
 
-def _first_maximum(xp, values, positions):
-    """The running maximum of ``values`` (same-shaped arrays, one per tap, in order) and the position it came
-    from (``positions``: one integer array per tap, broadcasting against the values and never decreasing from tap
-    to tap), by PyTorch's rule: take a tap strictly greater than the maximum so far, or a NaN. So the first
-    maximum wins, or the last NaN where there is one; a repeated last tap changes neither.
+def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False):
+    """The running maximum of ``values`` (same-shaped arrays, one per tap or window slice, in order) and the
+    position it came from (``positions``: one integer array or int per value, broadcasting against the values and
+    never decreasing from one to the next), by PyTorch's rule: take a value strictly greater than the maximum so
+    far, or a NaN. So the first maximum wins, or the last NaN where there is one; a repeated last tap changes
+    neither. Max pooling and adaptive max pooling both choose by this one function.
+
+    ``first`` (max pooling's :class:`Winner` codes of each window's first element inside x): the first value is
+    taken only where its position is not below ``first``, and nothing where ``first`` is NONE (padding never wins;
+    a window of ``-inf`` chooses its first element inside x). ``nan_free``: the values are known to hold no NaN,
+    so the NaN test is skipped.
 
     Written without ``where`` (a slow select on NumPy): ``maximum`` propagates NaN as the rule does, and the
-    positions never decrease, so taking tap k is ``maximum(chosen, take * positions[k])``."""
-    best = values[0]
-    chosen = xp.broadcast_to(positions[0], tuple(best.shape))
-    for value, position in zip(values[1:], positions[1:]):
-        take = xp.astype((value > best) | xp.isnan(value), position.dtype)
+    positions never decrease, so taking value k is ``maximum(chosen, take * positions[k])``."""
+    best = chosen = None
+    steps = 0
+    for value, position in zip(values, positions, strict=True):
+        steps += 1
+        if best is None:
+            best = value
+            if first is None:
+                chosen = xp.broadcast_to(position, tuple(value.shape))
+            else:
+                chosen = xp.maximum(first, position) * xp.astype(first != Winner.NONE, xp.int16)
+            continue
+        take = value > best if nan_free else (value > best) | xp.isnan(value)
         best = xp.maximum(best, value)
-        chosen = xp.maximum(chosen, take * position)
-    return best, xp.asarray(chosen, copy=True) if len(values) == 1 else chosen
+        chosen = xp.maximum(chosen, xp.astype(take, chosen.dtype) * position)
+    chosen = xp.broadcast_to(chosen, tuple(best.shape))
+    return best, xp.asarray(chosen, copy=True) if steps == 1 else chosen
 
 
 def _routed_back(xp, grad, chosen, axis_map, axis: int):

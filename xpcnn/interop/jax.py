@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 
+from . import gradient_slots
+
 __all__ = ["function"]
 
 
@@ -30,9 +32,11 @@ def function(forward, backward, *, n_grads=None):
     ----------
     forward, backward : callable
         An xpcnn pair: ``out, cache = forward(*args, **kwargs)`` and ``backward(dout, cache)``, which returns the
-        gradient of the first argument or a tuple of gradients of the leading arguments (``(dx, dweight, dbias)``).
+        gradient of the first argument or a tuple of gradients of the leading array arguments (``(dx, dweight,
+        dbias)``: positional arrays and Nones, in order; options between them, such as ``layer_norm``'s
+        ``normalized_shape``, take no place: :func:`xpcnn.interop.gradient_slots`).
     n_grads : int, optional
-        How many leading positional arguments the backward pass's gradients belong to. By default as many as it
+        How many of those leading array arguments the backward pass's gradients belong to. By default as many as it
         returns. Arguments past them and integer arrays get a zero cotangent.
 
     Returns
@@ -82,13 +86,16 @@ def function(forward, backward, *, n_grads=None):
         def f_fwd(*arrays):
             return forward(*full_args(arrays), **kwargs)[0], arrays  # residuals: the inputs (recomputed below)
 
+        slots = gradient_slots(args, is_array)
+
         def f_bwd(arrays, dout):
             _, cache = forward(*full_args(arrays), **kwargs)
             grads = _as_tuple(backward(dout, cache))
             count = min(len(grads), len(grads) if n_grads is None else n_grads)
             cotangents = []
             for i, a in zip(positions, arrays):
-                grad = grads[i] if i < count else None
+                k = slots.index(i)  # which of the backward pass's gradients is this argument's
+                grad = grads[k] if k < count else None
                 floating = jnp.issubdtype(a.dtype, jnp.inexact)
                 cotangents.append(grad if grad is not None and floating else None)
             return tuple(cotangents)

@@ -6,15 +6,48 @@ autograd hands them: no copies, on CPU or CUDA. PyTorch records one node per wra
 * :func:`function` wraps a functional pair (``conv2d_forward``/``conv2d_backward``...) as a
   ``torch.autograd.Function``;
 * :func:`module` wraps an xpcnn :class:`~xpcnn.nn.Module` built with ``xp=torch`` as a ``torch.nn.Module``.
+* :func:`load_torch_state_dict` and :func:`export_torch_state_dict` exchange weights with a PyTorch model built the
+  same way, by name.
 
 Only first derivatives: the backward passes are not themselves differentiated (``once_differentiable``).
+
+State-dict names
+----------------
+An xpcnn model's state-dict names are PyTorch's for the same structure, so the mapping is the identity:
+
+=====================================  =========================================================================
+xpcnn                                  the equivalent PyTorch model
+=====================================  =========================================================================
+``Conv2d``, ``ConvTranspose2d``,       ``torch.nn.Conv2d``... (``weight`` in PyTorch's layout: ``(out, in/groups,
+``Linear``                             kh, kw)``, ``(in, out/groups, kh, kw)``, ``(out, in)``; ``bias``)
+``BatchNorm1d/2d``                     ``torch.nn.BatchNorm1d/2d``: ``weight``, ``bias``, ``running_mean``,
+                                       ``running_var``, ``num_batches_tracked`` (int64, 0-d; a state dict without
+                                       it loads and keeps the model's count, as in PyTorch)
+``LayerNorm``, ``GroupNorm``           ``weight``, ``bias``
+``Sequential(a, b, ...)``              ``torch.nn.Sequential(a, b, ...)``: ``"0.weight"``, ``"1.running_mean"``
+``Residual(body, shortcut)``           a module with attributes ``body`` and ``shortcut`` whose forward is
+                                       ``body(x) + shortcut(x)``: ``"body.0.weight"``, ``"shortcut.0.weight"``;
+                                       an identity shortcut (None) has no names (``shortcut=None`` or
+                                       ``torch.nn.Identity()`` in PyTorch)
+``Concat(b0, b1, ..., dim=1)``         a ``torch.nn.ModuleList`` subclass whose forward is
+                                       ``torch.cat([b(x) for b in self], dim)``: ``"0.weight"``, ``"1.0.weight"``
+                                       (the branches' positions)
+your own ``Module``                    its attributes' names, in the order set (``"down.0.weight"``)
+=====================================  =========================================================================
+
+Layers without parameters (activations, pooling, ``Flatten``, ``Dropout``, ``Identity``) take a position in a
+Sequential, as in PyTorch, and have no names.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Mapping
 
-__all__ = ["function", "module"]
+from . import gradient_slots
+
+__all__ = ["function", "module", "load_torch_state_dict", "export_torch_state_dict"]
 
 
 def _torch():
@@ -39,9 +72,11 @@ def function(forward, backward, *, n_grads=None):
     ----------
     forward, backward : callable
         An xpcnn pair: ``out, cache = forward(*args, **kwargs)`` and ``backward(dout, cache)``, which returns the
-        gradient of the first argument or a tuple of gradients of the leading arguments (``(dx, dweight, dbias)``).
+        gradient of the first argument or a tuple of gradients of the leading array arguments (``(dx, dweight,
+        dbias)``: positional tensors and Nones, in order; options between them, such as ``layer_norm``'s
+        ``normalized_shape``, take no place: :func:`xpcnn.interop.gradient_slots`).
     n_grads : int, optional
-        How many leading positional arguments the backward pass's gradients belong to. By default as many as it
+        How many of those leading array arguments the backward pass's gradients belong to. By default as many as it
         returns. Arguments past them, and those that are not floating tensors (integer targets, kernel sizes,
         options), get no gradient (None).
 
@@ -75,17 +110,18 @@ def function(forward, backward, *, n_grads=None):
             out, cache = forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
             ctx.cache = cache
             ctx.float_inputs = tuple(_is_float_tensor(torch, a) for a in args)
+            ctx.slots = gradient_slots(args, lambda a: isinstance(a, torch.Tensor))
             return out
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, dout):
             grads = _as_tuple(backward(dout, ctx.cache))  # the cache is only read: retain_graph works
-            count = len(grads) if n_grads is None else n_grads
-            result = []
-            for i, needs in enumerate(ctx.needs_input_grad[1:]):
-                grad = grads[i] if i < min(count, len(grads)) else None
-                result.append(grad if needs and ctx.float_inputs[i] else None)
+            count = min(len(grads), len(grads) if n_grads is None else n_grads)
+            result = [None] * len(ctx.float_inputs)
+            for grad, i in zip(grads[:count], ctx.slots):
+                if ctx.needs_input_grad[1 + i] and ctx.float_inputs[i]:
+                    result[i] = grad
             return (None, *result)
 
     @functools.wraps(forward)
@@ -116,7 +152,9 @@ def module(xpcnn_module):
         ``xpcnn_module.backward(dout)`` and hands every parameter's gradient to autograd (the parameters are
         inputs of the recorded node), which accumulates them into the torch parameters' ``.grad``. The xpcnn
         parameters' own ``.grad`` are left as they were. ``train()``/``eval()`` reach the xpcnn module.
-        Buffers (batch norm's running statistics) stay on the xpcnn module (``.xpcnn_module``).
+        Buffers (batch norm's running statistics) stay on the xpcnn module (``.xpcnn_module``), and the wrapper's
+        ``state_dict()`` holds them under their xpcnn (= PyTorch) names, which its ``load_state_dict()`` loads:
+        a checkpoint of a torch model holding wrapped layers is complete, and equals the pure PyTorch model's.
 
     Raises
     ------
@@ -226,7 +264,193 @@ def _make_wrapper(torch):
             self.xpcnn_module.train(mode)
             return self
 
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            for name, value in self.xpcnn_module.named_buffers():  # batch norm's statistics, by their xpcnn names
+                destination[prefix + name] = value if keep_vars else value.detach()
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                  error_msgs):
+            optional = self.xpcnn_module._optional_buffers()
+            for name, value in self.xpcnn_module.named_buffers():
+                key = prefix + name
+                if key not in state_dict:
+                    if name not in optional:
+                        missing_keys.append(key)
+                    continue
+                incoming = state_dict.pop(key)  # taken here: the parameters' submodules never see it
+                if tuple(incoming.shape) != tuple(value.shape):
+                    error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(incoming.shape)} "
+                                      f"from checkpoint, the shape in current model is {tuple(value.shape)}.")
+                    continue
+                self.xpcnn_module._assign(name, incoming.detach().to(device=value.device, dtype=value.dtype,
+                                                                      copy=True))
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                          unexpected_keys, error_msgs)
+
         def extra_repr(self):
             return f"xpcnn: {self.xpcnn_module!r}".replace("\n", "\n  ")
 
     return XpcnnModule
+
+
+# -- weights exchanged with PyTorch by name ----------------------------------------------------------------------------
+
+
+def load_torch_state_dict(model, state_dict_or_path):
+    """Load a PyTorch ``state_dict`` into an xpcnn model built the same way (names: see the module's table).
+
+    Parameters
+    ----------
+    model : xpcnn.nn.Module
+        The model to load into, on any backend and device; unchanged on any error.
+    state_dict_or_path : dict of torch.Tensor, torch.nn.Module, str or os.PathLike
+        A ``state_dict`` (``torch_model.state_dict()``, or any mapping of names to tensors), a PyTorch module (its
+        ``state_dict()``), or the path of a safetensors file (``safetensors.torch.save_file(sd, path)``). Pickled
+        files (``torch.save``'s ``.pt``) are not opened here: load one with ``torch.load(path,
+        weights_only=True)`` and pass the dict.
+
+    Returns
+    -------
+    xpcnn.nn.Module
+        ``model``, its parameters and buffers replaced by copies of the tensors, converted to the model's namespace
+        and device (a model built with ``xp=torch`` never shares memory with the state dict).
+
+    Raises
+    ------
+    ValueError
+        When names, shapes or dtypes do not match the model: every missing and unexpected name and every shape and
+        dtype mismatch is listed (``missing 'body.0.weight'; '0.weight' has shape (8, 1, 3, 3), the model expects
+        (8, 3, 3, 3)``), as :meth:`xpcnn.nn.Module.load_state_dict` does. A ValueError too for a file that is no
+        safetensors file.
+    TypeError
+        For a model that is no xpcnn module, or a state dict holding something other than tensors.
+
+    Notes
+    -----
+    Load before wrapping with :func:`module`: the wrapper's ``torch.nn.Parameter``\\ s are the truth for the
+    parameters of a wrapped module (each of its forward passes points the xpcnn parameters at them), so load a
+    wrapped module's parameters with the wrapper's own ``load_state_dict``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xpcnn import nn
+    >>> from xpcnn.interop.torch import load_torch_state_dict
+    >>> ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    >>> model = load_torch_state_dict(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)), ref.state_dict())
+    >>> sorted(model.state_dict()) == sorted(ref.state_dict())
+    True
+    """
+    torch = _torch()
+    from ..nn.module import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"load_torch_state_dict: model must be an xpcnn.nn.Module, got {type(model).__name__}")
+    state = _torch_state(torch, state_dict_or_path)
+    model_is_torch = any(isinstance(v, torch.Tensor) for v in model.state_dict().values())
+    # Copies, never the caller's tensors: the model's optimiser must not write into the state dict it was given.
+    # A model on another backend gets host copies through load_state_dict's conversion (after its checks).
+    model.load_state_dict({name: t.detach().clone() if model_is_torch else t.detach() for name, t in state.items()})
+    return model
+
+
+def export_torch_state_dict(model, *, device=None) -> dict:
+    """An xpcnn model's parameters and buffers as a PyTorch ``state_dict`` (a dict of tensors, PyTorch's order).
+
+    Parameters
+    ----------
+    model : xpcnn.nn.Module
+        A model on any backend.
+    device : torch.device or str, optional
+        Where the tensors go; by default the model's device for a model built with ``xp=torch``, else the CPU.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Copies (no memory shared with the model), dtypes kept, names as in the module's table and in the order
+        ``torch_model.state_dict()`` has them (each module's parameters, then its buffers, then its children), so
+        ``torch_model.load_state_dict(export_torch_state_dict(model))`` works with ``strict=True``, and
+        ``safetensors.torch.save_file(export_torch_state_dict(model), path)`` writes a file PyTorch users can
+        load (:func:`xpcnn.save` to a ``.safetensors`` path writes the same tensors without PyTorch).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from xpcnn import nn
+    >>> from xpcnn.interop.torch import export_torch_state_dict
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    >>> ref = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    >>> ref.load_state_dict(export_torch_state_dict(model))
+    <All keys matched successfully>
+    """
+    torch = _torch()
+    import numpy as np  # host: the copy of a non-torch array into a tensor goes through host memory
+
+    from .._host import to_numpy
+    from ..nn.module import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"export_torch_state_dict: model must be an xpcnn.nn.Module, got {type(model).__name__}")
+    state = model.state_dict()
+    exported = {}
+    for name in _torch_order(model):
+        value = state[name]
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().clone()
+        else:
+            tensor = torch.from_numpy(np.array(to_numpy(value), copy=True))  # host: an explicit, documented copy
+        exported[name] = tensor if device is None else tensor.to(device)
+    return exported
+
+
+def _torch_order(module, prefix: str = ""):
+    """The state-dict names in PyTorch's order: a module's own parameters, its own buffers, then its children."""
+    for name, _ in module.named_parameters():
+        if "." not in name:
+            yield prefix + name
+    for name, _ in module.named_buffers():
+        if "." not in name:
+            yield prefix + name
+    for name, child in module.named_children():
+        yield from _torch_order(child, f"{prefix}{name}.")
+
+
+def _torch_state(torch, source) -> dict:
+    """``{name: tensor}`` from a state dict, a torch module or a safetensors file."""
+    if isinstance(source, torch.nn.Module):
+        return dict(source.state_dict())
+    if isinstance(source, (str, os.PathLike)):
+        return _read_torch_file(source)
+    if not isinstance(source, Mapping):
+        raise TypeError(
+            "state_dict_or_path must be a dict of tensors (a state_dict), a torch.nn.Module or the path of a "
+            f"safetensors file, got {type(source).__name__}"
+        )
+    bad = [f"{name!r} ({type(value).__name__})" for name, value in source.items()
+           if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise TypeError(f"the state dict must map names to torch tensors; not tensors: {', '.join(bad)}")
+    return dict(source)
+
+
+def _read_torch_file(path) -> dict:
+    from ..serialization import _safetensors_numpy, _sniff
+
+    path = os.fspath(path)
+    if _sniff(path) != "safetensors":
+        raise ValueError(
+            f"{path!r} is not a safetensors file; load_torch_state_dict reads no pickled files (torch.save's .pt): "
+            "load one with torch.load(path, weights_only=True) and pass the dict, or save it with "
+            "safetensors.torch.save_file"
+        )
+    _safetensors_numpy()  # a clear ImportError without the package
+    import safetensors  # host: the file reader
+    import safetensors.torch  # host: likewise, to tensors (bfloat16 included)
+
+    try:
+        return safetensors.torch.load_file(path)
+    except (safetensors.SafetensorError, OSError, ValueError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"{path!r} is not a safetensors weights file: {error}") from error

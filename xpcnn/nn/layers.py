@@ -10,6 +10,7 @@ import math
 
 from .. import functional as F
 from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_device
+from .._windows import is_channels_last
 from ..config import resolve_workspace_limit
 from ..functional.activations import check_approximate
 from ..functional.conv import ALGORITHMS as _CONV_ALGORITHMS
@@ -17,7 +18,7 @@ from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.conv import data_format_checked as _conv_data_format
 from ..functional.dropout import check_probability
 from ..functional.interpolate import interpolate_options
-from ..functional.normalization import as_normalized_shape
+from ..functional.normalization import NCHW, as_normalized_shape, channel_axis, check_data_format, layout_name
 from ..functional.pooling import adaptive_output_size, avg_pool_options, pool_options
 from .init import next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
@@ -216,71 +217,165 @@ class _Stateless(Module):
         return type(self).backward_fn(dout, cache) if input_grad else None
 
     def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.options.items())})"
+        shown = {k: v for k, v in self.options.items() if not (k == "data_format" and v == "NCHW")}  # the default
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
 
 class MaxPool2d(_Stateless):
+    """Max pooling, as ``torch.nn.MaxPool2d`` (forward and backward: :func:`xpcnn.functional.max_pool2d_forward`).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, dilation : int or tuple of one or two ints
+        (height, width); ``stride`` defaults to ``kernel_size``; ``padding`` (implicit ``-inf``) at most half the
+        kernel.
+    ceil_mode : bool
+        Round the output size up.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); never guessed from shapes.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: :mod:`xpcnn.config`'s).
+
+    The gradient of each window goes to its first maximum (NaN: the last NaN), as PyTorch. Bad settings raise here,
+    with the functional op's messages.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.MaxPool2d(2)(np.ones((1, 3, 8, 8), dtype=np.float32)).shape
+    (1, 3, 4, 4)
+    >>> nn.MaxPool2d(2, data_format="NHWC")(np.ones((1, 8, 8, 3), dtype=np.float32)).shape
+    (1, 4, 4, 3)
+    """
+
     forward_fn, backward_fn = F.max_pool2d_forward, F.max_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, dilation: int | tuple[int, ...] = 1, ceil_mode: bool = False, *,
+                 data_format: str = "NCHW", workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, dilation, ceil_mode)  # bad settings fail here
+        is_channels_last(data_format)
         _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         ceil_mode=ceil_mode, workspace_limit=workspace_limit)
+                         ceil_mode=ceil_mode, data_format=data_format, workspace_limit=workspace_limit)
 
 
 class AvgPool2d(_Stateless):
+    """Average pooling, as ``torch.nn.AvgPool2d`` (forward and backward: :func:`xpcnn.functional.avg_pool2d_forward`).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding : int or tuple of one or two ints
+        (height, width); ``stride`` defaults to ``kernel_size``; ``padding`` (zeros) at most half the kernel.
+    ceil_mode : bool
+        Round the output size up.
+    count_include_pad : bool
+        Count the zero padding in the divisor (PyTorch's default True).
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); never guessed from shapes.
+    workspace_limit : int, optional
+        Bytes of temporaries per batch piece (default: :mod:`xpcnn.config`'s).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AvgPool2d(3, stride=1, padding=1, data_format="NHWC")(np.ones((2, 5, 5, 4))).shape
+    (2, 5, 5, 4)
+    """
+
     forward_fn, backward_fn = F.avg_pool2d_forward, F.avg_pool2d_backward
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-                 divisor_override=None, *, workspace_limit=None):
+    def __init__(self, kernel_size: int | tuple[int, ...], stride: int | tuple[int, ...] | None = None,
+                 padding: int | tuple[int, ...] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None, *, data_format: str = "NCHW",
+                 workspace_limit: int | None = None) -> None:
         pool_options(kernel_size, stride, padding, 1, ceil_mode)  # bad settings fail here
         avg_pool_options(count_include_pad, divisor_override)
+        is_channels_last(data_format)
         _check_workspace_limit(workspace_limit)
         super().__init__(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                          count_include_pad=count_include_pad, divisor_override=divisor_override,
-                         workspace_limit=workspace_limit)
+                         data_format=data_format, workspace_limit=workspace_limit)
 
 
 class AdaptiveAvgPool2d(_Stateless):
-    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size)."""
+    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size).
+
+    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AdaptiveAvgPool2d((1, 1), data_format="NHWC")(np.ones((2, 7, 7, 16))).shape
+    (2, 1, 1, 16)
+    """
 
     forward_fn, backward_fn = F.adaptive_avg_pool2d_forward, F.adaptive_avg_pool2d_backward
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
-        super().__init__(output_size=output_size)
+        is_channels_last(data_format)
+        super().__init__(output_size=output_size, data_format=data_format)
 
 
 class AdaptiveMaxPool2d(_Stateless):
     """Max pooling to a fixed output size, as ``torch.nn.AdaptiveMaxPool2d`` (the argmax positions are in the
-    forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``)."""
+    forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``).
+
+    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.AdaptiveMaxPool2d(3)(np.ones((2, 4, 7, 7))).shape
+    (2, 4, 3, 3)
+    """
 
     forward_fn, backward_fn = F.adaptive_max_pool2d_forward, F.adaptive_max_pool2d_backward
 
-    def __init__(self, output_size):
+    def __init__(self, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW") -> None:
         adaptive_output_size(output_size)
-        super().__init__(output_size=output_size)
+        is_channels_last(data_format)
+        super().__init__(output_size=output_size, data_format=data_format)
 
 
 class Upsample(_Stateless):
     """Resizing by ``F.interpolate_forward``, as ``torch.nn.Upsample``: a ``size`` or a ``scale_factor``, mode
-    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). The options are checked
-    here; the sizes when x arrives."""
+    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). ``data_format``: the
+    input's layout, ``"NCHW"`` (default) or ``"NHWC"``; a 3-D input is a batch of 1-D signals, as in PyTorch. The
+    options are checked here; the sizes when x arrives.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.Upsample(scale_factor=2, data_format="NHWC")(np.ones((1, 4, 4, 3))).shape
+    (1, 8, 8, 3)
+    """
 
     forward_fn, backward_fn = F.interpolate_forward, F.interpolate_backward
 
-    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    def __init__(self, size: int | tuple[int, ...] | None = None, scale_factor: float | tuple[float, ...] | None = None,
+                 mode: str = "nearest", align_corners: bool | None = None, *, data_format: str = "NCHW") -> None:
         _, scales, _, _ = interpolate_options(size, scale_factor, mode, align_corners)
+        is_channels_last(data_format)
         if scales is not None:  # kept as floats, as PyTorch
-            scale_factor = scales if isinstance(scale_factor, (tuple, list)) else scales[0]
-        super().__init__(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners)
+            scale_factor = scales
+        super().__init__(size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                         data_format=data_format)
 
     def __repr__(self):
         o = self.options
         shape = f"scale_factor={o['scale_factor']!r}" if o["scale_factor"] is not None else f"size={o['size']!r}"
         corners = "" if o["align_corners"] is None else f", align_corners={o['align_corners']!r}"
-        return f"Upsample({shape}, mode={o['mode']!r}{corners})"
+        layout = "" if o["data_format"] == "NCHW" else f", data_format={o['data_format']!r}"
+        return f"Upsample({shape}, mode={o['mode']!r}{corners}{layout})"
 
 
 class _Activation(_Stateless):
@@ -383,18 +478,37 @@ class Identity(Module):
 
 
 class Flatten(_Stateless):
+    """Flattens axes ``start_dim..end_dim`` into one, as ``torch.nn.Flatten`` (:func:`xpcnn.functional.flatten_forward`).
+
+    ``data_format`` (``"NCHW"`` or ``"NHWC"``) names the input's layout; the order of the flattened features
+    follows it, without a transpose: an (N, C, H, W) input flattens (C, H, W), an (N, H, W, C) one (H, W, C)
+    (Keras's order). A ``Linear`` layer after it therefore sees its features in another order in each layout.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> nn.Flatten(data_format="NHWC")(np.ones((2, 4, 4, 3))).shape
+    (2, 48)
+    """
+
     forward_fn, backward_fn = F.flatten_forward, F.flatten_backward
 
-    def __init__(self, start_dim=1, end_dim=-1):
-        super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"))
+    def __init__(self, start_dim: int = 1, end_dim: int = -1, *, data_format: str = "NCHW") -> None:
+        is_channels_last(data_format)
+        super().__init__(start_dim=as_int(start_dim, "start_dim"), end_dim=as_int(end_dim, "end_dim"),
+                         data_format=data_format)
 
 
 class Dropout(Module):
     """Zeroes elements with probability ``p`` in training mode (scaling the rest by 1/(1-p)); identity in eval.
 
     Masks are reproducible: the n-th training forward pass of a Dropout built with ``seed`` always uses the same
-    mask, on every backend.
+    mask, on every backend. The count of training passes is extra state (:meth:`Module.named_extra_state`): a
+    checkpoint keeps it, so a resumed run draws the masks it would have drawn.
     """
+
+    extra_state_names = ("calls",)
 
     def __init__(self, p=0.5, *, seed=None):
         super().__init__()
@@ -432,16 +546,25 @@ class _Normalization(Module):
     def _affine_data(self):
         return tuple(None if p is None else p.data for p in (self.weight, self.bias))
 
+    data_format = NCHW  # where x's channels are (batch and group norm): "NCHW" (axis 1) or "NHWC" (the last axis)
+
     def _check_channels(self, x, channels: int, layouts: tuple[str, ...], ndims: tuple[int, ...] | None = None):
-        """A clear error for x whose channel axis (axis 1) is not ``channels`` long or whose rank is not one of
-        ``ndims`` (any rank >= 2 when None)."""
+        """A clear error for x whose channel axis (axis 1, the last for ``data_format="NHWC"``) is not ``channels``
+        long or whose rank is not one of ``ndims`` (any rank >= 2 when None); ``layouts`` name the NCHW shapes."""
         namespace_and_device(x=x)  # a TypeError for a non-array
         rank_ok = x.ndim >= 2 if ndims is None else x.ndim in ndims
-        if not rank_ok or x.shape[1] != channels:
-            raise ValueError(
-                f"{type(self).__name__} takes x of shape {' or '.join(layouts)} with C = {channels}, "
-                f"got shape {tuple(x.shape)}"
-            )
+        if rank_ok and x.shape[channel_axis(x.ndim, self.data_format)] == channels:
+            return
+        if self.data_format != NCHW:
+            layouts = tuple(layout_name(self.data_format, n) for n in ndims) if ndims else (layout_name("NHWC"),)
+        hint = ""
+        other = "NHWC" if self.data_format == NCHW else NCHW
+        if rank_ok and x.ndim > 2 and x.shape[channel_axis(x.ndim, other)] == channels:
+            hint = f"; x looks {other}: construct the layer with data_format={other!r}"
+        raise ValueError(
+            f"{type(self).__name__} takes x of shape {' or '.join(layouts)} with C = {channels}, "
+            f"got shape {tuple(x.shape)}{hint}"
+        )
 
     def backward(self, dout, *, input_grad=True):
         dx, dweight, dbias = type(self).backward_fn(dout, self._take_cache(), input_grad=input_grad)
@@ -450,6 +573,10 @@ class _Normalization(Module):
         if self.bias is not None:
             self.bias.accumulate(dbias)
         return dx
+
+
+def _data_format_repr(data_format: str) -> str:
+    return "" if data_format == NCHW else f", data_format={data_format!r}"
 
 
 class _BatchNorm(_Normalization):
@@ -461,6 +588,10 @@ class _BatchNorm(_Normalization):
     average) and counts the batch in ``num_batches_tracked``; an empty batch is counted but leaves the statistics as
     they were, as PyTorch. Evaluation normalises with the running statistics (with the batch's when they are not
     tracked). State dicts without ``num_batches_tracked`` (saved before it existed) still load.
+
+    ``data_format="NHWC"`` (keyword only, not in PyTorch) takes channels-last input, ``(N, H, W, C)`` (``(N, L,
+    C)`` for BatchNorm1d), computed in that layout; the default ``"NCHW"`` is PyTorch's. Parameters and buffers
+    are (C,) in both, so state dicts are interchangeable between the layouts.
     """
 
     backward_fn = F.batch_norm_backward
@@ -469,9 +600,11 @@ class _BatchNorm(_Normalization):
     optional_buffer_names = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, *, bias: bool = True, xp=None, device=None, dtype=None):
+                 track_running_stats: bool = True, *, bias: bool = True, data_format: str = NCHW, xp=None,
+                 device=None, dtype=None):
         super().__init__()
         self.num_features = _positive(num_features, "num_features")
+        self.data_format = check_data_format(data_format)
         self.eps = as_float(eps, "eps", minimum=0.0)
         self.momentum = None if momentum is None else as_float(momentum, "momentum")
         self.affine = as_bool(affine, "affine")
@@ -493,7 +626,7 @@ class _BatchNorm(_Normalization):
         out, self._cache = F.batch_norm_forward(
             x, *self._affine_data(), running_mean=self.running_mean, running_var=self.running_var,
             training=self.training or not self.track_running_stats, momentum=self.momentum, eps=self.eps,
-            num_batches_tracked=count,
+            num_batches_tracked=count, data_format=self.data_format,
         )
         if update:
             self.running_mean, self.running_var = self._cache.running_mean, self._cache.running_var
@@ -503,7 +636,8 @@ class _BatchNorm(_Normalization):
     def __repr__(self):
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, bias={self.bias is not None}, track_running_stats={self.track_running_stats})"
+            f"affine={self.affine}, bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+            f"{_data_format_repr(self.data_format)})"
         )
 
 
@@ -543,13 +677,15 @@ class LayerNorm(_Normalization):
 
 class GroupNorm(_Normalization):
     """Group normalisation, as ``torch.nn.GroupNorm``: the channels in ``num_groups`` groups, each normalised per
-    sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only)."""
+    sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only). ``data_format="NHWC"``
+    (keyword only) takes channels-last input ``(N, *, C)``, computed in that layout."""
 
     backward_fn = F.group_norm_backward
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
-                 bias: bool = True, xp=None, device=None, dtype=None):
+                 bias: bool = True, data_format: str = NCHW, xp=None, device=None, dtype=None):
         super().__init__()
+        self.data_format = check_data_format(data_format)
         self.num_groups = _positive(num_groups, "num_groups")
         self.num_channels = _positive(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
@@ -561,11 +697,12 @@ class GroupNorm(_Normalization):
 
     def forward(self, x):
         self._check_channels(x, self.num_channels, ("(N, C, *)",))
-        out, self._cache = F.group_norm_forward(x, self.num_groups, *self._affine_data(), eps=self.eps)
+        out, self._cache = F.group_norm_forward(x, self.num_groups, *self._affine_data(), eps=self.eps,
+                                                data_format=self.data_format)
         return out
 
     def __repr__(self):
         return (
             f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
-            f"bias={self.bias is not None})"
+            f"bias={self.bias is not None}{_data_format_repr(self.data_format)})"
         )

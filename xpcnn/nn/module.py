@@ -29,6 +29,8 @@ class Parameter:
         self.grad = None
 
     def accumulate(self, grad) -> None:
+        """Add ``grad`` to ``self.grad`` (set it when None): what a backward pass does for each use of the
+        parameter, so that a parameter used twice gets the sum of both gradients."""
         self.grad = grad if self.grad is None else self.grad + grad
 
     def __repr__(self):
@@ -91,6 +93,7 @@ class Module:
 
     buffer_names: tuple[str, ...] = ()  # non-trainable arrays kept in the state dict (BatchNorm's statistics)
     optional_buffer_names: tuple[str, ...] = ()  # buffers older state dicts lack: loading keeps their value
+    extra_state_names: tuple[str, ...] = ()  # plain Python ints a checkpoint keeps (Dropout's call counter)
 
     def __init__(self):
         self.training = True
@@ -102,9 +105,12 @@ class Module:
             cls.backward = _guarded_backward(cls.__dict__["backward"])
 
     def __call__(self, x):
+        """``self.forward(x)``."""
         return self.forward(x)
 
     def forward(self, x):
+        """The output for input ``x`` (in the layout the module was built for, NCHW by default); keeps in
+        ``self._cache`` what ``backward`` needs. Subclasses implement it."""
         raise NotImplementedError
 
     def backward(self, dout, *, input_grad=True):
@@ -128,6 +134,7 @@ class Module:
     # -- the module tree ------------------------------------------------------------------------------------------
 
     def named_children(self):
+        """``[(name, module)]`` of the direct children, in the order they were set."""
         return [(name, value) for name, value in vars(self).items() if isinstance(value, Module)]
 
     def modules(self):
@@ -137,6 +144,8 @@ class Module:
             yield from child.modules()
 
     def named_parameters(self, prefix: str = ""):
+        """``(name, Parameter)`` pairs of this module and every module below it, named as in PyTorch
+        (``"0.weight"``), each ``prefix``-ed."""
         for name, value in vars(self).items():
             if isinstance(value, Parameter):
                 yield prefix + name, value
@@ -144,13 +153,47 @@ class Module:
             yield from child.named_parameters(f"{prefix}{name}.")
 
     def parameters(self):
+        """Every :class:`Parameter` of the tree, in :meth:`named_parameters`' order (what an optimizer takes)."""
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix: str = ""):
+        """``(name, array)`` pairs of the non-trainable state listed in ``buffer_names`` (batch norm's running
+        statistics), through the tree."""
         for name in self.buffer_names:
             yield prefix + name, getattr(self, name)
         for name, child in self.named_children():
             yield from child.named_buffers(f"{prefix}{name}.")
+
+    def named_extra_state(self, prefix: str = ""):
+        """``(name, value)`` of the plain Python state named in ``extra_state_names`` (ints such as a Dropout
+        layer's count of forward passes, which picks its next mask), through the tree: what a checkpoint keeps
+        besides :meth:`state_dict` so that a resumed run draws the same random numbers."""
+        for name in self.extra_state_names:
+            yield prefix + name, getattr(self, name)
+        for name, child in self.named_children():
+            yield from child.named_extra_state(f"{prefix}{name}.")
+
+    def load_extra_state(self, state: dict) -> None:
+        """Set the values :meth:`named_extra_state` lists from ``state`` (checked first: the same names, ints).
+
+        Raises
+        ------
+        ValueError
+            When the names differ from the model's (the model is left unchanged).
+        """
+        own = dict(self.named_extra_state())
+        if set(state) != set(own):
+            raise ValueError(f"extra state does not match the model: missing {sorted(set(own) - set(state))}, "
+                             f"unexpected {sorted(set(state) - set(own))}")
+        for name, value in state.items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"extra state {name!r} must be an int, got {type(value).__name__} {value!r}")
+        for name, value in state.items():
+            *path, attr = name.split(".")
+            owner = self
+            for part in path:
+                owner = dict(owner.named_children())[part]
+            setattr(owner, attr, value)
 
     def _optional_buffers(self, prefix: str = "") -> set:
         names = {prefix + name for name in self.optional_buffer_names if name in self.buffer_names}
@@ -163,16 +206,20 @@ class Module:
         return {name: p.grad for name, p in self.named_parameters() if p.grad is not None}
 
     def zero_grad(self) -> None:
+        """Set every parameter's ``grad`` to None."""
         for p in self.parameters():
             p.grad = None
 
     def train(self, mode: bool = True):
+        """Set training mode (``mode=True``: batch statistics, dropout) or eval mode through the tree; returns
+        self."""
         self.training = mode
         for _, child in self.named_children():
             child.train(mode)
         return self
 
     def eval(self):
+        """``train(False)``: running statistics, no dropout. Returns self."""
         return self.train(False)
 
     # -- state ----------------------------------------------------------------------------------------------------

@@ -21,8 +21,24 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
 
 class Optimizer:
-    """Base class: ``params`` is an iterable of :class:`xpcnn.nn.Parameter` (``model.parameters()``), ``lr`` a
-    number >= 0. Raises a TypeError for a model, raw arrays or anything else in place of the parameters."""
+    """Base class of the optimizers: one group of parameters updated by :meth:`step` from their ``grad``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        ``model.parameters()``: the parameters to update (in any namespace and on any device; each one's state is
+        made beside it).
+    lr : float
+        The learning rate, >= 0 (a Python float, which schedulers set between steps).
+
+    Raises
+    ------
+    TypeError
+        For a model, raw arrays or anything else in place of the parameters (``SGD(model, lr=...)``: pass
+        ``model.parameters()``), or a non-number ``lr``.
+    ValueError
+        For an empty parameter list or a negative or non-finite ``lr``.
+    """
 
     def __init__(self, params, lr):
         from ..nn.module import Module, Parameter
@@ -43,10 +59,13 @@ class Optimizer:
         self.state = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
+        """Forget every parameter's gradient (``grad = None``), before the next backward pass adds new ones."""
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """Update every parameter that has a gradient: a new array is assigned to ``Parameter.data`` (nothing is
+        written in place); parameters without a gradient are skipped. No host sync."""
         for p, state in zip(self.params, self.state):
             if p.grad is not None:
                 _follow(state, p.data)
@@ -132,8 +151,43 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` at the first step), ``g`` including
-    ``weight_decay * param``; the step is ``g + momentum * buf`` with nesterov, else ``buf``."""
+    """Stochastic gradient descent with momentum, as ``torch.optim.SGD``.
+
+    ``g = grad + weight_decay * param``; with momentum ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g``
+    at the first step) and ``g = g + momentum * buf`` with nesterov, else ``g = buf``; then
+    ``param = param - lr * g``. The momentum buffer is the state (``state_dict()["state"][i]["momentum_buffer"]``).
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        ``model.parameters()``.
+    lr : float
+        Learning rate, >= 0 (default 1e-3).
+    momentum : float
+        >= 0 (default 0: plain SGD, no state).
+    dampening : float
+        Damping of the momentum (default 0).
+    weight_decay : float
+        L2 penalty added to the gradient, >= 0 (default 0).
+    nesterov : bool
+        Nesterov momentum (needs momentum > 0 and dampening 0).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument, naming it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn, optim
+    >>> w = nn.Parameter(np.array([1.0, -2.0]))
+    >>> opt = optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> w.grad = np.array([1.0, 1.0])
+    >>> opt.step()
+    >>> w.data.tolist()
+    [0.9, -2.1]
+    """
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -166,7 +220,41 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam with bias correction, as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient)."""
+    """Adam with bias correction, as ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient).
+
+    ``m = beta1 * m + (1 - beta1) * g``, ``v = beta2 * v + (1 - beta2) * g**2``, then
+    ``param -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)``. The state per parameter is
+    ``step`` (an int), ``exp_avg`` (m) and ``exp_avg_sq`` (v).
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        ``model.parameters()``.
+    lr : float
+        Learning rate, >= 0 (default 1e-3).
+    betas : (float, float)
+        Decay rates of the moment estimates, each in [0, 1) (default (0.9, 0.999)).
+    eps : float
+        Added to the denominator, >= 0 (default 1e-8).
+    weight_decay : float
+        L2 penalty added to the gradient, >= 0 (default 0).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument, naming it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn, optim
+    >>> w = nn.Parameter(np.array([1.0]))
+    >>> opt = optim.Adam([w], lr=0.1)
+    >>> w.grad = np.array([3.0])
+    >>> opt.step()
+    >>> round(float(w.data[0]), 6), opt.state_dict()["state"][0]["step"]
+    (0.9, 1)
+    """
 
     decoupled = False
 
@@ -213,7 +301,37 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (``param *= 1 - lr * weight_decay`` before the step), as
-    ``torch.optim.AdamW``."""
+    ``torch.optim.AdamW``.
+
+    Parameters
+    ----------
+    params : iterable of Parameter
+        ``model.parameters()``.
+    lr : float
+        Learning rate, >= 0 (default 1e-3).
+    betas : (float, float)
+        Each in [0, 1) (default (0.9, 0.999)).
+    eps : float
+        >= 0 (default 1e-8).
+    weight_decay : float
+        Decoupled decay, >= 0 (default 1e-2).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument, naming it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn, optim
+    >>> w = nn.Parameter(np.array([1.0]))
+    >>> opt = optim.AdamW([w], lr=0.1, weight_decay=0.5)
+    >>> w.grad = np.array([0.0])
+    >>> opt.step()
+    >>> round(float(w.data[0]), 6)
+    0.95
+    """
 
     decoupled = True
 
