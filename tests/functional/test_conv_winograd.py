@@ -141,6 +141,7 @@ def test_forward_not_taken_with_non_finite_data(bad):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     if bad == "weight":
         assert cache.plan.dx != "winograd"
+    assert conv_transpose2d_forward(x, w, padding=1)[1].plan.dx != "winograd"  # its x is in dout's place
 
 
 def test_backward_falls_back_for_a_non_finite_dout():
