@@ -39,7 +39,7 @@ SHAPES = {
 RESNET_COUNT = {"resnet-16-16": 2}  # layers of that shape in one step (the others: one each)
 
 
-def contenders(shape, dtype):
+def contenders(shape, dtype, with_im2col=False):
     import torch
 
     from xpcnn.functional import conv2d_backward, conv2d_forward
@@ -53,9 +53,9 @@ def contenders(shape, dtype):
     x_nhwc, dout_nhwc = (np.ascontiguousarray(np.transpose(a, (0, 2, 3, 1))) for a in (x, dout))
     options = dict(stride=stride, padding=pad)
 
-    def xpcnn(x, dout, data_format):
+    def xpcnn(x, dout, data_format, algorithm="auto"):
         def run():
-            _, cache = conv2d_forward(x, w, **options, data_format=data_format)
+            _, cache = conv2d_forward(x, w, **options, data_format=data_format, algorithm=algorithm)
             conv2d_backward(dout, cache, input_grad=input_grad)
         return run
 
@@ -69,12 +69,16 @@ def contenders(shape, dtype):
             xt.grad = wt.grad = None
         return run
 
-    return {
+    fns = {
         "xpcnn NCHW": xpcnn(x, dout, "NCHW"),
         "torch NCHW": pytorch(torch.contiguous_format),
         "xpcnn NHWC": xpcnn(x_nhwc, dout_nhwc, "NHWC"),
         "torch channels_last": pytorch(torch.channels_last),
     }
+    if with_im2col:  # the default choice against im2col alone (algorithm="im2col": Winograd off), side by side
+        fns["xpcnn NCHW im2col"] = xpcnn(x, dout, "NCHW", "im2col")
+        fns["xpcnn NHWC im2col"] = xpcnn(x_nhwc, dout_nhwc, "NHWC", "im2col")
+    return fns
 
 
 def timed(fns, repeats, clock, settle_s):
@@ -108,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--settle", type=float, default=0.2)
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"])
+    parser.add_argument("--with-im2col", action="store_true",
+                        help="also time xpcnn with algorithm='im2col' (Winograd off) in the same rounds")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     json_path = Path(args.json).resolve() if args.json else None
@@ -122,11 +128,15 @@ def main(argv=None):
     state_before = machine_state()
     rows = []
     for name in args.shape or list(SHAPES):
-        samples = timed(contenders(SHAPES[name], np.dtype(args.dtype)), args.repeats, clock, args.settle)
+        fns = contenders(SHAPES[name], np.dtype(args.dtype), args.with_im2col)
+        samples = timed(fns, args.repeats, clock, args.settle)
         med = {k: statistics.median(v) for k, v in samples.items()}
         rows.append(dict(shape=name, **{f"{k} ms": round(v, 2) for k, v in med.items()},
                          nchw_ratio=round(med["xpcnn NCHW"] / med["torch NCHW"], 2),
                          nhwc_ratio=round(med["xpcnn NHWC"] / med["torch channels_last"], 2),
+                         **({"nchw_im2col_ratio": round(med["xpcnn NCHW im2col"] / med["torch NCHW"], 2),
+                             "nhwc_im2col_ratio": round(med["xpcnn NHWC im2col"] / med["torch channels_last"], 2)}
+                            if args.with_im2col else {}),
                          samples_ms=samples))
     resnet = [r for r in rows if r["shape"].startswith("resnet")]
     if len(resnet) == sum(1 for s in SHAPES if s.startswith("resnet")):
@@ -136,7 +146,9 @@ def main(argv=None):
                          nchw_ratio=round(total["xpcnn NCHW"] / total["torch NCHW"], 2),
                          nhwc_ratio=round(total["xpcnn NHWC"] / total["torch channels_last"], 2)))
     print_table(rows, ["shape", "xpcnn NCHW ms", "torch NCHW ms", "nchw_ratio", "xpcnn NHWC ms",
-                       "torch channels_last ms", "nhwc_ratio"])
+                       "torch channels_last ms", "nhwc_ratio",
+                       *(["xpcnn NCHW im2col ms", "nchw_im2col_ratio", "xpcnn NHWC im2col ms", "nhwc_im2col_ratio"]
+                         if args.with_im2col else [])])
     if json_path:
         write_json(json_path, dict(machine=dict(info, state=dict(before=state_before, after=machine_state())),
                                    dtype=args.dtype, rows=rows))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,19 +157,26 @@ def bench(args, network="lenet"):
         for _ in range(steps):
             our_step()
 
+    def ours_im2col():
+        with xpcnn.config.winograd(False):
+            ours()
+
     def theirs():
         for _ in range(steps):
             their_step()
 
-    timings = common.time_interleaved({"xpcnn": ours, "torch": theirs}, args.repeats, backend.sync,
-                                      settle_s=args.settle)
+    contenders = {"xpcnn": ours, "torch": theirs}
+    if args.winograd == "both":  # the same model with Winograd off, in the same rounds
+        contenders["xpcnn im2col"] = ours_im2col
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    timings = common.time_interleaved(contenders, args.repeats, backend.sync, settle_s=args.settle, clock=clock)
     rows = []
     for name, t in timings.items():
         images = steps * batch_size
         rows.append(dict(network=network, contender=name, batch_size=batch_size, steps=steps, **t,
                          images_per_s=images / (t["median_ms"] / 1e3),
                          check_losses=[pair[0 if name == "xpcnn" else 1] for pair in losses]))
-    reference = rows[1]["images_per_s"]
+    reference = next(row["images_per_s"] for row in rows if row["contender"] == "torch")
     for row, t in zip(rows, timings.values()):
         row["vs_torch"] = row["images_per_s"] / reference
         row["vs_torch_rounds"] = 1.0 / common.paired_ratio(t, timings["torch"])
@@ -190,8 +198,17 @@ def main(argv=None):
                         help="seconds each contender runs untimed before its timed call in every round")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke test: small ResNet images, batch 2, one step, one round, no settling")
+    parser.add_argument("--winograd", choices=["on", "off", "both"], default="on",
+                        help="off: xpcnn.config.set_winograd(False) (3x3 convolutions by im2col); both: xpcnn "
+                             "with it on and off, in the same rounds")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (steadier on a shared machine; run with one thread "
+                             "per library: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    import xpcnn
+
+    xpcnn.config.set_winograd(args.winograd != "off")
     if args.tiny:
         args.repeats, args.settle = 1, 0.0
     json_path = common.output_path(args.json)  # checked (its folder made) before measuring
@@ -201,18 +218,21 @@ def main(argv=None):
     info = common.machine_info()
     info["state"] = dict(before=state_before, after=common.machine_state(quick=args.tiny))
     titles = ", ".join(NETWORKS[n][0] for n in chosen)
+    pairs = [[next(r for r in rows if r["network"] == n and r["contender"] == c) for c in ("xpcnn", "torch")]
+             for n in chosen]
     checks = "; ".join(NETWORKS[o["network"]][0] + " " + ", ".join(f"{a:.6f}/{b:.6f}" for a, b in
                                                                   zip(o["check_losses"], t["check_losses"]))
-                       for o, t in zip(rows[::2], rows[1::2]))
-    print(f"# training step, {titles}, {args.backend}; {common.cpu_summary(info)}; BLAS {info['blas']}; "
-          f"PyTorch {info.get('torch_threads')} threads")
+                       for o, t in pairs)
+    print(f"# training step, {titles}, {args.backend}, winograd {args.winograd}, {args.clock} clock; "
+          f"{common.cpu_summary(info)}; BLAS {info['blas']}; PyTorch {info.get('torch_threads')} threads")
     state = info["state"]
     print(f"# machine state (host copy GB/s, GEMM GFLOP/s) before {state['before']}, after {state['after']}")
     print(f"# losses of the first two steps, xpcnn against PyTorch: {checks}")
     common.print_table(rows, ["network", "contender", "batch_size", "steps", "median_ms", "min_ms", "max_ms",
                               "images_per_s", "vs_torch", "vs_torch_rounds"])
     if json_path:
-        common.write_json(json_path, dict(benchmark="train", backend=args.backend, machine=info, rows=rows))
+        common.write_json(json_path, dict(benchmark="train", backend=args.backend, winograd=args.winograd,
+                                          clock=args.clock, machine=info, rows=rows))
     return rows
 
 

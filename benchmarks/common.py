@@ -71,7 +71,8 @@ class Backend:
         return None
 
 
-def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, settle_s: float = 0.2):
+def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, settle_s: float = 0.2,
+                     clock=time.perf_counter):
     """Median, min and max milliseconds of each callable, the contenders taking turns in every round, and the
     rounds' own times (``samples_ms``, for ratios taken within each round: see :func:`paired_ratio`).
 
@@ -79,6 +80,8 @@ def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, sett
     before its timed call, so that each is timed in its steady state, as in a training loop of its own: the first
     calls after another library has run pay for the switch (that library's worker threads go on spinning on the
     same cores, the contender's own threads have to wake up). benchmarks/README.md, "Method", gives the figures.
+    ``clock``: the timed call's clock (``time.process_time``: this process's CPU seconds, steadier on a shared
+    machine with one thread per library).
     """
     samples = {name: [] for name in contenders}
     for _ in range(repeats):
@@ -88,10 +91,10 @@ def time_interleaved(contenders: dict, repeats: int, sync, warmup: int = 1, sett
                 fn()
                 sync()
                 calls += 1
-            start = time.perf_counter()
+            start = clock()
             fn()
             sync()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name].append((clock() - start) * 1e3)
     return {name: dict(median_ms=statistics.median(s), min_ms=min(s), max_ms=max(s), samples_ms=s)
             for name, s in samples.items()}
 

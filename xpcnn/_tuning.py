@@ -63,6 +63,21 @@ class Profile:
     before its comparisons: on NumPy a strided operand costs every one of them (about 1.3-1.5x faster with the copy
     at stride 2, slower at stride 1). An accelerator reads strided slices at little cost; a copy is one more
     kernel."""
+    winograd_min_channels: int = 16
+    """3 x 3, stride-1, dilation-1 convolutions take Winograd's F(m x m, 3 x 3) (:mod:`xpcnn._winograd`) for the
+    forward pass, dx and dweight only with at least this many channels per group on both sides (input and output):
+    below it the GEMMs that Winograd shrinks are small and its transforms (memory passes per channel) dominate
+    (a LeNet-like 6 -> 16 layer was slower than im2col; 16 channels and up faster, benchmarks/bench_winograd.py)."""
+    winograd_min_output: int = 4
+    """... and only for outputs of at least this many rows and columns (smaller ones crop most of every tile)."""
+    winograd_f4_max_channels: int = 256
+    """F(4x4, 3x3) up to this many channels per group (input and output), F(2x2, 3x3) beyond: F(4x4)'s float32
+    error grows with the channels summed (at 256 it used 0.43 of the float32 tolerance of the PyTorch comparison
+    tests, benchmarks/winograd_error.py); F(4x4) was the faster of the two on every shape measured."""
+    winograd_workspace_limit: int = 4 * 2**20
+    """Bytes for one Winograd batch piece's working arrays (padded rows, transformed input, products; at least one
+    sample per piece). On the host, pieces that stay in the CPU's caches were the fastest (2-4 MiB, conv (c),
+    ``bench_winograd.py --workspace-mib``). The global ``workspace_limit`` setting, or a call's, replaces it."""
 
 
 HOST = Profile(
@@ -74,6 +89,10 @@ HOST = Profile(
     per_sample_weight_gradient_ratio=1.0,
     separable_max_pool_ratio=1.0,
     copy_strided_windows=True,
+    winograd_min_channels=16,
+    winograd_min_output=4,
+    winograd_f4_max_channels=256,
+    winograd_workspace_limit=4 * 2**20,
 )
 
 ACCELERATOR = Profile(
@@ -85,6 +104,11 @@ ACCELERATOR = Profile(
     per_sample_weight_gradient_ratio=float("inf"),  # one product with the batch folded in: one kernel
     separable_max_pool_ratio=1.5,  # fewer slices, fewer launches: 3x3 at stride 2 too (6 slices, not 9)
     copy_strided_windows=False,  # a strided read costs little; a copy is one more kernel per slice
+    # Not measured on a GPU yet: the host's rule, with the whole batch in one piece (some ten kernels a piece).
+    winograd_min_channels=16,
+    winograd_min_output=4,
+    winograd_f4_max_channels=256,
+    winograd_workspace_limit=512 * 2**20,
 )
 
 PROFILES = {profile.name: profile for profile in (HOST, ACCELERATOR)}

@@ -58,6 +58,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
 from ._dispatch import updates_in_place
+from ._tuning import HOST, Profile
 
 __all__ = [
     "WinogradTransform",
@@ -70,6 +71,7 @@ __all__ = [
     "winograd_weight_grad",
     "winograd_applies",
     "winograd_pays_off",
+    "winograd_tile",
 ]
 
 KERNEL = 3
@@ -130,16 +132,13 @@ F4X4_3X3 = WinogradTransform(
 TRANSFORMS = {2: F2X2_3X3, 4: F4X4_3X3}
 """The transforms by output tile size m."""
 
-F4_MAX_CHANNELS = 256
-"""With ``tile=None``, F(4x4, 3x3) up to this many channels per group (input and output), F(2x2, 3x3) beyond.
-F(4x4)'s float32 error grows with the channels summed: at 256 it used 0.43 of the float32 tolerance of the
-PyTorch comparison tests (tests/helpers.py), against 0.03 for F(2x2) and 0.02 for im2col
-(benchmarks/winograd_error.py). F(4x4) was the faster of the two on every shape measured."""
+F4_MAX_CHANNELS = HOST.winograd_f4_max_channels
+"""With ``tile=None``, F(4x4, 3x3) up to this many channels per group (input and output), F(2x2, 3x3) beyond: the
+host profile's ``winograd_f4_max_channels`` (:mod:`xpcnn._tuning`, where the figures behind it are)."""
 
-DEFAULT_WORKSPACE_LIMIT = 4 * 2**20
-"""Bytes for one batch piece's working arrays when the caller gives no limit: on the host, pieces that stay in the
-CPU's caches were the fastest (2-4 MiB, measured on conv (c) with benchmarks/bench_winograd.py --workspace-mib);
-an accelerator wants the whole batch in one piece (fewer kernel launches): pass its profile's workspace limit."""
+DEFAULT_WORKSPACE_LIMIT = HOST.winograd_workspace_limit
+"""Bytes for one batch piece's working arrays when the caller gives no limit: the host profile's
+``winograd_workspace_limit`` (an accelerator wants the whole batch in one piece: pass its profile's)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,29 +279,33 @@ def winograd_applies(kernel: tuple[int, int], stride: tuple[int, int], dilation:
 
 
 def winograd_pays_off(
-    group_channels: int, group_out: int, out_size: tuple[int, int], *, device: str = "host"
+    group_channels: int, group_out: int, out_size: tuple[int, int], *, profile: Profile = HOST
 ) -> int | None:
-    """A proposed cost-model rule (for :mod:`xpcnn._tuning`): the tile m of F(m x m, 3 x 3) for a 3 x 3, stride-1,
-    dilation-1 convolution with ``group_channels`` input and ``group_out`` output channels per group and an output
-    of ``out_size``, or None for im2col.
+    """The cost model's rule (:mod:`xpcnn._tuning`, ``profile``'s ``winograd_*`` fields): the tile m of
+    F(m x m, 3 x 3) for a 3 x 3, stride-1, dilation-1 convolution with ``group_channels`` input and ``group_out``
+    output channels per group and an output of ``out_size``, or None for im2col.
 
-    * im2col below 16 channels per group on either side (depthwise included: the GEMMs Winograd shrinks are
-      small there and its transforms, which cost memory passes per channel, dominate) and for outputs smaller
-      than 4 x 4 (most of every tile would be cropped);
-    * otherwise F(4x4, 3x3) up to :data:`F4_MAX_CHANNELS` channels per group (its float32 error), F(2x2, 3x3)
-      beyond.
+    * im2col below ``winograd_min_channels`` (16) channels per group on either side (depthwise included: the GEMMs
+      Winograd shrinks are small there and its transforms, which cost memory passes per channel, dominate) and
+      for outputs smaller than ``winograd_min_output`` (4 x 4: most of every tile would be cropped);
+    * otherwise F(4x4, 3x3) up to ``winograd_f4_max_channels`` (256) channels per group (its float32 error),
+      F(2x2, 3x3) beyond.
 
     Measured on the host (NumPy, benchmarks/bench_winograd.py; the figures are in its JSON results and
     benchmarks/README.md): forward + dx + dweight with F(4x4) took less time than im2col from 16 channels up
     (ResNet stages at 28 x 28 down to 7 x 7, conv (c), 128 channels), more on a LeNet-like 6 -> 16 layer; F(2x2)
-    was never faster than F(4x4). The accelerator profile is not measured yet (no GPU here): each batch piece is
-    some ten small kernels there, so take the same rule with the whole batch as one piece until gpu_check says
-    otherwise.
+    was never faster than F(4x4). The accelerator profile is not measured yet (no GPU here): it takes the same
+    rule with the whole batch as one piece until gpu_check says otherwise.
     """
-    del device  # one rule until an accelerator is measured
-    if min(group_channels, group_out) < 16 or min(out_size) < 4:
+    if min(group_channels, group_out) < profile.winograd_min_channels or min(out_size) < profile.winograd_min_output:
         return None
-    return 4 if max(group_channels, group_out) <= F4_MAX_CHANNELS else 2
+    return winograd_tile(group_channels, group_out, profile=profile)
+
+
+def winograd_tile(group_channels: int, group_out: int, *, profile: Profile = HOST) -> int:
+    """m of F(m x m, 3 x 3) for these channels per group: 4 up to ``profile.winograd_f4_max_channels`` on both
+    sides, else 2 (F(4x4)'s float32 error grows with the channels summed)."""
+    return 4 if max(group_channels, group_out) <= profile.winograd_f4_max_channels else 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,7 +364,7 @@ def _setup(xp, names, a, b, padding, groups, tile, data_format, workspace_limit)
 def _transform(tile, group_channels: int, group_out: int) -> WinogradTransform:
     """The transform for ``tile``, or for None the one :data:`F4_MAX_CHANNELS` picks."""
     if tile is None:
-        tile = 4 if max(group_channels, group_out) <= F4_MAX_CHANNELS else 2
+        tile = winograd_tile(group_channels, group_out)
     return TRANSFORMS[tile]
 
 

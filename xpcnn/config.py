@@ -12,6 +12,13 @@ results are the same. By default the profile's value (2 MiB on the host, where s
 caches; 512 MiB on an accelerator, where each piece costs kernel launches). Set it globally with
 :func:`set_workspace_limit` (None goes back to the profile's), temporarily with the :func:`workspace_limit` context
 manager, or per call with the ops' ``workspace_limit=`` argument.
+
+``winograd``: 3 x 3, stride-1, dilation-1 convolutions may compute their forward pass, input gradient and weight
+gradient with Winograd's minimal filtering (:mod:`xpcnn._winograd`, about 4 times fewer multiplies) where the
+cost model (:mod:`xpcnn._tuning`) says it pays off and the data involved is known to be finite. Its float32
+rounding error is larger than im2col's (about 1e-5 relative; figures in benchmarks/results/winograd_error.json).
+On by default; :func:`set_winograd` turns it off (or on) globally, the :func:`winograd` context manager for the code
+inside it, and ``conv2d_forward(..., algorithm="im2col")`` (or ``nn.Conv2d(..., algorithm="im2col")``) per call.
 """
 
 from __future__ import annotations
@@ -23,12 +30,12 @@ from typing import Any
 from ._tuning import HOST, PROFILES, Profile, forced_profile, profile_for
 
 __all__ = ["device_profile", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
-           "resolve_workspace_limit", "DEFAULT_WORKSPACE_LIMIT"]
+           "resolve_workspace_limit", "DEFAULT_WORKSPACE_LIMIT", "get_winograd", "set_winograd", "winograd"]
 
 DEFAULT_WORKSPACE_LIMIT = HOST.workspace_limit
 """The host profile's workspace limit (kept for compatibility)."""
 
-_settings: dict[str, int | None] = {"workspace_limit": None}
+_settings: dict[str, int | bool | None] = {"workspace_limit": None, "winograd": True}
 
 
 def get_workspace_limit() -> int | None:
@@ -42,14 +49,14 @@ def set_workspace_limit(nbytes: int | None) -> None:
     _settings["workspace_limit"] = None if nbytes is None else _checked_limit(nbytes)
 
 
-def resolve_workspace_limit(nbytes: int | None = None, array: Any = None) -> int:
-    """``nbytes`` checked (an int >= 1); when None, the global setting, else the profile's for ``array``'s device
-    (the host's when no array is given)."""
+def resolve_workspace_limit(nbytes: int | None = None, array: Any = None, *, field: str = "workspace_limit") -> int:
+    """``nbytes`` checked (an int >= 1); when None, the global setting, else the profile's ``field`` for
+    ``array``'s device (the host's when no array is given; ``"winograd_workspace_limit"`` for Winograd's pieces)."""
     if nbytes is not None:
         return _checked_limit(nbytes)
     if _settings["workspace_limit"] is not None:
         return _settings["workspace_limit"]
-    return (HOST if array is None else profile_for(array)).workspace_limit
+    return getattr(HOST if array is None else profile_for(array), field)
 
 
 def _checked_limit(nbytes) -> int:
@@ -70,6 +77,42 @@ def workspace_limit(nbytes: int | None) -> Iterator[None]:
         yield
     finally:
         _settings["workspace_limit"] = previous
+
+
+def get_winograd() -> bool:
+    """Whether convolutions may use Winograd's algorithm where the cost model chooses it (True by default)."""
+    return bool(_settings["winograd"])
+
+
+def set_winograd(enabled: bool) -> None:
+    """Allow (True, the default) or forbid (False) Winograd's algorithm for every convolution; forbidden, every
+    3 x 3 convolution uses im2col (results equal up to rounding). An explicit ``algorithm="winograd"`` (or a
+    ``_plan``) still takes it."""
+    from ._validation import as_bool
+
+    _settings["winograd"] = as_bool(enabled, "enabled")
+
+
+@contextmanager
+def winograd(enabled: bool) -> Iterator[None]:
+    """Temporarily allow or forbid Winograd's algorithm (:func:`set_winograd`) for the code inside.
+
+    Examples
+    --------
+    >>> import numpy as np, xpcnn
+    >>> from xpcnn.functional import conv2d_forward
+    >>> x, w = np.ones((1, 16, 8, 8), np.float32), np.ones((16, 16, 3, 3), np.float32)
+    >>> with xpcnn.config.winograd(False):
+    ...     out, cache = conv2d_forward(x, w, padding=1)
+    >>> cache.plan.forward.value
+    'im2col'
+    """
+    previous = get_winograd()
+    set_winograd(enabled)
+    try:
+        yield
+    finally:
+        _settings["winograd"] = previous
 
 
 @contextmanager

@@ -37,6 +37,13 @@ costing about two copies), so layers that expand the channels (1 -> 32, say) kee
 rows put zeros in front of the weights, so they are taken only for weights known to be finite (a NaN or inf weight
 would spread NaN where PyTorch has none).
 
+Winograd (:mod:`xpcnn._winograd`): a 3 x 3, stride-1, dilation-1 convolution with enough channels per group
+computes each part with F(m x m, 3 x 3) instead, about four times fewer multiplies -- the forward pass, dx as the
+transposed correlation above, and dweight as the adjoint of the forward pass in the weights. Its float32 rounding
+error is larger (about 1e-5 relative), and it spreads an inf or NaN over whole tiles, so the cost model takes it
+only for data known to be finite (:func:`conv2d_plan`); ``algorithm=`` and :func:`xpcnn.config.set_winograd`
+switch it off (or force it).
+
 The transposed convolution (``torch.nn.functional.conv_transpose2d``, weights ``(C_in, C_out / G, kh, kw)``) is
 the same pair read the other way round. Its forward pass is conv2d's input gradient with x in dout's place
 (:func:`_correlate_transposed`: col2im, or the correlation above); its backward pass is conv2d's forward pass
@@ -58,7 +65,7 @@ from array_api_compat import device as device_of
 
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
-from .._tuning import profile_for
+from .._tuning import Profile, profile_for
 from .._validation import (
     as_bool,
     as_int,
@@ -81,7 +88,9 @@ from .._windows import (
     sum_pieces,
     window_geometry,
 )
-from ..config import resolve_workspace_limit
+from .._winograd import winograd_applies, winograd_forward, winograd_input_grad, winograd_pays_off, winograd_tile
+from .._winograd import winograd_weight_grad
+from ..config import get_winograd, resolve_workspace_limit
 
 __all__ = [
     "Conv2dCache",
@@ -103,6 +112,12 @@ DATA_FORMATS = (NCHW, NHWC)
 """The layouts of x, out and their gradients: channels first (the default) or channels last. Weights keep
 PyTorch's layout in both."""
 
+AUTO, IM2COL, WINOGRAD = "auto", "im2col", "winograd"
+ALGORITHMS = (AUTO, IM2COL, WINOGRAD)
+"""conv2d's public ``algorithm=`` choice: the cost model's (``"auto"``, Winograd where it pays off, the data is
+known finite and :func:`xpcnn.config.set_winograd` allows it), im2col's family only (``"im2col"``), or Winograd
+for the forward pass, dx and dweight (``"winograd"``: 3 x 3 kernels, stride 1, dilation 1; whatever the data)."""
+
 
 # --------------------------------------------------------------------------------------------------------------
 # The algorithms, chosen in one place
@@ -113,6 +128,7 @@ class ForwardAlgorithm(str, enum.Enum):
     """How the correlation itself (conv2d's forward pass) is computed."""
 
     IM2COL = "im2col"  # gather the windows as columns, one matrix product per group
+    WINOGRAD = "winograd"  # 3x3, stride 1, dilation 1: F(m x m, 3 x 3) (xpcnn._winograd), 4x fewer multiplies
 
 
 class DxAlgorithm(str, enum.Enum):
@@ -121,6 +137,7 @@ class DxAlgorithm(str, enum.Enum):
     COL2IM = "col2im"  # dcols = weight^T @ dout, each kernel offset's part added back where it was gathered
     COL2IM_WIDE_ROWS = "col2im_wide_rows"  # the same, rows extended to the padded width: one run per offset (NCHW)
     TRANSPOSED_CORRELATION = "transposed_correlation"  # stride 1: a correlation of dout with the flipped kernel
+    WINOGRAD = "winograd"  # that correlation by Winograd (3x3, stride 1, dilation 1)
 
 
 class WeightGradientAlgorithm(str, enum.Enum):
@@ -129,6 +146,7 @@ class WeightGradientAlgorithm(str, enum.Enum):
 
     PER_SAMPLE = "per_sample"  # one product per sample, summed
     BATCH_FOLDED = "batch_folded"  # one product with the batch folded into the positions (a transposed copy)
+    WINOGRAD = "winograd"  # the adjoint of Winograd's forward pass in the weights (3x3, stride 1, dilation 1)
 
 
 class Conv2dPlan(NamedTuple):
@@ -141,6 +159,11 @@ class Conv2dPlan(NamedTuple):
     dweight: WeightGradientAlgorithm
     keep_columns: bool
     """The forward pass keeps its columns for the weight gradient when the batch is one piece."""
+    tile: int | None = None
+    """m of Winograd's F(m x m, 3 x 3) for the parts it computes (None: the cost model's choice)."""
+    if_dout_not_finite: tuple[DxAlgorithm, WeightGradientAlgorithm] | None = None
+    """dx and dweight for a dout not known to be finite, when the cost model chose Winograd for a finite one (it
+    spreads an inf or NaN over whole tiles); None: the same whatever dout holds (:func:`plan_for_dout`)."""
 
 
 class ConvShape(NamedTuple):
@@ -158,12 +181,19 @@ class ConvShape(NamedTuple):
         return self.data_format == NHWC
 
 
-def conv2d_plan(xp, x: Array, weight: Array, conv: ConvShape, overrides: Conv2dPlan | Mapping | None = None
-                ) -> Conv2dPlan:
+def conv2d_plan(xp, x: Array, weight: Array, conv: ConvShape, overrides: Conv2dPlan | Mapping | None = None,
+                *, algorithm: str = AUTO, transposed: bool = False) -> Conv2dPlan:
     """The algorithms for ``conv`` on x's device, from the cost model (:func:`xpcnn._tuning.profile_for`);
-    ``overrides`` (a plan, or a mapping of field names to values) replaces the choice.
+    ``algorithm`` (:data:`ALGORITHMS`) narrows the choice, ``overrides`` (a plan, or a mapping of field names to
+    values) replaces it. ``transposed``: for conv_transpose2d, whose forward pass is dx with x in dout's place.
 
-    * forward: im2col (the one forward algorithm here; a Winograd module can add another).
+    * Winograd (:mod:`xpcnn._winograd`) for a 3 x 3, stride-1, dilation-1 convolution where the cost model's
+      rule (:func:`xpcnn._winograd.winograd_pays_off`: enough channels per group, a large enough output) says
+      it pays off, :func:`xpcnn.config.get_winograd` allows it, and the data each part reads is known finite
+      (:func:`xpcnn._dispatch.known_finite`; it spreads an inf or NaN over whole tiles where im2col keeps it to
+      the windows): forward, x and weight; dx, dout and weight; dweight, x and dout. dout is checked by the
+      backward pass (:func:`plan_for_dout`); the plan carries the choice for a dout that is not finite.
+    * forward: im2col otherwise.
     * dx: a correlation of dout where stride 1 allows it and it gathers at most ``transposed_dx_ratio`` times
       what col2im adds; else col2im, in wide rows where the windows reach the padded input's far edge (NCHW,
       stride 1) and the output channels are no more than ``C * K``. The correlation and the wide rows put zeros in
@@ -171,34 +201,119 @@ def conv2d_plan(xp, x: Array, weight: Array, conv: ConvShape, overrides: Conv2dP
       NaN or inf weight would spread NaN where PyTorch has none.
     * dweight: per sample where ``P >= per_sample_weight_gradient_ratio * Og``, else batch-folded.
     * keep_columns: when the whole batch is one piece (its columns then take at most the workspace limit).
+    * tile: F(4x4) up to ``winograd_f4_max_channels`` channels per group, F(2x2) beyond.
+
+    ``algorithm="winograd"`` takes Winograd for every part whatever the rule, the switch and the data;
+    ``"im2col"`` never. Raises a ValueError for an unknown algorithm or field, and for Winograd on a
+    convolution that is not 3 x 3, stride 1, dilation 1.
     """
     if isinstance(overrides, Conv2dPlan):
-        return overrides
+        tile = _winograd_tile(profile_for(x), conv) if overrides.tile is None else overrides.tile
+        return _checked_plan(overrides._replace(tile=tile), conv)
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     profile = profile_for(x)
-    geometry, positions = conv.geometry, conv.geometry.out_size[0] * conv.geometry.out_size[1]
-    finite = known_finite(xp, weight)
-    if finite and _transposed_geometry(geometry, conv.channels, conv.out_channels,
-                                       profile.transposed_dx_ratio) is not None:
-        dx = DxAlgorithm.TRANSPOSED_CORRELATION
-    elif (finite and not conv.channels_last and _windows_reach_the_far_edge(geometry)
-          and conv.out_channels <= conv.channels * len(geometry.offsets())):  # extending dout < dcols' scatter
-        dx = DxAlgorithm.COL2IM_WIDE_ROWS
-    else:
-        dx = DxAlgorithm.COL2IM
-    per_sample = positions >= profile.per_sample_weight_gradient_ratio * (conv.out_channels // conv.groups)
-    plan = Conv2dPlan(
-        forward=ForwardAlgorithm.IM2COL,
-        dx=dx,
-        dweight=WeightGradientAlgorithm.PER_SAMPLE if per_sample else WeightGradientAlgorithm.BATCH_FOLDED,
-        keep_columns=True,
-    )
+    finite_weight = known_finite(xp, weight)
+    dx = _im2col_dx(profile, conv, finite_weight)
+    dweight = _im2col_dweight(profile, conv)
+    plan = Conv2dPlan(forward=ForwardAlgorithm.IM2COL, dx=dx, dweight=dweight, keep_columns=True,
+                      tile=_winograd_tile(profile, conv))
+    if algorithm == WINOGRAD:
+        plan = plan._replace(forward=ForwardAlgorithm.WINOGRAD, dx=DxAlgorithm.WINOGRAD,
+                             dweight=WeightGradientAlgorithm.WINOGRAD)
+    elif algorithm == AUTO and get_winograd() and _winograd_pays_off(profile, conv):
+        finite_x = known_finite(xp, x)  # conv_transpose2d: its x is in dout's place
+        if transposed:
+            plan = plan._replace(dx=DxAlgorithm.WINOGRAD) if finite_x and finite_weight else plan
+        else:
+            plan = plan._replace(
+                forward=ForwardAlgorithm.WINOGRAD if finite_x and finite_weight else plan.forward,
+                dx=DxAlgorithm.WINOGRAD if finite_weight else dx,
+                dweight=WeightGradientAlgorithm.WINOGRAD if finite_x else dweight,
+            )
+            if (plan.dx, plan.dweight) != (dx, dweight):
+                plan = plan._replace(if_dout_not_finite=(dx, dweight))
     if overrides:
         unknown = set(overrides) - set(Conv2dPlan._fields)
         if unknown:
             raise ValueError(f"_plan names no field {sorted(unknown)}; the fields are {Conv2dPlan._fields}")
         plan = plan._replace(**overrides)
-    return Conv2dPlan(ForwardAlgorithm(plan.forward), DxAlgorithm(plan.dx),
-                      WeightGradientAlgorithm(plan.dweight), bool(plan.keep_columns))
+        if plan.tile is None:
+            plan = plan._replace(tile=_winograd_tile(profile, conv))
+        if plan.if_dout_not_finite is not None and "if_dout_not_finite" not in overrides:  # forced parts stay
+            fallback = tuple(overrides.get(name, chosen) for name, chosen in zip(("dx", "dweight"),
+                                                                                   plan.if_dout_not_finite))
+            plan = plan._replace(if_dout_not_finite=fallback)
+    fallback = plan.if_dout_not_finite
+    if fallback is not None:
+        fallback = (DxAlgorithm(fallback[0]), WeightGradientAlgorithm(fallback[1]))
+        fallback = None if fallback == (DxAlgorithm(plan.dx), WeightGradientAlgorithm(plan.dweight)) else fallback
+    return _checked_plan(Conv2dPlan(ForwardAlgorithm(plan.forward), DxAlgorithm(plan.dx),
+                                    WeightGradientAlgorithm(plan.dweight), bool(plan.keep_columns),
+                                    plan.tile, fallback), conv)
+
+
+def plan_for_dout(xp, plan: Conv2dPlan, dout: Array) -> Conv2dPlan:
+    """The backward pass's plan for this dout: where the cost model chose Winograd for dx or dweight (assuming a
+    finite dout), a dout not known to be finite (:func:`xpcnn._dispatch.known_finite`) takes
+    ``plan.if_dout_not_finite`` instead. A dout that is finite, or a plan without that field, keeps the plan."""
+    if plan.if_dout_not_finite is None or known_finite(xp, dout):
+        return plan
+    dx, dweight = plan.if_dout_not_finite
+    return plan._replace(dx=dx, dweight=dweight, if_dout_not_finite=None)
+
+
+def _im2col_dx(profile: Profile, conv: ConvShape, finite_weight: bool) -> DxAlgorithm:
+    """dx without Winograd: the transposed correlation, col2im in wide rows, or col2im (:func:`conv2d_plan`)."""
+    geometry = conv.geometry
+    if finite_weight and _transposed_geometry(geometry, conv.channels, conv.out_channels,
+                                              profile.transposed_dx_ratio) is not None:
+        return DxAlgorithm.TRANSPOSED_CORRELATION
+    if (finite_weight and not conv.channels_last and _windows_reach_the_far_edge(geometry)
+            and conv.out_channels <= conv.channels * len(geometry.offsets())):  # extending dout < dcols' scatter
+        return DxAlgorithm.COL2IM_WIDE_ROWS
+    return DxAlgorithm.COL2IM
+
+
+def _im2col_dweight(profile: Profile, conv: ConvShape) -> WeightGradientAlgorithm:
+    """dweight without Winograd: per sample where ``P >= per_sample_weight_gradient_ratio * Og``, else folded."""
+    positions = conv.geometry.out_size[0] * conv.geometry.out_size[1]
+    per_sample = positions >= profile.per_sample_weight_gradient_ratio * (conv.out_channels // conv.groups)
+    return WeightGradientAlgorithm.PER_SAMPLE if per_sample else WeightGradientAlgorithm.BATCH_FOLDED
+
+
+def _winograd_geometry(conv: ConvShape) -> bool:
+    """Whether Winograd computes ``conv``: a 3 x 3 kernel, stride 1, dilation 1."""
+    geometry = conv.geometry
+    return winograd_applies(geometry.kernel, geometry.stride, geometry.dilation)
+
+
+def _winograd_tile(profile: Profile, conv: ConvShape) -> int | None:
+    """The cost model's F(m x m, 3 x 3) tile for ``conv`` when Winograd computes it, else None."""
+    if not _winograd_geometry(conv):
+        return None
+    return winograd_tile(conv.channels // conv.groups, conv.out_channels // conv.groups, profile=profile)
+
+
+def _winograd_pays_off(profile: Profile, conv: ConvShape) -> bool:
+    """The cost model's rule for Winograd on ``conv`` (channels per group and output size; dx's output, x's
+    size, is never smaller)."""
+    return _winograd_geometry(conv) and winograd_pays_off(
+        conv.channels // conv.groups, conv.out_channels // conv.groups, conv.geometry.out_size, profile=profile
+    ) is not None
+
+
+def _checked_plan(plan: Conv2dPlan, conv: ConvShape) -> Conv2dPlan:
+    """``plan``, or a ValueError when it takes Winograd for a convolution Winograd does not compute."""
+    parts = (plan.forward, plan.dx, plan.dweight, *(plan.if_dout_not_finite or ()))
+    if any(part == WINOGRAD for part in parts):
+        if not _winograd_geometry(conv):
+            geometry = conv.geometry
+            raise ValueError(f"the winograd algorithm needs a 3 x 3 kernel, stride 1 and dilation 1, got kernel "
+                             f"{geometry.kernel}, stride {geometry.stride} and dilation {geometry.dilation}")
+        if plan.tile not in (2, 4):
+            raise ValueError(f"the winograd tile must be 2 or 4, got {plan.tile!r}")
+    return plan
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,6 +334,7 @@ class Conv2dCache(NamedTuple):
     workspace_limit: int  # bytes for one piece's column buffer
     unbatched: bool = False  # x was (C, H, W) (or (H, W, C)): dout and dx are too
     columns: Array | None = None
+    winograd_workspace_limit: int | None = None  # bytes for one Winograd piece's arrays (None: workspace_limit)
 
     @property
     def geometry(self) -> WindowGeometry:
@@ -241,6 +357,7 @@ def conv2d_forward(
     groups: int = 1,
     data_format: str = NCHW,
     workspace_limit: int | None = None,
+    algorithm: str = AUTO,
     _plan: Conv2dPlan | Mapping | None = None,
 ) -> tuple[Array, Conv2dCache]:
     """2-D convolution (cross-correlation) as ``torch.nn.functional.conv2d``.
@@ -260,7 +377,15 @@ def conv2d_forward(
     data_format : ``"NCHW"`` (default) or ``"NHWC"``
         The layout of x and out (never guessed from the shapes).
     workspace_limit : int, optional
-        Bytes for one batch piece's column buffer (default: the global setting of :mod:`xpcnn.config`).
+        Bytes for one batch piece's column buffer, or Winograd's working arrays (default: the global setting of
+        :mod:`xpcnn.config`, else the device profile's ``workspace_limit`` or ``winograd_workspace_limit``).
+    algorithm : ``"auto"`` (default), ``"im2col"`` or ``"winograd"``
+        How the forward pass, dx and dweight are computed. ``"auto"``: the cost model's choice (:func:`conv2d_plan`),
+        Winograd's F(m x m, 3 x 3) for 3 x 3, stride-1, dilation-1 convolutions with 16 or more channels per
+        group where the data is known finite (NumPy) and :func:`xpcnn.config.set_winograd` allows it;
+        ``"im2col"``: never Winograd; ``"winograd"``: Winograd for the three parts (3 x 3, stride 1, dilation 1
+        only; an inf or NaN then spreads over the tiles that hold it). Winograd's float32 results differ from
+        im2col's by rounding (about 1e-5 relative).
 
     Returns
     -------
@@ -276,16 +401,18 @@ def conv2d_forward(
     ValueError
         Wrong ranks, channel, group or bias mismatches (naming ``data_format`` when the other layout would fit),
         empty kernels, arrays from different libraries or devices, bad stride, padding, dilation or data_format,
-        a kernel larger than the padded input.
+        a kernel larger than the padded input, an unknown algorithm, ``"winograd"`` for another kernel, stride or
+        dilation.
     """
     args = _conv2d_arguments(x, weight, bias, stride, padding, dilation, groups, data_format)
     xp, x, conv = args.xp, args.x, args.conv
     limit = resolve_workspace_limit(workspace_limit, x)
-    plan = conv2d_plan(xp, x, weight, conv, _plan)
-    out, columns = _forward(xp, x, weight, conv, plan, limit)
+    winograd_limit = resolve_workspace_limit(workspace_limit, x, field="winograd_workspace_limit")
+    plan = conv2d_plan(xp, x, weight, conv, _plan, algorithm=algorithm)
+    out, columns = _forward(xp, x, weight, conv, plan, limit, winograd_limit)
     if bias is not None:
         out = out + _per_channel(xp, bias, conv.data_format)
-    cache = Conv2dCache(x, weight, bias is not None, conv, plan, limit, args.unbatched, columns)
+    cache = Conv2dCache(x, weight, bias is not None, conv, plan, limit, args.unbatched, columns, winograd_limit)
     return (out[0, ...] if args.unbatched else out), cache
 
 
@@ -327,9 +454,11 @@ def conv2d_backward(
     x, weight, conv = cache.x, cache.weight, cache.conv
     xp, dout = _checked_dout(dout, cache, _out_shape(x.shape[0], conv.out_channels, conv))
     plan = cache.plan if _plan is None else conv2d_plan(xp, x, weight, conv, _replanned(cache.plan, _plan))
+    plan = plan_for_dout(xp, plan, dout)
+    limits = (cache.workspace_limit, cache.winograd_workspace_limit or cache.workspace_limit)
 
-    dweight = _weight_gradient(xp, dout, x, conv, plan, cache.workspace_limit, cache.columns)
-    dx = _input_gradient(xp, dout, weight, conv, plan.dx, cache.workspace_limit) if input_grad else None
+    dweight = _weight_gradient(xp, dout, x, conv, plan, limits, cache.columns)
+    dx = _input_gradient(xp, dout, weight, conv, plan, limits) if input_grad else None
     dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
     return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
 
@@ -415,6 +544,7 @@ class ConvTranspose2dCache(NamedTuple):
     plan: Conv2dPlan
     workspace_limit: int  # bytes for one piece's column buffer
     unbatched: bool = False
+    winograd_workspace_limit: int | None = None  # bytes for one Winograd piece's arrays (None: workspace_limit)
 
     @property
     def geometry(self) -> WindowGeometry:
@@ -482,11 +612,15 @@ def conv_transpose2d_forward(
                                        data_format)
     xp, x, conv, unbatched = args.xp, args.x, args.conv, args.unbatched
     limit = resolve_workspace_limit(workspace_limit, x)
-    plan = conv2d_plan(xp, x, weight, conv, _plan)
-    out = _input_gradient(xp, x, weight, conv, plan.dx, limit)
+    winograd_limit = resolve_workspace_limit(workspace_limit, x, field="winograd_workspace_limit")
+    plan = conv2d_plan(xp, x, weight, conv, _plan, transposed=True)
+    if WINOGRAD in (plan.forward, plan.dweight):
+        raise ValueError("conv_transpose2d's backward pass is im2col's: only _plan's dx (its forward pass) may be "
+                         f"'winograd', got {plan}")
+    out = _input_gradient(xp, x, weight, conv, plan, (limit, winograd_limit))
     if bias is not None:
         out = out + _per_channel(xp, bias, conv.data_format)
-    cache = ConvTranspose2dCache(x, weight, bias is not None, conv, plan, limit, unbatched)
+    cache = ConvTranspose2dCache(x, weight, bias is not None, conv, plan, limit, unbatched, winograd_limit)
     return (out[0, ...] if unbatched else out), cache
 
 
@@ -681,8 +815,16 @@ def _checked_dout(dout, cache, shape) -> tuple[Any, Array]:
 
 
 def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
-    """The backward pass's ``_plan``: a whole plan, or the forward plan's fields with some replaced."""
-    return overrides if isinstance(overrides, Conv2dPlan) else {**plan._asdict(), **dict(overrides)}
+    """The backward pass's ``_plan``: a whole plan, or the forward plan's fields with some replaced (those also
+    replace the forward plan's choice for a dout not known finite: what the caller names is taken)."""
+    if isinstance(overrides, Conv2dPlan):
+        return overrides
+    overrides = dict(overrides)
+    merged = {**plan._asdict(), **overrides}
+    if plan.if_dout_not_finite is not None and "if_dout_not_finite" not in overrides:
+        merged["if_dout_not_finite"] = tuple(overrides.get(name, chosen) for name, chosen in
+                                             zip(("dx", "dweight"), plan.if_dout_not_finite))
+    return merged
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -691,11 +833,15 @@ def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _forward(xp, x, weight, conv: ConvShape, plan: Conv2dPlan, limit: int):
+def _forward(xp, x, weight, conv: ConvShape, plan: Conv2dPlan, limit: int, winograd_limit: int):
     """conv2d's output without bias by ``plan.forward``, and the columns the backward pass may reuse (or None).
-    One branch per :class:`ForwardAlgorithm`: another algorithm (Winograd, say) plugs in here."""
+    One branch per :class:`ForwardAlgorithm`."""
     if plan.forward == ForwardAlgorithm.IM2COL:
         return _correlate(xp, x, weight, conv, limit, keep_columns=plan.keep_columns)
+    if plan.forward == ForwardAlgorithm.WINOGRAD:
+        out = winograd_forward(xp, x, weight, conv.geometry.padding, conv.groups, tile=plan.tile,
+                               data_format=conv.data_format, workspace_limit=winograd_limit)
+        return out, None
     raise ValueError(f"no forward algorithm {plan.forward!r}")
 
 
@@ -714,9 +860,13 @@ def _correlate(xp, x, weight, conv: ConvShape, limit: int, *, keep_columns: bool
     return concat_pieces(xp, map_pieces(one_piece, n, piece)), None
 
 
-def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limit: int, columns):
+def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limits: tuple[int, int], columns):
     """``dweight[g] = sum_n dout[n, g] @ cols[n, g]^T``, piece by piece, from the kept columns (the batch in one
-    piece) or gathered again."""
+    piece) or gathered again; or Winograd's adjoint (``limits``: im2col's and Winograd's workspace bytes)."""
+    limit, winograd_limit = limits
+    if plan.dweight == WeightGradientAlgorithm.WINOGRAD:
+        return winograd_weight_grad(xp, x, dout, conv.geometry.padding, conv.groups, tile=plan.tile,
+                                    data_format=conv.data_format, workspace_limit=winograd_limit)
     dout_rows = _rows_of(xp, dout, conv)
     if columns is not None:
         return _weight_from_matrix(xp, _weight_product(xp, dout_rows(slice(None)), columns, conv, plan.dweight),
@@ -734,9 +884,14 @@ def _conv2d_weight_shape(conv: ConvShape) -> tuple[int, int, int, int]:
     return (conv.out_channels, conv.channels // conv.groups, *conv.geometry.kernel)
 
 
-def _input_gradient(xp, dout, weight, conv: ConvShape, algorithm: DxAlgorithm, limit: int):
-    """The transpose of :func:`_correlate` in x: from dout (N, O, out_h, out_w) to (N, C, H, W) (NHWC alike).
-    conv2d's input gradient, and conv_transpose2d's output."""
+def _input_gradient(xp, dout, weight, conv: ConvShape, plan: Conv2dPlan, limits: tuple[int, int]):
+    """The transpose of :func:`_correlate` in x: from dout (N, O, out_h, out_w) to (N, C, H, W) (NHWC alike), by
+    ``plan.dx`` (``limits``: im2col's and Winograd's workspace bytes). conv2d's input gradient, and
+    conv_transpose2d's output."""
+    algorithm, (limit, winograd_limit) = plan.dx, limits
+    if algorithm == DxAlgorithm.WINOGRAD:
+        return winograd_input_grad(xp, dout, weight, conv.geometry.padding, conv.groups, conv.geometry.in_size,
+                                   tile=plan.tile, data_format=conv.data_format, workspace_limit=winograd_limit)
     if algorithm == DxAlgorithm.TRANSPOSED_CORRELATION:
         transposed = _transposed_geometry(conv.geometry, conv.channels, conv.out_channels, float("inf"))
         if transposed is None:

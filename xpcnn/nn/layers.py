@@ -13,6 +13,7 @@ from .._validation import as_bool, as_float, as_int, int_pair, namespace_and_dev
 from .._windows import is_channels_last
 from ..config import resolve_workspace_limit
 from ..functional.activations import check_approximate
+from ..functional.conv import ALGORITHMS as _CONV_ALGORITHMS
 from ..functional.conv import conv_options, conv_transpose_options
 from ..functional.conv import data_format_checked as _conv_data_format
 from ..functional.dropout import check_probability
@@ -87,13 +88,18 @@ class _Affine(Module):
 class Conv2d(_Affine):
     """2-D convolution, as ``torch.nn.Conv2d``: weight ``(out_channels, in_channels // groups, kh, kw)`` (PyTorch's
     layout whatever the data format) and bias ``(out_channels,)``. ``data_format="NHWC"`` takes and gives
-    channels-last arrays (default ``"NCHW"``). See :func:`xpcnn.functional.conv2d_forward`."""
+    channels-last arrays (default ``"NCHW"``). ``algorithm`` (``"auto"``, ``"im2col"`` or ``"winograd"``) is
+    passed to every call. See :func:`xpcnn.functional.conv2d_forward`."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *, xp=None, device=None,
-                 dtype=None, seed: int | None = None, workspace_limit: int | None = None, data_format: str = "NCHW"):
+                 dtype=None, seed: int | None = None, workspace_limit: int | None = None, data_format: str = "NCHW",
+                 algorithm: str = "auto"):
         super().__init__()
+        if algorithm not in _CONV_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {_CONV_ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
         self.data_format = _conv_data_format(data_format)
         in_channels, out_channels = _positive(in_channels, "in_channels"), _positive(out_channels, "out_channels")
         groups = _positive(groups, "groups")
@@ -109,7 +115,8 @@ class Conv2d(_Affine):
 
     def forward(self, x):
         out, self._cache = F.conv2d_forward(x, self.weight.data, self._bias_data(), **self.options,
-                                            data_format=self.data_format, workspace_limit=self.workspace_limit)
+                                            data_format=self.data_format, workspace_limit=self.workspace_limit,
+                                            algorithm=self.algorithm)
         return out
 
     def backward(self, dout, *, input_grad=True):
@@ -121,8 +128,9 @@ class Conv2d(_Affine):
         o, i, kh, kw = self.weight.data.shape
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         layout = "" if self.data_format == "NCHW" else f", data_format={self.data_format!r}"
+        algorithm = "" if self.algorithm == "auto" else f", algorithm={self.algorithm!r}"
         return (f"Conv2d({i * self.options['groups']}, {o}, kernel_size={(kh, kw)}, {options}, "
-                f"bias={self.bias is not None}{layout})")
+                f"bias={self.bias is not None}{layout}{algorithm})")
 
 
 class ConvTranspose2d(_Affine):
