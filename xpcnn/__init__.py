@@ -8,8 +8,8 @@ chosen by the input's type.
 * :func:`fit`, :func:`evaluate`, :func:`predict`, with :class:`DataOrder` and the callbacks :class:`EarlyStopping`
   and :class:`BestCheckpoint`; :func:`save`, :func:`load` (``.npz`` or ``.safetensors``); :func:`save_checkpoint`,
   :func:`load_checkpoint`;
-* :mod:`xpcnn.interop` (imported on demand): xpcnn's passes inside PyTorch and JAX autodiff, and PyTorch state
-  dicts by name; :mod:`xpcnn.testing` (imported on demand): gradient checks, the backend matrix, ``assert_close``.
+* ``xpcnn.interop`` (imported on demand): xpcnn's passes inside PyTorch and JAX autodiff, and PyTorch state
+  dicts by name; ``xpcnn.testing`` (imported on demand): gradient checks, the backend matrix, ``assert_close``.
 """
 
 from . import config, functional, nn, optim

@@ -35,23 +35,12 @@ from array_api_compat import device as device_of
 from array_api_compat import is_lazy_array
 
 from ._dispatch import take_nonnegative, updates_in_place
+from ._layout import DATA_FORMATS, is_channels_last  # noqa: F401  (re-exported for the ops)
 from ._tuning import profile_for
+from ._typing import Array  # noqa: F401
 
 _AXES = ("height", "width")
 
-Array = Any
-"""An array of any array API library (the type of every array argument and result)."""
-
-DATA_FORMATS = ("NCHW", "NHWC")
-"""The layouts of a batch of images: channels first (PyTorch's default) or channels last (TensorFlow's)."""
-
-
-def is_channels_last(data_format: str, name: str = "data_format") -> bool:
-    """Whether ``data_format`` (``"NCHW"`` or ``"NHWC"``, never guessed from shapes) puts the channels last; a
-    ValueError naming the argument for anything else."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"{name} must be 'NCHW' or 'NHWC', got {data_format!r}")
-    return data_format == "NHWC"
 
 
 def spatial(rows, cols, *, channels_last: bool = False) -> tuple:

@@ -77,7 +77,7 @@ __all__ = [
 KERNEL = 3
 """The kernel size these transforms are for (3 x 3)."""
 
-DATA_FORMATS = ("NCHW", "NHWC")
+from ._layout import DATA_FORMATS  # noqa: E402
 
 
 @dataclass(frozen=True)

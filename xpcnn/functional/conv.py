@@ -5,7 +5,7 @@ kh, kw)`` weights in both layouts, as PyTorch.
 With ``G`` groups of ``Cg = C / G`` input and ``Og = O / G`` output channels, ``K = kh * kw`` kernel offsets and
 ``P = out_h * out_w`` output positions:
 
-Which algorithm computes each part is chosen in one place, :func:`conv2d_plan`, from the cost model
+Which algorithm computes each part is chosen in one place, ``conv2d_plan``, from the cost model
 (:mod:`xpcnn._tuning`), and can be chosen explicitly with the ops' private ``_plan`` argument. The batch is
 processed in pieces whose column buffer fits the workspace limit (:mod:`xpcnn.config`). When the whole batch fits
 in one piece, the cache keeps its columns for the backward pass (at most the limit's bytes); otherwise the backward
@@ -41,7 +41,7 @@ Winograd (:mod:`xpcnn._winograd`): a 3 x 3, stride-1, dilation-1 convolution wit
 computes each part with F(m x m, 3 x 3) instead, about four times fewer multiplies -- the forward pass, dx as the
 transposed correlation above, and dweight as the adjoint of the forward pass in the weights. Its float32 rounding
 error is larger (about 1e-5 relative), and it spreads an inf or NaN over whole tiles, so the cost model takes it
-only for data known to be finite (:func:`conv2d_plan`); ``algorithm=`` and :func:`xpcnn.config.set_winograd`
+only for data known to be finite (``conv2d_plan``); ``algorithm=`` and :func:`xpcnn.config.set_winograd`
 switch it off (or force it).
 
 The transposed convolution (``torch.nn.functional.conv_transpose2d``, weights ``(C_in, C_out / G, kh, kw)``) is
@@ -65,7 +65,9 @@ from array_api_compat import device as device_of
 
 from .._dispatch import known_finite
 from .._precision import half_in_float32, half_in_float32_backward
+from .._layout import DATA_FORMATS, NCHW, NHWC, check_data_format  # noqa: F401
 from .._tuning import Profile, profile_for
+from .._typing import Array
 from .._validation import (
     as_bool,
     as_int,
@@ -101,16 +103,8 @@ __all__ = [
     "conv_transpose2d_backward",
 ]
 
-Array: TypeAlias = Any
-"""An array of any array API library (NumPy, CuPy, PyTorch, JAX, Dask, array-api-strict)."""
-
 IntPair: TypeAlias = int | tuple[int, int]
 """An int for both axes, or a (height, width) pair."""
-
-NCHW, NHWC = "NCHW", "NHWC"
-DATA_FORMATS = (NCHW, NHWC)
-"""The layouts of x, out and their gradients: channels first (the default) or channels last. Weights keep
-PyTorch's layout in both."""
 
 AUTO, IM2COL, WINOGRAD = "auto", "im2col", "winograd"
 ALGORITHMS = (AUTO, IM2COL, WINOGRAD)
@@ -150,7 +144,7 @@ class WeightGradientAlgorithm(str, enum.Enum):
 
 
 class Conv2dPlan(NamedTuple):
-    """The algorithm of each part of a convolution, chosen by :func:`conv2d_plan` from the cost model
+    """The algorithm of each part of a convolution, chosen by ``conv2d_plan`` from the cost model
     (:mod:`xpcnn._tuning`). Every choice gives the same result (up to rounding); tests pick one explicitly with
     the ops' private ``_plan`` argument (a plan, or a mapping of the fields to change)."""
 
@@ -264,7 +258,7 @@ def plan_for_dout(xp, plan: Conv2dPlan, dout: Array) -> Conv2dPlan:
 
 
 def _im2col_dx(profile: Profile, conv: ConvShape, finite_weight: bool) -> DxAlgorithm:
-    """dx without Winograd: the transposed correlation, col2im in wide rows, or col2im (:func:`conv2d_plan`)."""
+    """dx without Winograd: the transposed correlation, col2im in wide rows, or col2im (``conv2d_plan``)."""
     geometry = conv.geometry
     if finite_weight and _transposed_geometry(geometry, conv.channels, conv.out_channels,
                                               profile.transposed_dx_ratio) is not None:
@@ -380,7 +374,7 @@ def conv2d_forward(
         Bytes for one batch piece's column buffer, or Winograd's working arrays (default: the global setting of
         :mod:`xpcnn.config`, else the device profile's ``workspace_limit`` or ``winograd_workspace_limit``).
     algorithm : ``"auto"`` (default), ``"im2col"`` or ``"winograd"``
-        How the forward pass, dx and dweight are computed. ``"auto"``: the cost model's choice (:func:`conv2d_plan`),
+        How the forward pass, dx and dweight are computed. ``"auto"``: the cost model's choice (``conv2d_plan``),
         Winograd's F(m x m, 3 x 3) for 3 x 3, stride-1, dilation-1 convolutions with 16 or more channels per
         group where the data is known finite (NumPy) and :func:`xpcnn.config.set_winograd` allows it;
         ``"im2col"``: never Winograd; ``"winograd"``: Winograd for the three parts (3 x 3, stride 1, dilation 1
@@ -753,9 +747,7 @@ def _conv_transpose_geometry(size, kernel, stride, padding, output_padding, dila
 
 def data_format_checked(data_format) -> str:
     """``data_format`` if it is ``"NCHW"`` or ``"NHWC"``, else a ValueError. The layers call it when built."""
-    if not isinstance(data_format, str) or data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}")
-    return data_format
+    return check_data_format(data_format)
 
 
 def _layout_names(data_format: str, channels: str = "C") -> str:

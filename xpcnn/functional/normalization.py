@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 from .._validation import cache_repr
 from .._precision import half_in_float32, half_in_float32_backward
+from .._layout import DATA_FORMATS, NCHW, NHWC, check_data_format  # noqa: F401  (re-exported)
 from .._typing import Array
 from .._validation import (
     as_bool,
@@ -72,10 +73,8 @@ __all__ = [
     "group_norm_backward",
 ]
 
-NCHW, NHWC = "NCHW", "NHWC"
-DATA_FORMATS = (NCHW, NHWC)
-"""The layouts of batch and group norm's x (and out, dout, dx): channels first ``(N, C, *)``, PyTorch's and the
-default, or channels last ``(N, *, C)``. Never guessed from the shapes. Parameters and statistics are (C,) in both."""
+# The layouts of batch and group norm's x (and out, dout, dx): channels first ``(N, C, *)``, PyTorch's and the
+# default, or channels last ``(N, *, C)`` (xpcnn/_layout.py). Parameters and statistics are (C,) in both.
 
 
 # -- the shared core ----------------------------------------------------------------------------------------------
@@ -212,13 +211,6 @@ def _check_eps(eps, *, positive: bool = False) -> float:
     if positive and eps == 0.0:
         raise ValueError("eps must be > 0 for training batch norm (a constant channel would divide 0 by 0), got 0.0")
     return eps
-
-
-def check_data_format(data_format) -> str:
-    """``data_format`` if it is ``"NCHW"`` or ``"NHWC"``; a ValueError naming the argument otherwise."""
-    if not isinstance(data_format, str) or data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be 'NCHW' or 'NHWC', got {data_format!r}")
-    return data_format
 
 
 def channel_axis(ndim: int, data_format: str) -> int:

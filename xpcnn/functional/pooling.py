@@ -16,7 +16,7 @@ Max pooling routes each upstream gradient to exactly ONE input element: the firs
 row-major order. It is NOT an equality mask (which would send the full gradient to every tied element). NaN
 propagates: a window holding NaN outputs NaN and its gradient goes to that NaN (the last NaN of the window when there
 are several, as PyTorch). Padding is implicit ``-inf`` and never wins; a window of ``-inf`` values routes its gradient
-to its first in-bounds element, as PyTorch. The winners are recorded as :class:`Winner` codes; ``cache.indices``
+to its first in-bounds element, as PyTorch. The winners are recorded as ``Winner`` codes; ``cache.indices``
 gives them with the layout of PyTorch's ``return_indices``: a flat index ``h * W + w`` into each unpadded plane,
 (N, C, out_h, out_w) for NCHW and (N, out_h, out_w, C) for NHWC.
 
@@ -107,7 +107,7 @@ class Winner:
 
 
 class MaxPool2dCache(NamedTuple):
-    """winners: (N, C, out_h, out_w) int16 ((N, out_h, out_w, C) for NHWC), the :class:`Winner` code of each
+    """winners: (N, C, out_h, out_w) int16 ((N, out_h, out_w, C) for NHWC), the ``Winner`` code of each
     window's chosen kernel offset; ``indices`` gives them as PyTorch's ``return_indices``.
     column_winners: (N, C, Hp, out_w) int16 (NHWC: (N, Hp, out_w, C)), the Winner code of the column ``j`` that
     won along each padded row's column window (the first pass), by which the backward pass routes a row's gradient
@@ -125,8 +125,8 @@ class MaxPool2dCache(NamedTuple):
 
     @property
     def indices(self):
-        """int64, x's layout ((N, C, out_h, out_w) or (N, out_h, out_w, C)): the flat position ``row * W + col``
-        in x's (H, W) plane of each output's maximum, as PyTorch's ``return_indices``."""
+        """The flat position ``row * W + col`` in x's (H, W) plane of each output's maximum, as PyTorch's
+        ``return_indices``: an int64 array in x's layout, (N, C, out_h, out_w) or (N, out_h, out_w, C)."""
         xp, device = namespace_and_device(winners=self.winners)
         g, last = self.geometry, self.channels_last
         offsets = xp.astype(self.winners, xp.int64) - Winner.FIRST
@@ -227,7 +227,7 @@ def max_pool2d_forward(
 
 
 def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, axes=(0, 1)):
-    """The :class:`Winner` code of each window's first element inside x (NONE where there is none): what a window
+    """The ``Winner`` code of each window's first element inside x (NONE where there is none): what a window
     in which nothing beats ``-inf`` chooses, as PyTorch. Over both axes (kernel offsets), or along one (``axes``:
     ``(1,)`` for the column pass of :func:`by_axis`), shaped to broadcast against the output."""
     steps = [geometry.first_inside_steps(axis) for axis in axes]
@@ -263,7 +263,7 @@ def _running_maximum(
     xp, x, geometry: WindowGeometry, first, candidates=None, *, channels_last: bool = False, nan_free: bool = False,
     copy_windows: bool = True,
 ):
-    """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the :class:`Winner` code of each:
+    """Maxima of the windows of ``geometry`` over ``x`` (already padded) and the ``Winner`` code of each:
     ``FIRST + k`` for the k-th slice (or ``candidates``' k-th array), by :func:`_first_maximum`'s rule; ``first``
     where nothing beats ``-inf``. The first slice is taken unless it lies in the padding (then its candidate is
     below ``first``) or the window has no element in bounds (``first`` is NONE). ``nan_free``: x is known to hold
@@ -586,7 +586,7 @@ def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, 
 # -- adaptive pooling -------------------------------------------------------------------------------------------------
 
 MAX_KERNEL_ELEMENTS = 2**15 - 1
-"""Pooling's kernel limit (max_pool2d's int16 :class:`Winner` codes): larger tiling windows take the gathered path."""
+"""Pooling's kernel limit (max_pool2d's int16 ``Winner`` codes): larger tiling windows take the gathered path."""
 
 
 class AdaptiveAvgPool2dCache(NamedTuple):
@@ -872,7 +872,7 @@ def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False)
     far, or a NaN. So the first maximum wins, or the last NaN where there is one; a repeated last tap changes
     neither. Max pooling and adaptive max pooling both choose by this one function.
 
-    ``first`` (max pooling's :class:`Winner` codes of each window's first element inside x): the first value is
+    ``first`` (max pooling's ``Winner`` codes of each window's first element inside x): the first value is
     taken only where its position is not below ``first``, and nothing where ``first`` is NONE (padding never wins;
     a window of ``-inf`` chooses its first element inside x). ``nan_free``: the values are known to hold no NaN,
     so the NaN test is skipped.

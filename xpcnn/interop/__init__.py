@@ -13,8 +13,8 @@ Which argument a gradient belongs to
 A backward pass returns a tuple of gradients, ``(dx, dweight, dbias)``, one for each of the forward pass's leading
 *array* arguments: the positional arguments that are arrays, or None (an absent optional array, such as a bias),
 in order. Options between them (``layer_norm_forward(x, normalized_shape, weight, bias)``'s shape, a kernel size, a
-slope) take no place in that tuple. :func:`gradient_slots` is that rule, shared by the adapters and by
-:mod:`xpcnn.testing`.
+slope) take no place in that tuple. ``gradient_slots`` is that rule, shared by the adapters and by
+``xpcnn.testing``.
 """
 
 __all__ = ["torch", "jax", "gradient_slots"]

@@ -34,7 +34,7 @@ def function(forward, backward, *, n_grads=None):
         An xpcnn pair: ``out, cache = forward(*args, **kwargs)`` and ``backward(dout, cache)``, which returns the
         gradient of the first argument or a tuple of gradients of the leading array arguments (``(dx, dweight,
         dbias)``: positional arrays and Nones, in order; options between them, such as ``layer_norm``'s
-        ``normalized_shape``, take no place: :func:`xpcnn.interop.gradient_slots`).
+        ``normalized_shape``, take no place: ``xpcnn.interop.gradient_slots``).
     n_grads : int, optional
         How many of those leading array arguments the backward pass's gradients belong to. By default as many as it
         returns. Arguments past them and integer arrays get a zero cotangent.

@@ -18,8 +18,8 @@ An xpcnn model's state-dict names are PyTorch's for the same structure, so the m
 =====================================  =========================================================================
 xpcnn                                  the equivalent PyTorch model
 =====================================  =========================================================================
-``Conv2d``, ``ConvTranspose2d``,       ``torch.nn.Conv2d``... (``weight`` in PyTorch's layout: ``(out, in/groups,
-``Linear``                             kh, kw)``, ``(in, out/groups, kh, kw)``, ``(out, in)``; ``bias``)
+``Conv2d``, ``ConvTranspose2d``,       ``torch.nn.Conv2d``... (``weight`` in PyTorch's layout, (out, in/groups,
+``Linear``                             kh, kw), (in, out/groups, kh, kw), (out, in); ``bias``)
 ``BatchNorm1d/2d``                     ``torch.nn.BatchNorm1d/2d``: ``weight``, ``bias``, ``running_mean``,
                                        ``running_var``, ``num_batches_tracked`` (int64, 0-d; a state dict without
                                        it loads and keeps the model's count, as in PyTorch)
@@ -74,7 +74,7 @@ def function(forward, backward, *, n_grads=None):
         An xpcnn pair: ``out, cache = forward(*args, **kwargs)`` and ``backward(dout, cache)``, which returns the
         gradient of the first argument or a tuple of gradients of the leading array arguments (``(dx, dweight,
         dbias)``: positional tensors and Nones, in order; options between them, such as ``layer_norm``'s
-        ``normalized_shape``, take no place: :func:`xpcnn.interop.gradient_slots`).
+        ``normalized_shape``, take no place: ``xpcnn.interop.gradient_slots``).
     n_grads : int, optional
         How many of those leading array arguments the backward pass's gradients belong to. By default as many as it
         returns. Arguments past them, and those that are not floating tensors (integer targets, kernel sizes,
