@@ -21,6 +21,9 @@ __all__ = ["DropoutCache", "dropout_forward", "dropout_backward"]
 
 
 class DropoutCache(NamedTuple):
+    """What :func:`dropout_forward` keeps for :func:`dropout_backward`. Fields: ``scale``: ``keep / (1 - p)``
+    in x's shape, dtype and device (0 where an element was dropped)."""
+
     __repr__ = cache_repr
 
     scale: Any  # keep / (1 - p), of x's shape

@@ -28,6 +28,10 @@ __all__ = ["LinearCache", "linear_forward", "linear_backward"]
 
 
 class LinearCache(NamedTuple):
+    """What :func:`linear_forward` keeps for :func:`linear_backward`. Fields: ``x``: the input ``(...,
+    in_features)``; ``weight``: ``(out_features, in_features)``; ``has_bias``: whether a bias was given (then
+    the backward pass returns its gradient)."""
+
     __repr__ = cache_repr
 
     x: Any

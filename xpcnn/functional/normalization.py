@@ -465,6 +465,10 @@ def _checked_backward(dout, norm: Normalized, input_grad):
 
 
 class LayerNormCache(NamedTuple):
+    """What :func:`layer_norm_forward` keeps for :func:`layer_norm_backward`. Fields: ``normalized``: the
+    centred input ``x - mean``, the per-sample ``1 / sqrt(var + eps)``, the weight (or None), whether there was a
+    bias, and the axes and shapes the backward pass sums over (a ``Normalized`` tuple)."""
+
     __repr__ = cache_repr
 
     normalized: Normalized
@@ -549,6 +553,10 @@ def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
 
 
 class GroupNormCache(NamedTuple):
+    """What :func:`group_norm_forward` keeps for :func:`group_norm_backward`. Fields: ``normalized``: the
+    centred input ``x - mean``, the per-(sample, group) ``1 / sqrt(var + eps)``, the weight (or None), whether
+    there was a bias, and the axes and shapes the backward pass sums over (a ``Normalized`` tuple)."""
+
     __repr__ = cache_repr
 
     normalized: Normalized
