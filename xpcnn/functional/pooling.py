@@ -205,6 +205,23 @@ def max_pool2d_forward(
         input.
     TypeError
         x not a floating array; options of the wrong type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.max_pool2d_forward(x, 2)
+    >>> out
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    >>> F.max_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]], dtype=float32)
+    >>> F.max_pool2d_forward(np.ones((2, 8, 8, 3), dtype=np.float32), 2, data_format="NHWC")[0].shape
+    (2, 4, 4, 3)
     """
     xp, device, last = _check_input(x, data_format)
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
@@ -287,7 +304,25 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
     the chosen column, piece by piece so that the intermediate stays in cache).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : MaxPool2dCache
+        What :func:`max_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
     """
     check_cache(cache, MaxPool2dCache, "max_pool2d")
     winners, column_winners, geometry, dtype, limit, last = cache
@@ -382,6 +417,18 @@ def avg_pool2d_forward(
     ------
     ValueError, TypeError
         As :func:`max_pool2d_forward`; a ``divisor_override`` that is not a positive int.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.avg_pool2d_forward(x, 2)
+    >>> out
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]], dtype=float32)
+    >>> F.avg_pool2d_backward(np.ones_like(out), cache)[0, 0, 0]
+    array([0.25, 0.25, 0.25, 0.25], dtype=float32)
     """
     xp, device, last = _check_input(x, data_format)
     geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, last)
@@ -401,7 +448,25 @@ def avg_pool2d_backward(dout: Array, cache: AvgPool2dCache) -> Array:
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
     across the rows, then along them, piece by piece so that the intermediate stays in cache).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AvgPool2dCache
+        What :func:`avg_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
     """
     check_cache(cache, AvgPool2dCache, "avg_pool2d")
     divisor, geometry, x_shape, limit, last = cache
@@ -672,6 +737,16 @@ def adaptive_avg_pool2d_forward(
         bad ``data_format``.
     TypeError
         x not a floating array; ``output_size`` not an int, None or a pair of them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.adaptive_avg_pool2d_forward(np.ones((2, 3, 7, 7), dtype=np.float32), (1, 1))
+    >>> out.shape
+    (2, 3, 1, 1)
+    >>> F.adaptive_avg_pool2d_backward(np.ones_like(out), cache).shape
+    (2, 3, 7, 7)
     """
     xp, device, last = _check_adaptive_input(x, data_format)
     in_size = _spatial_size(x, last)
@@ -700,7 +775,25 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
     """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx[r, c] = sum of dout[i, j] / divisor[i, j]`` over the
     windows ``(i, j)`` that hold ``(r, c)`` (through the transposed windows: no scatter).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AdaptiveAvgPool2dCache
+        What :func:`adaptive_avg_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
     """
     check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
     divisor, rows, cols, pooled, x_shape, last = cache
@@ -751,6 +844,19 @@ def adaptive_max_pool2d_forward(
     ------
     ValueError, TypeError
         As :func:`adaptive_avg_pool2d_forward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.adaptive_max_pool2d_forward(x, 2)
+    >>> out[0, 0], cache.indices[0, 0]
+    (array([[ 5.,  7.],
+           [13., 15.]], dtype=float32), array([[ 5,  7],
+           [13, 15]]))
+    >>> F.adaptive_max_pool2d_backward(np.ones_like(out), cache).shape
+    (1, 1, 4, 4)
     """
     xp, device, last = _check_adaptive_input(x, data_format)
     in_size = _spatial_size(x, last)
@@ -792,7 +898,25 @@ def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> 
     to the positions they read through the transposed windows (no scatter; a non-finite ``dout`` reaches only the
     chosen element).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AdaptiveMaxPool2dCache
+        What :func:`adaptive_max_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
     """
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
     flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache
