@@ -37,8 +37,31 @@ def get_workspace_limit() -> int | None:
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
-    """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least); None: the
-    device profile's value."""
+    """Set the global workspace limit: the bytes a convolution's column buffer (and a pooling op's temporaries)
+    may take per batch piece; one sample is always processed at least. Results do not depend on it, only speed and
+    peak memory.
+
+    Parameters
+    ----------
+    nbytes : int or None
+        The limit in bytes (>= 1); None goes back to each device profile's value (2 MiB on the host, 512 MiB on an
+        accelerator).
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int (or None).
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.set_workspace_limit(64 * 2**20)
+    >>> xpcnn.config.get_workspace_limit()
+    67108864
+    >>> xpcnn.set_workspace_limit(None)       # back to the device profile's
+    """
     _settings["workspace_limit"] = None if nbytes is None else _checked_limit(nbytes)
 
 
@@ -63,7 +86,30 @@ def _checked_limit(nbytes) -> int:
 
 @contextmanager
 def workspace_limit(nbytes: int | None) -> Iterator[None]:
-    """Temporarily set the global workspace limit (None: the device profile's)."""
+    """Temporarily set the global workspace limit, for the code inside the ``with`` block (the previous setting
+    comes back after it, also on an error).
+
+    Parameters
+    ----------
+    nbytes : int or None
+        The limit in bytes (>= 1), as :func:`set_workspace_limit`; None: the device profile's.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int (or None).
+
+    Examples
+    --------
+    >>> import numpy as np, xpcnn
+    >>> from xpcnn import functional as F
+    >>> with xpcnn.workspace_limit(4096):      # small pieces of the batch at a time; same results
+    ...     out, cache = F.conv2d_forward(np.ones((8, 3, 16, 16)), np.ones((4, 3, 3, 3)))
+    >>> out.shape, xpcnn.config.get_workspace_limit()
+    ((8, 4, 14, 14), None)
+    """
     previous = get_workspace_limit()
     set_workspace_limit(nbytes)
     try:

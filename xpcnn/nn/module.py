@@ -20,7 +20,25 @@ from .init import resolve
 
 
 class Parameter:
-    """A trainable array (``data``) and the gradient accumulated for it (``grad``, None after ``zero_grad``)."""
+    """A trainable array (``data``) and the gradient accumulated for it (``grad``, None after ``zero_grad``).
+
+    Parameters
+    ----------
+    data : array
+        The value, in any array library, shape and (floating) dtype; kept as given (not copied). Optimizers replace
+        ``data`` with a new array at each step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> p = nn.Parameter(np.zeros((2, 3), dtype=np.float32))
+    >>> p
+    Parameter(shape=(2, 3), dtype=float32)
+    >>> p.accumulate(np.ones((2, 3), dtype=np.float32)); p.accumulate(np.ones((2, 3), dtype=np.float32))
+    >>> p.grad[0]
+    array([2., 2., 2.], dtype=float32)
+    """
 
     __slots__ = ("data", "grad")
 
