@@ -63,7 +63,7 @@ FLOAT32_BITS, FLOAT64_BITS = 24, 53  # significand bits of the precision the sou
 
 class InterpolateCache(NamedTuple):
     """rows, cols: the taps along the height and the width (rows: the identity for a 3-D x); x_shape: x's shape
-    (3-D for 1-D signals); anchor: an empty array on x's device (checks dout's library and device);
+    (3-D for 1-D signals); dtype: x's dtype; anchor: an empty array on x's device (checks dout's library and device);
     channels_last: whether x was NHWC (NLC)."""
 
     __repr__ = cache_repr

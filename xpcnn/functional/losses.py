@@ -59,7 +59,15 @@ IGNORE_INDEX = -100
 
 
 class CrossEntropyCache(NamedTuple):
-    """What :func:`softmax_cross_entropy_backward` needs; ``repr`` summarises the arrays (class, shape, dtype)."""
+    """What :func:`softmax_cross_entropy_backward` needs; ``repr`` summarises the arrays (class, shape, dtype).
+
+    Fields (M: samples times spatial positions, C: classes, the class axis last): ``probs``: (M, C), the softmax of
+    the logits; ``onehot``: (M, C) bool, True at each row's target class (None for class-probability targets);
+    ``weights``: (M, C), the weight of each log-probability in the loss (None when it is ``onehot`` itself);
+    ``denominator``: what ``"mean"`` divides by (an int, or a 0-d array: the target weights' sum);
+    ``reduction``: the reduction; ``kept``: (M,) bool, False on ignored rows (None for probabilities); ``valid``:
+    (M,) bool, target in range (None when checked eagerly); ``shape``: the logits' shape.
+    """
 
     probs: Any  # (M, C) softmax of the logits, the class axis last (M: samples times spatial positions)
     onehot: Any  # (M, C) bool, True at each row's target class (class indices); None for class probabilities
@@ -74,7 +82,11 @@ class CrossEntropyCache(NamedTuple):
 
 
 class MSECache(NamedTuple):
-    """What :func:`mse_loss_backward` needs; ``repr`` summarises the arrays (class, shape, dtype)."""
+    """What :func:`mse_loss_backward` needs; ``repr`` summarises the arrays (class, shape, dtype).
+
+    Fields: ``diff``: ``pred - target``, of pred's shape and dtype; ``reduction``: ``"mean"``, ``"sum"`` or
+    ``"none"``.
+    """
 
     diff: Any  # pred - target
     reduction: str

@@ -274,7 +274,13 @@ def _broadcast(xp, a, shape: tuple):
 
 class BatchNormCache(NamedTuple):
     """The cache of :func:`batch_norm_forward`: the backward pass's needs, the batch's statistics and the updated
-    running statistics."""
+    running statistics.
+
+    Fields: ``normalized``: the centred input, ``1 / sqrt(var + eps)`` per channel, the weight and what the shared
+    backward pass sums over (a ``Normalized`` tuple); ``batch_mean``, ``batch_var``: (C,), the batch's mean and
+    unbiased variance (None in evaluation and for an empty batch); ``running_mean``, ``running_var``: (C,), the
+    running statistics after this batch (updated in training, as given otherwise; None without them).
+    """
 
     __repr__ = cache_repr
 

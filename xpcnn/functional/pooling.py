@@ -112,7 +112,9 @@ class MaxPool2dCache(NamedTuple):
     column_winners: (N, C, Hp, out_w) int16 (NHWC: (N, Hp, out_w, C)), the Winner code of the column ``j`` that
     won along each padded row's column window (the first pass), by which the backward pass routes a row's gradient
     to its column; None when the forward pass walked the ``kh * kw`` slices directly.
-    channels_last: whether x was NHWC."""
+    geometry: the windows' :class:`~xpcnn._windows.WindowGeometry` (input size, kernel, stride, padding,
+    dilation); dtype: x's dtype; workspace_limit: the ``workspace_limit=`` given (None: the global setting or the
+    device profile's); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -151,7 +153,8 @@ def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
 
 class AvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
-    divided by; x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
+    divided by; geometry: the windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape;
+    workspace_limit: the ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -658,7 +661,7 @@ class AdaptiveAvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the size of each window (the sum is
     divided by it); rows, cols: the windows along the height and the width (None for the global mean: one window);
     pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None;
-    channels_last: whether x was NHWC."""
+    x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -674,8 +677,8 @@ class AdaptiveMaxPool2dCache(NamedTuple):
     """flat_indices: int64 in the output's shape and layout, the flat position ``row * W + col`` in x of each
     maximum; chosen_columns: (N, C, H, out_w) int16 ((N, H, out_w, C) for NHWC; int32 for planes wider than 32767),
     the column of each row's window maximum (the first pass, along the rows); rows, cols: the windows. pooled:
-    max_pool2d's cache when the windows tile x (then every other array is None). channels_last: whether x was
-    NHWC."""
+    max_pool2d's cache when the windows tile x (then every other array is None). x_shape: x's (4-D) shape; dtype:
+    x's dtype. channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
