@@ -56,6 +56,14 @@ class Checkpoint:
     data_order : DataOrder
     extra : dict
         The attributes above (:func:`load_checkpoint` makes it; there is no need to build one).
+
+    Examples
+    --------
+    See :func:`load_checkpoint`, which returns one:
+
+    >>> import xpcnn
+    >>> xpcnn.Checkpoint(epoch=3, data_order=xpcnn.DataOrder(seed=0)).epoch
+    3
     """
 
     epoch: int | None

@@ -141,6 +141,14 @@ class TrainingRun:
         The attributes above.
     history : dict
         The dict of metrics to fill (:func:`fit` makes the run; there is no need to build one).
+
+    Examples
+    --------
+    See :class:`Callback`: a callback reads ``run.epoch`` and ``run.logs`` and may set ``run.stop``.
+
+    >>> import xpcnn
+    >>> def stop_when_low(run):
+    ...     run.stop = run.logs["loss"] < 0.01
     """
 
     def __init__(self, model, loss_fn, optimizer, scheduler, data_order, history):
