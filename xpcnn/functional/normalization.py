@@ -74,6 +74,8 @@ __all__ = [
 
 NCHW, NHWC = "NCHW", "NHWC"
 DATA_FORMATS = (NCHW, NHWC)
+"""The layouts every ``data_format=`` argument takes: ``"NCHW"`` (channels first, PyTorch's, the default) and
+``"NHWC"`` (channels last). The layout is always named, never guessed from shapes."""
 """The layouts of batch and group norm's x (and out, dout, dx): channels first ``(N, C, *)``, PyTorch's and the
 default, or channels last ``(N, *, C)``. Never guessed from the shapes. Parameters and statistics are (C,) in both."""
 

@@ -107,7 +107,7 @@ class Winner:
 
 
 class MaxPool2dCache(NamedTuple):
-    """winners: (N, C, out_h, out_w) int16 ((N, out_h, out_w, C) for NHWC), the :class:`Winner` code of each
+    """winners: (N, C, out_h, out_w) int16 ((N, out_h, out_w, C) for NHWC), the ``Winner`` code of each
     window's chosen kernel offset; ``indices`` gives them as PyTorch's ``return_indices``.
     column_winners: (N, C, Hp, out_w) int16 (NHWC: (N, Hp, out_w, C)), the Winner code of the column ``j`` that
     won along each padded row's column window (the first pass), by which the backward pass routes a row's gradient
@@ -127,8 +127,8 @@ class MaxPool2dCache(NamedTuple):
 
     @property
     def indices(self):
-        """int64, x's layout ((N, C, out_h, out_w) or (N, out_h, out_w, C)): the flat position ``row * W + col``
-        in x's (H, W) plane of each output's maximum, as PyTorch's ``return_indices``."""
+        """The flat position ``row * W + col`` in x's (H, W) plane of each output's maximum, as PyTorch's
+        ``return_indices``: int64, in x's layout ((N, C, out_h, out_w) or (N, out_h, out_w, C))."""
         xp, device = namespace_and_device(winners=self.winners)
         g, last = self.geometry, self.channels_last
         offsets = xp.astype(self.winners, xp.int64) - Winner.FIRST

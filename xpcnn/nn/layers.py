@@ -460,6 +460,7 @@ class _Activation(_Stateless):
 
 class ReLU(_Activation):
     """max(x, 0), as ``torch.nn.ReLU`` (:func:`xpcnn.functional.relu_forward`).
+
     Parameters
     ----------
     inplace : bool
@@ -485,6 +486,7 @@ class ReLU(_Activation):
 class LeakyReLU(_Activation):
     """x where x > 0, else ``negative_slope * x``, as ``torch.nn.LeakyReLU``; the slope is checked here (a real
     number, not NaN), with the functional op's messages (:func:`xpcnn.functional.leaky_relu_forward`).
+
     Parameters
     ----------
     negative_slope : float
@@ -511,6 +513,7 @@ class LeakyReLU(_Activation):
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x)), as ``torch.nn.Sigmoid`` (:func:`xpcnn.functional.sigmoid_forward`).
+
     Parameters
     ----------
     (none)
@@ -535,6 +538,7 @@ class Sigmoid(_Activation):
 
 class Tanh(_Activation):
     """tanh(x), as ``torch.nn.Tanh`` (:func:`xpcnn.functional.tanh_forward`).
+
     Parameters
     ----------
     (none)
@@ -559,6 +563,7 @@ class Tanh(_Activation):
 
 class Arctan(_Activation):
     """arctan(x) (not in ``torch.nn``: ``torch.atan`` as a layer) (:func:`xpcnn.functional.arctan_forward`).
+
     Parameters
     ----------
     (none)
@@ -583,6 +588,7 @@ class Arctan(_Activation):
 
 class GELU(_Activation):
     """x * Phi(x), as ``torch.nn.GELU`` (:func:`xpcnn.functional.gelu_forward`).
+
     Parameters
     ----------
     approximate : {"none", "tanh"}
@@ -607,6 +613,7 @@ class GELU(_Activation):
 
 class SiLU(_Activation):
     """x * sigmoid(x), as ``torch.nn.SiLU`` (:func:`xpcnn.functional.silu_forward`).
+
     Parameters
     ----------
     inplace : bool
@@ -632,6 +639,7 @@ class SiLU(_Activation):
 class ELU(_Activation):
     """x where x > 0, else ``alpha * (exp(x) - 1)``, as ``torch.nn.ELU``; alpha is checked here (a real number,
     not NaN) (:func:`xpcnn.functional.elu_forward`).
+
     Parameters
     ----------
     alpha : float
