@@ -219,6 +219,15 @@ def relu_backward(dout: Array, cache: ReluCache) -> Array:
     -------
     dx : array
         Gradient with respect to x: x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.relu_forward(x)
+    >>> F.relu_backward(np.ones_like(out), cache).round(4)
+    array([0., 1., 1.], dtype=float32)
     """
     xp = _upstream(dout, cache, ReluCache, "relu")
     out = cache.out
@@ -291,6 +300,15 @@ def leaky_relu_backward(dout: Array, cache: LeakyReluCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.leaky_relu_forward(x, 0.1)
+    >>> F.leaky_relu_backward(np.ones_like(out), cache).round(4)
+    array([0.1, 1. , 1. ], dtype=float32)
     """
     xp = _upstream(dout, cache, LeakyReluCache, "leaky_relu")
     x, negative_slope = cache
@@ -362,6 +380,15 @@ def sigmoid_backward(dout: Array, cache: SigmoidCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.sigmoid_forward(x)
+    >>> F.sigmoid_backward(np.ones_like(out), cache).round(4)
+    array([0.1966, 0.235 , 0.105 ], dtype=float32)
     """
     _upstream(dout, cache, SigmoidCache, "sigmoid")
     out = cache.out
@@ -427,6 +454,15 @@ def tanh_backward(dout: Array, cache: TanhCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.tanh_forward(x)
+    >>> F.tanh_backward(np.ones_like(out), cache).round(4)
+    array([0.42  , 0.7864, 0.0707], dtype=float32)
     """
     _upstream(dout, cache, TanhCache, "tanh")
     out = cache.out
@@ -491,6 +527,15 @@ def arctan_backward(dout: Array, cache: ArctanCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.arctan_forward(x)
+    >>> F.arctan_backward(np.ones_like(out), cache).round(4)
+    array([0.5, 0.8, 0.2], dtype=float32)
     """
     xp = _upstream(dout, cache, ArctanCache, "arctan")
     x = cache.x
@@ -571,6 +616,15 @@ def gelu_backward(dout: Array, cache: GeluCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.gelu_forward(x)
+    >>> F.gelu_backward(np.ones_like(out), cache).round(4)
+    array([-0.0833,  0.8675,  1.0852], dtype=float32)
     """
     xp = _upstream(dout, cache, GeluCache, "gelu")
     x, approximate = cache
@@ -652,6 +706,15 @@ def silu_backward(dout: Array, cache: SiluCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.silu_forward(x)
+    >>> F.silu_backward(np.ones_like(out), cache).round(4)
+    array([0.0723, 0.74  , 1.0908], dtype=float32)
     """
     xp = _upstream(dout, cache, SiluCache, "silu")
     x = cache.x
@@ -722,6 +785,15 @@ def elu_backward(dout: Array, cache: EluCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.elu_forward(x)
+    >>> F.elu_backward(np.ones_like(out), cache).round(4)
+    array([0.3679, 1.    , 1.    ], dtype=float32)
     """
     xp = _upstream(dout, cache, EluCache, "elu")
     x, alpha = cache

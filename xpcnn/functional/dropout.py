@@ -104,6 +104,14 @@ def dropout_backward(dout, cache: DropoutCache):
         Another op's cache, or a dout of another dtype or library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.dropout_forward(np.ones(6, dtype=np.float32), 0.5, seed=3)
+    >>> bool((F.dropout_backward(np.ones_like(out), cache) == out).all())
+    True
     """
     check_cache(cache, DropoutCache, "dropout")
     check_upstream(dout, cache.scale.shape, cache.scale, cache.scale.dtype)

@@ -98,6 +98,14 @@ def flatten_backward(dout: Array, cache: FlattenCache) -> Array:
         Another op's cache, or a non-floating dout.
     ValueError
         A dout of another shape than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.flatten_forward(np.ones((2, 4, 4, 3), dtype=np.float32), data_format="NHWC")
+    >>> F.flatten_backward(np.ones_like(out), cache).shape
+    (2, 4, 4, 3)
     """
     check_cache(cache, FlattenCache, "flatten")
     xp, _ = namespace_and_device(dout=dout)

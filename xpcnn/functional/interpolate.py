@@ -208,6 +208,15 @@ def interpolate_backward(dout: Array, cache: InterpolateCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.interpolate_forward(np.ones((1, 1, 2, 2), dtype=np.float32), size=4, mode="bilinear")
+    >>> F.interpolate_backward(np.ones_like(out), cache)[0, 0]
+    array([[4., 4.],
+           [4., 4.]], dtype=float32)
     """
     check_cache(cache, InterpolateCache, "interpolate")
     rows, cols, x_shape, dtype, anchor, last = cache

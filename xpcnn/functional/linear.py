@@ -129,6 +129,17 @@ def linear_backward(dout, cache: LinearCache, *, input_grad=True):
         Another op's cache, or a dout of another dtype or library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.linear_forward(np.ones((4, 3), dtype=np.float32), np.ones((2, 3), dtype=np.float32))
+    >>> dx, dweight, dbias = F.linear_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias
+    ((4, 3), (2, 3), None)
+    >>> F.linear_backward(np.ones_like(out), cache, input_grad=False)[0] is None
+    True
     """
     check_cache(cache, LinearCache, "linear")
     input_grad = as_bool(input_grad, "input_grad")

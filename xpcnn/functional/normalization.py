@@ -460,6 +460,17 @@ def batch_norm_backward(dout: Array, cache: BatchNormCache, *,
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> weight, bias = np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32)
+    >>> out, cache = F.batch_norm_forward(x, weight, bias)
+    >>> dx, dweight, dbias = F.batch_norm_backward(x - 5.5, cache)
+    >>> dx.shape, dweight.round(3), dbias
+    ((2, 3, 2), array([12.166, 12.166, 12.166], dtype=float32), array([-8.,  0.,  8.], dtype=float32))
     """
     check_cache(cache, BatchNormCache, "batch_norm")
     return _checked_backward(dout, cache.normalized, input_grad)
@@ -539,6 +550,15 @@ def batch_norm2d_backward(dout: Array, cache: BatchNormCache, *,
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.batch_norm2d_forward(np.ones((2, 3, 4, 4), dtype=np.float32), np.ones(3, dtype=np.float32))
+    >>> dx, dweight, dbias = F.batch_norm2d_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight, dbias
+    ((2, 3, 4, 4), array([0., 0., 0.], dtype=float32), None)
     """
     check_cache(cache, BatchNormCache, "batch_norm2d")
     return _checked_backward(dout, cache.normalized, input_grad)
@@ -668,6 +688,17 @@ def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    >>> weight, bias = np.ones((3, 4), dtype=np.float32), np.zeros((3, 4), dtype=np.float32)
+    >>> out, cache = F.layer_norm_forward(x, (3, 4), weight, bias)
+    >>> dx, dweight, dbias = F.layer_norm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias.shape
+    ((2, 3, 4), (3, 4), (3, 4))
     """
     check_cache(cache, LayerNormCache, "layer_norm")
     return _checked_backward(dout, cache.normalized, input_grad)
@@ -790,6 +821,16 @@ def group_norm_backward(dout: Array, cache: GroupNormCache, *,
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x, weight = np.ones((2, 5, 5, 4), dtype=np.float32), np.ones(4, dtype=np.float32)
+    >>> out, cache = F.group_norm_forward(x, 2, weight, data_format="NHWC")
+    >>> dx, dweight, dbias = F.group_norm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias
+    ((2, 5, 5, 4), (4,), None)
     """
     check_cache(cache, GroupNormCache, "group_norm")
     return _checked_backward(dout, cache.normalized, input_grad)

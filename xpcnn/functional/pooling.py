@@ -326,6 +326,18 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    >>> out, cache = F.max_pool2d_forward(x, 2, data_format="NHWC")
+    >>> F.max_pool2d_backward(np.ones_like(out), cache)[0, :, :, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]], dtype=float32)
     """
     check_cache(cache, MaxPool2dCache, "max_pool2d")
     winners, column_winners, geometry, dtype, limit, last = cache
@@ -470,6 +482,16 @@ def avg_pool2d_backward(dout: Array, cache: AvgPool2dCache) -> Array:
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.avg_pool2d_forward(np.ones((1, 1, 3, 3), dtype=np.float32), 2, stride=1)
+    >>> F.avg_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0.25, 0.5 , 0.25],
+           [0.5 , 1.  , 0.5 ],
+           [0.25, 0.5 , 0.25]], dtype=float32)
     """
     check_cache(cache, AvgPool2dCache, "avg_pool2d")
     divisor, geometry, x_shape, limit, last = cache
@@ -797,6 +819,15 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.adaptive_avg_pool2d_forward(np.ones((1, 1, 2, 2), dtype=np.float32), 1)
+    >>> F.adaptive_avg_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0.25, 0.25],
+           [0.25, 0.25]], dtype=float32)
     """
     check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
     divisor, rows, cols, pooled, x_shape, last = cache
@@ -920,6 +951,17 @@ def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> 
         Another op's cache, or a dout of another dtype or array library than the forward pass's.
     ValueError
         A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    >>> out, cache = F.adaptive_max_pool2d_forward(x, 2)      # overlapping windows
+    >>> F.adaptive_max_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0., 0., 0.],
+           [0., 1., 1.],
+           [0., 1., 1.]], dtype=float32)
     """
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
     flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache
