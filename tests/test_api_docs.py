@@ -59,7 +59,7 @@ def test_the_reference_builds_without_warnings(tmp_path):
 
 # -- every public callable documents its arguments (what ``help()`` shows) ----------------------------------------
 
-DOCUMENTED = ["xpcnn", "xpcnn.nn", "xpcnn.functional", "xpcnn.optim"]
+DOCUMENTED = ["xpcnn", "xpcnn.nn", "xpcnn.functional", "xpcnn.optim", "xpcnn.config"]
 PARAMETERS = re.compile(r"^\s*Parameters\s*\n\s*-{3,}\s*$", re.M)
 EXAMPLES = re.compile(r"^\s*(Examples?\s*\n\s*-{3,}\s*$|>>> )", re.M)
 

@@ -32,7 +32,14 @@ _settings: dict[str, int | None] = {"workspace_limit": None}
 
 
 def get_workspace_limit() -> int | None:
-    """The global workspace limit in bytes, or None when each op takes its device profile's."""
+    """The global workspace limit in bytes, or None when each op takes its device profile's.
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.get_workspace_limit() is None      # the default: each device profile's
+    True
+    """
     return _settings["workspace_limit"]
 
 
@@ -66,8 +73,36 @@ def set_workspace_limit(nbytes: int | None) -> None:
 
 
 def resolve_workspace_limit(nbytes: int | None = None, array: Any = None) -> int:
-    """``nbytes`` checked (an int >= 1); when None, the global setting, else the profile's for ``array``'s device
-    (the host's when no array is given)."""
+    """The workspace limit an op uses: ``nbytes`` checked when given; else the global setting; else the device
+    profile's for ``array``'s device (the host's when no array is given).
+
+    Parameters
+    ----------
+    nbytes : int, optional
+        An op's ``workspace_limit=`` argument (>= 1).
+    array : array, optional
+        The op's input, whose library and device pick the profile.
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int.
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.resolve_workspace_limit(4096)
+    4096
+    >>> xpcnn.config.resolve_workspace_limit() == xpcnn.config.DEFAULT_WORKSPACE_LIMIT     # the host profile's
+    True
+    """
     if nbytes is not None:
         return _checked_limit(nbytes)
     if _settings["workspace_limit"] is not None:
@@ -122,6 +157,16 @@ def workspace_limit(nbytes: int | None) -> Iterator[None]:
 def device_profile(name: str | Profile) -> Iterator[Profile]:
     """Force the cost model's profile (``"host"`` or ``"accelerator"``) for every op called inside, whatever the
     arrays' device. Results are identical under both; the thresholds and algorithm choices differ.
+
+    Parameters
+    ----------
+    name : {"host", "accelerator"} or Profile
+        The profile (``xpcnn._tuning``'s ``Profile`` objects may be passed directly).
+
+    Raises
+    ------
+    ValueError
+        Another name.
 
     Examples
     --------
