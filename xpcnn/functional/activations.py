@@ -75,7 +75,8 @@ DENSITY_UNDERFLOW = 40.0  # beyond it, exp(-x**2 / 2) is 0 (from |x| > 38.6 in f
 
 
 class ReluCache(NamedTuple):
-    """What :func:`relu_forward` keeps for :func:`relu_backward`. Fields: ``out``: the forward output (the derivative is ``out > 0``).
+    """What :func:`relu_forward` keeps for :func:`relu_backward`. Fields: ``out``: the forward output (the derivative is
+    ``out > 0``).
 
     ``repr`` summarises it (class, shapes, dtypes).
     """
@@ -86,7 +87,8 @@ class ReluCache(NamedTuple):
 
 
 class LeakyReluCache(NamedTuple):
-    """What :func:`leaky_relu_forward` keeps for :func:`leaky_relu_backward`. Fields: ``x``: the forward input; ``negative_slope``: the slope used, a float.
+    """What :func:`leaky_relu_forward` keeps for :func:`leaky_relu_backward`. Fields: ``x``: the forward input;
+    ``negative_slope``: the slope used, a float.
 
     ``repr`` summarises it (class, shapes, dtypes).
     """
@@ -98,7 +100,8 @@ class LeakyReluCache(NamedTuple):
 
 
 class SigmoidCache(NamedTuple):
-    """What :func:`sigmoid_forward` keeps for :func:`sigmoid_backward`. Fields: ``out``: the forward output (the derivative is ``out * (1 - out)``).
+    """What :func:`sigmoid_forward` keeps for :func:`sigmoid_backward`. Fields: ``out``: the forward output (the
+    derivative is ``out * (1 - out)``).
 
     ``repr`` summarises it (class, shapes, dtypes).
     """
@@ -109,7 +112,8 @@ class SigmoidCache(NamedTuple):
 
 
 class TanhCache(NamedTuple):
-    """What :func:`tanh_forward` keeps for :func:`tanh_backward`. Fields: ``out``: the forward output (the derivative is ``1 - out**2``).
+    """What :func:`tanh_forward` keeps for :func:`tanh_backward`. Fields: ``out``: the forward output (the derivative is
+    ``1 - out**2``).
 
     ``repr`` summarises it (class, shapes, dtypes).
     """
@@ -131,7 +135,8 @@ class ArctanCache(NamedTuple):
 
 
 class GeluCache(NamedTuple):
-    """What :func:`gelu_forward` keeps for :func:`gelu_backward`. Fields: ``x``: the forward input (``-inf`` as NaN); ``approximate``: ``"none"`` or ``"tanh"``.
+    """What :func:`gelu_forward` keeps for :func:`gelu_backward`. Fields: ``x``: the forward input (``-inf`` as NaN);
+    ``approximate``: ``"none"`` or ``"tanh"``.
 
     ``repr`` summarises it (class, shapes, dtypes).
     """
@@ -154,7 +159,8 @@ class SiluCache(NamedTuple):
 
 
 class EluCache(NamedTuple):
-    """What :func:`elu_forward` keeps for :func:`elu_backward`. Fields: ``x``: the forward input; ``alpha``: the alpha used, a float.
+    """What :func:`elu_forward` keeps for :func:`elu_backward`. Fields: ``x``: the forward input; ``alpha``: the alpha
+    used, a float.
 
     ``repr`` summarises it (class, shapes, dtypes).
     """

@@ -525,8 +525,8 @@ def batch_norm2d_forward(x: Array, weight: Array | None = None, bias: Array | No
 @half_in_float32_backward
 def batch_norm2d_backward(dout: Array, cache: BatchNormCache, *,
                           input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`batch_norm2d_forward`, in the forward pass's layout (the formulas of :func:`batch_norm_backward`,
-    over the axes this op normalised).
+    """Gradients of :func:`batch_norm2d_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
 
     Parameters
     ----------
@@ -663,8 +663,8 @@ def layer_norm_forward(x: Array, normalized_shape: int | tuple[int, ...], weight
 @half_in_float32_backward
 def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
                         input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`layer_norm_forward`, in the forward pass's layout (the formulas of :func:`batch_norm_backward`,
-    over the axes this op normalised).
+    """Gradients of :func:`layer_norm_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
 
     Parameters
     ----------
@@ -796,8 +796,8 @@ def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, b
 @half_in_float32_backward
 def group_norm_backward(dout: Array, cache: GroupNormCache, *,
                         input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`group_norm_forward`, in the forward pass's layout (the formulas of :func:`batch_norm_backward`,
-    over the axes this op normalised).
+    """Gradients of :func:`group_norm_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
 
     Parameters
     ----------
