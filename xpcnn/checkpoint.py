@@ -49,6 +49,21 @@ class Checkpoint:
         The data order the saved state was loaded into.
     extra : dict
         The ``extra`` values saved (arrays come back as host NumPy arrays).
+
+    Parameters
+    ----------
+    epoch : int or None
+    data_order : DataOrder
+    extra : dict
+        The attributes above (:func:`load_checkpoint` makes it; there is no need to build one).
+
+    Examples
+    --------
+    See :func:`load_checkpoint`, which returns one:
+
+    >>> import xpcnn
+    >>> xpcnn.Checkpoint(epoch=3, data_order=xpcnn.DataOrder(seed=0)).epoch
+    3
     """
 
     epoch: int | None
@@ -187,6 +202,18 @@ def load_checkpoint(path, model: Module, optimizer: Optimizer | None = None, sch
         For a wrong type of argument.
     FileNotFoundError
         When ``path`` does not exist.
+
+    Examples
+    --------
+    >>> import os, tempfile, xpcnn
+    >>> from xpcnn import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2, seed=0))
+    >>> opt = xpcnn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+    >>> xpcnn.save_checkpoint(path, model, opt, extra={"best": 0.5})
+    >>> state = xpcnn.load_checkpoint(path, model, opt)
+    >>> state.epoch, state.extra
+    (0, {'best': 0.5})
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be an xpcnn.nn.Module, got {type(model).__name__}")

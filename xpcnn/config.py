@@ -39,19 +39,79 @@ _settings: dict[str, int | bool | None] = {"workspace_limit": None, "winograd": 
 
 
 def get_workspace_limit() -> int | None:
-    """The global workspace limit in bytes, or None when each op takes its device profile's."""
+    """The global workspace limit in bytes, or None when each op takes its device profile's.
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.get_workspace_limit() is None      # the default: each device profile's
+    True
+    """
     return _settings["workspace_limit"]
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
-    """Bytes a convolution's column buffer may take (>= 1; one sample is always processed at least); None: the
-    device profile's value."""
+    """Set the global workspace limit: the bytes a convolution's column buffer (and a pooling op's temporaries)
+    may take per batch piece; one sample is always processed at least. Results do not depend on it, only speed and
+    peak memory.
+
+    Parameters
+    ----------
+    nbytes : int or None
+        The limit in bytes (>= 1); None goes back to each device profile's value (2 MiB on the host, 512 MiB on an
+        accelerator).
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int (or None).
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.set_workspace_limit(64 * 2**20)
+    >>> xpcnn.config.get_workspace_limit()
+    67108864
+    >>> xpcnn.set_workspace_limit(None)       # back to the device profile's
+    """
     _settings["workspace_limit"] = None if nbytes is None else _checked_limit(nbytes)
 
 
 def resolve_workspace_limit(nbytes: int | None = None, array: Any = None, *, field: str = "workspace_limit") -> int:
-    """``nbytes`` checked (an int >= 1); when None, the global setting, else the profile's ``field`` for
-    ``array``'s device (the host's when no array is given; ``"winograd_workspace_limit"`` for Winograd's pieces)."""
+    """The workspace limit an op uses: ``nbytes`` checked when given; else the global setting; else the device
+    profile's ``field`` for ``array``'s device (the host's when no array is given).
+
+    Parameters
+    ----------
+    nbytes : int, optional
+        An op's ``workspace_limit=`` argument (>= 1).
+    array : array, optional
+        The op's input, whose library and device pick the profile.
+    field : str
+        The profile's field to read (``"winograd_workspace_limit"`` for Winograd's pieces).
+
+    Returns
+    -------
+    int
+        Bytes.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int.
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.resolve_workspace_limit(4096)
+    4096
+    >>> xpcnn.config.resolve_workspace_limit() == xpcnn.config.DEFAULT_WORKSPACE_LIMIT     # the host profile's
+    True
+    """
     if nbytes is not None:
         return _checked_limit(nbytes)
     if _settings["workspace_limit"] is not None:
@@ -70,7 +130,30 @@ def _checked_limit(nbytes) -> int:
 
 @contextmanager
 def workspace_limit(nbytes: int | None) -> Iterator[None]:
-    """Temporarily set the global workspace limit (None: the device profile's)."""
+    """Temporarily set the global workspace limit, for the code inside the ``with`` block (the previous setting
+    comes back after it, also on an error).
+
+    Parameters
+    ----------
+    nbytes : int or None
+        The limit in bytes (>= 1), as :func:`set_workspace_limit`; None: the device profile's.
+
+    Raises
+    ------
+    ValueError
+        ``nbytes < 1``.
+    TypeError
+        ``nbytes`` is not an int (or None).
+
+    Examples
+    --------
+    >>> import numpy as np, xpcnn
+    >>> from xpcnn import functional as F
+    >>> with xpcnn.workspace_limit(4096):      # small pieces of the batch at a time; same results
+    ...     out, cache = F.conv2d_forward(np.ones((8, 3, 16, 16)), np.ones((4, 3, 3, 3)))
+    >>> out.shape, xpcnn.config.get_workspace_limit()
+    ((8, 4, 14, 14), None)
+    """
     previous = get_workspace_limit()
     set_workspace_limit(nbytes)
     try:
@@ -80,14 +163,35 @@ def workspace_limit(nbytes: int | None) -> Iterator[None]:
 
 
 def get_winograd() -> bool:
-    """Whether convolutions may use Winograd's algorithm where the cost model chooses it (True by default)."""
+    """Whether convolutions may use Winograd's algorithm where the cost model chooses it (True by default).
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.get_winograd()
+    True
+    """
     return bool(_settings["winograd"])
 
 
 def set_winograd(enabled: bool) -> None:
     """Allow (True, the default) or forbid (False) Winograd's algorithm for every convolution; forbidden, every
     3 x 3 convolution uses im2col (results equal up to rounding). An explicit ``algorithm="winograd"`` (or a
-    ``_plan``) still takes it."""
+    ``_plan``) still takes it.
+
+    Parameters
+    ----------
+    enabled : bool
+        True or False (nothing else: a TypeError names ``enabled``).
+
+    Examples
+    --------
+    >>> import xpcnn
+    >>> xpcnn.config.set_winograd(False)
+    >>> xpcnn.config.get_winograd()
+    False
+    >>> xpcnn.config.set_winograd(True)
+    """
     from ._validation import as_bool
 
     _settings["winograd"] = as_bool(enabled, "enabled")
@@ -96,6 +200,11 @@ def set_winograd(enabled: bool) -> None:
 @contextmanager
 def winograd(enabled: bool) -> Iterator[None]:
     """Temporarily allow or forbid Winograd's algorithm (:func:`set_winograd`) for the code inside.
+
+    Parameters
+    ----------
+    enabled : bool
+        Whether Winograd may be chosen inside the block; the previous setting comes back after it.
 
     Examples
     --------
@@ -119,6 +228,16 @@ def winograd(enabled: bool) -> Iterator[None]:
 def device_profile(name: str | Profile) -> Iterator[Profile]:
     """Force the cost model's profile (``"host"`` or ``"accelerator"``) for every op called inside, whatever the
     arrays' device. Results are identical under both; the thresholds and algorithm choices differ.
+
+    Parameters
+    ----------
+    name : {"host", "accelerator"} or Profile
+        The profile (``xpcnn._tuning``'s ``Profile`` objects may be passed directly).
+
+    Raises
+    ------
+    ValueError
+        Another name.
 
     Examples
     --------

@@ -62,6 +62,18 @@ def save(model, path, *, format: str | None = None) -> None:
         When the folder of ``path`` does not exist.
     ImportError
         For ``"safetensors"`` without the ``safetensors`` package.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, xpcnn
+    >>> from xpcnn import nn
+    >>> model = nn.Sequential(nn.Linear(3, 2, seed=0), nn.ReLU())
+    >>> folder = tempfile.mkdtemp()
+    >>> xpcnn.save(model, os.path.join(folder, "weights.npz"))
+    >>> xpcnn.save(model, os.path.join(folder, "weights.safetensors"))   # needs the safetensors package
+    >>> copy = xpcnn.load(nn.Sequential(nn.Linear(3, 2, seed=1), nn.ReLU()), os.path.join(folder, "weights.npz"))
+    >>> bool((copy[0].weight.data == model[0].weight.data).all())
+    True
     """
     if not isinstance(model, (Module, dict)):
         raise TypeError(f"model must be an xpcnn.nn.Module or a dict of arrays, got {type(model).__name__}")
@@ -119,10 +131,21 @@ def load(model: Module, path, *, format: str | None = None) -> Module:
     ValueError
         When the file is no weights file of that format (truncated, pickled objects...), or when its names, shapes
         or dtypes do not match the model (every mismatch is listed).
+    TypeError
+        For a model that is not a Module.
     FileNotFoundError
         When there is no such file.
     ImportError
         For a safetensors file without the ``safetensors`` package.
+
+    Examples
+    --------
+    >>> import os, tempfile, xpcnn
+    >>> from xpcnn import nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "linear.safetensors")
+    >>> xpcnn.save(nn.Linear(4, 2, seed=0), path)
+    >>> xpcnn.load(nn.Linear(4, 2), path).weight.data.shape
+    (2, 4)
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be an xpcnn.nn.Module to load weights into, got {type(model).__name__}")

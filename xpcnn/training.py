@@ -134,6 +134,21 @@ class TrainingRun:
         Every metric of this call so far, one value per epoch (what :func:`fit` returns).
     stop : bool
         Set it to True to stop after this epoch (:class:`EarlyStopping` does).
+
+    Parameters
+    ----------
+    model, loss_fn, optimizer, scheduler, data_order
+        The attributes above.
+    history : dict
+        The dict of metrics to fill (:func:`fit` makes the run; there is no need to build one).
+
+    Examples
+    --------
+    See :class:`Callback`: a callback reads ``run.epoch`` and ``run.logs`` and may set ``run.stop``.
+
+    >>> import xpcnn
+    >>> def stop_when_low(run):
+    ...     run.stop = run.logs["loss"] < 0.01
     """
 
     def __init__(self, model, loss_fn, optimizer, scheduler, data_order, history):
@@ -143,8 +158,27 @@ class TrainingRun:
 
 
 class Callback:
-    """Base class of :func:`fit`'s callbacks: override any of the three hooks (each gets the
-    :class:`TrainingRun`). A plain callable passed in ``callbacks`` is called as ``on_epoch_end(run)``."""
+    """:func:`fit`'s callbacks' base class: override any of the three hooks (each gets the
+    :class:`TrainingRun`). A plain callable passed in ``callbacks`` is called as ``on_epoch_end(run)``.
+
+    A callback with progress to keep in a checkpoint lists its attribute names in ``_state_names``: :meth:`state_dict`
+    and :meth:`load_state_dict` then save and restore them (:func:`xpcnn.save_checkpoint` with ``callbacks=``).
+
+    Examples
+    --------
+    >>> import numpy as np, xpcnn
+    >>> from xpcnn import nn
+    >>> class PrintLoss(xpcnn.Callback):
+    ...     def on_epoch_end(self, run):
+    ...         print(f"epoch {run.epoch}: loss {run.logs['loss']:.1f}")
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, seed=0))
+    >>> x, y = np.zeros((8, 1, 2, 2), dtype=np.float32), np.zeros(8, dtype=np.int64)
+    >>> opt = xpcnn.optim.SGD(model.parameters(), lr=0.1)
+    >>> history = xpcnn.fit(model, nn.CrossEntropyLoss(), opt, x, y, epochs=2, batch_size=4, progress=False,
+    ...                     callbacks=[PrintLoss()])
+    epoch 1: loss 0.9
+    epoch 2: loss 0.8
+    """
 
     def on_train_begin(self, run: TrainingRun) -> None:
         """Called before the first epoch of a :func:`fit` call (check the monitored metric exists here)."""

@@ -25,7 +25,8 @@ napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_use_param = False  # free-form types ("array, shape (N, C, H, W)") are shown as written, not parsed into links
 napoleon_use_keyword = False
-napoleon_custom_sections = [("The contract", "notes_style"), ("Calling it", "notes_style")]
+napoleon_custom_sections = [("The contract", "notes_style"), ("Calling it", "notes_style"),
+                            ("Common arguments", "notes_style")]
 
 nitpicky = True  # every cross-reference must resolve...
 nitpick_ignore_regex = [

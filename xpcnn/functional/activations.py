@@ -75,12 +75,24 @@ DENSITY_UNDERFLOW = 40.0  # beyond it, exp(-x**2 / 2) is 0 (from |x| > 38.6 in f
 
 
 class ReluCache(NamedTuple):
+    """What :func:`relu_forward` keeps for :func:`relu_backward`. Fields: ``out``: the forward output (the derivative is
+    ``out > 0``).
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     out: Array  # the forward output
 
 
 class LeakyReluCache(NamedTuple):
+    """What :func:`leaky_relu_forward` keeps for :func:`leaky_relu_backward`. Fields: ``x``: the forward input;
+    ``negative_slope``: the slope used, a float.
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     x: Array  # the forward input
@@ -88,24 +100,47 @@ class LeakyReluCache(NamedTuple):
 
 
 class SigmoidCache(NamedTuple):
+    """What :func:`sigmoid_forward` keeps for :func:`sigmoid_backward`. Fields: ``out``: the forward output (the
+    derivative is ``out * (1 - out)``).
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     out: Array  # the forward output
 
 
 class TanhCache(NamedTuple):
+    """What :func:`tanh_forward` keeps for :func:`tanh_backward`. Fields: ``out``: the forward output (the derivative is
+    ``1 - out**2``).
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     out: Array  # the forward output
 
 
 class ArctanCache(NamedTuple):
+    """What :func:`arctan_forward` keeps for :func:`arctan_backward`. Fields: ``x``: the forward input.
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     x: Array  # the forward input
 
 
 class GeluCache(NamedTuple):
+    """What :func:`gelu_forward` keeps for :func:`gelu_backward`. Fields: ``x``: the forward input (``-inf`` as NaN);
+    ``approximate``: ``"none"`` or ``"tanh"``.
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     x: Array  # the forward input
@@ -113,12 +148,23 @@ class GeluCache(NamedTuple):
 
 
 class SiluCache(NamedTuple):
+    """What :func:`silu_forward` keeps for :func:`silu_backward`. Fields: ``x``: the forward input (``-inf`` as NaN).
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     x: Array  # the forward input
 
 
 class EluCache(NamedTuple):
+    """What :func:`elu_forward` keeps for :func:`elu_backward`. Fields: ``x``: the forward input; ``alpha``: the alpha
+    used, a float.
+
+    ``repr`` summarises it (class, shapes, dtypes).
+    """
+
     __repr__ = cache_repr
 
     x: Array  # the forward input
@@ -144,6 +190,17 @@ def relu_forward(x: Array) -> tuple[Array, ReluCache]:
     ------
     TypeError
         x is not an array or not of a real floating dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.relu_forward(x)
+    >>> out.round(4)
+    array([0. , 0.5, 2. ], dtype=float32)
+    >>> F.relu_backward(np.ones_like(out), cache).round(4)
+    array([0., 1., 1.], dtype=float32)
     """
     xp, device = _floating_input(x)
     out = xp.maximum(x, xp.zeros((), dtype=x.dtype, device=device))  # maximum propagates NaN
@@ -156,6 +213,27 @@ def relu_backward(dout: Array, cache: ReluCache) -> Array:
 
     Raises a ValueError/TypeError for a ``dout`` of another shape, dtype, library or device than the forward
     pass's, and a TypeError for another op's cache.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : ReluCache
+        What :func:`relu_forward` returned with the output (the forward output).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.relu_forward(x)
+    >>> F.relu_backward(np.ones_like(out), cache).round(4)
+    array([0., 1., 1.], dtype=float32)
     """
     xp = _upstream(dout, cache, ReluCache, "relu")
     out = cache.out
@@ -184,6 +262,17 @@ def leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> tuple[Array, L
         x is not a real floating array, or negative_slope is not a real number (a string, a bool...).
     ValueError
         negative_slope is NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.leaky_relu_forward(x, 0.1)
+    >>> out.round(4)
+    array([-0.1,  0.5,  2. ], dtype=float32)
+    >>> F.leaky_relu_backward(np.ones_like(out), cache).round(4)
+    array([0.1, 1. , 1. ], dtype=float32)
     """
     xp, _ = _floating_input(x)
     negative_slope = as_float(negative_slope, "negative_slope", finite=False)
@@ -197,7 +286,36 @@ def leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> tuple[Array, L
 
 @half_in_float32_backward
 def leaky_relu_backward(dout: Array, cache: LeakyReluCache) -> Array:
-    """Gradient of :func:`leaky_relu_forward`: ``dx = dout`` where ``x > 0``, else ``negative_slope * dout``."""
+    """Gradient of :func:`leaky_relu_forward`: ``dx = dout`` where ``x > 0``, else ``negative_slope * dout``.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : LeakyReluCache
+        What :func:`leaky_relu_forward` returned with the output (x and negative_slope).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.leaky_relu_forward(x, 0.1)
+    >>> F.leaky_relu_backward(np.ones_like(out), cache).round(4)
+    array([0.1, 1. , 1. ], dtype=float32)
+    """
     xp = _upstream(dout, cache, LeakyReluCache, "leaky_relu")
     x, negative_slope = cache
     if not math.isfinite(negative_slope):
@@ -213,8 +331,33 @@ def leaky_relu_backward(dout: Array, cache: LeakyReluCache) -> Array:
 def sigmoid_forward(x: Array) -> tuple[Array, SigmoidCache]:
     """``1 / (1 + exp(-x))`` without overflow for large ``|x|``, as ``torch.sigmoid``.
 
-    x: any shape, real floating dtype. Returns ``(out, SigmoidCache(out))``, out in [0, 1] with x's shape, dtype
-    and device. Raises a TypeError when x is not a real floating array.
+    Parameters
+    ----------
+    x : array
+        Any shape and layout (elementwise), real floating dtype.
+
+    Returns
+    -------
+    out : array
+        Values in [0, 1] with x's shape, dtype and device.
+    cache : SigmoidCache
+        SigmoidCache(out), for :func:`sigmoid_backward`.
+
+    Raises
+    ------
+    TypeError
+        x is not an array of a real floating dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.sigmoid_forward(x)
+    >>> out.round(4)
+    array([0.2689, 0.6225, 0.8808], dtype=float32)
+    >>> F.sigmoid_backward(np.ones_like(out), cache).round(4)
+    array([0.1966, 0.235 , 0.105 ], dtype=float32)
     """
     xp, _ = _floating_input(x)
     out = _sigmoid(xp, x)
@@ -223,7 +366,36 @@ def sigmoid_forward(x: Array) -> tuple[Array, SigmoidCache]:
 
 @half_in_float32_backward
 def sigmoid_backward(dout: Array, cache: SigmoidCache) -> Array:
-    """Gradient of :func:`sigmoid_forward`: ``dx = dout * out * (1 - out)``."""
+    """Gradient of :func:`sigmoid_forward`: ``dx = dout * out * (1 - out)``.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : SigmoidCache
+        What :func:`sigmoid_forward` returned with the output (the forward output).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.sigmoid_forward(x)
+    >>> F.sigmoid_backward(np.ones_like(out), cache).round(4)
+    array([0.1966, 0.235 , 0.105 ], dtype=float32)
+    """
     _upstream(dout, cache, SigmoidCache, "sigmoid")
     out = cache.out
     return dout * out * (1.0 - out)
@@ -233,8 +405,33 @@ def sigmoid_backward(dout: Array, cache: SigmoidCache) -> Array:
 def tanh_forward(x: Array) -> tuple[Array, TanhCache]:
     """``tanh(x)``, as ``torch.tanh``.
 
-    x: any shape, real floating dtype. Returns ``(out, TanhCache(out))``, out with x's shape, dtype and device.
-    Raises a TypeError when x is not a real floating array.
+    Parameters
+    ----------
+    x : array
+        Any shape and layout (elementwise), real floating dtype.
+
+    Returns
+    -------
+    out : array
+        Values in [-1, 1] with x's shape, dtype and device.
+    cache : TanhCache
+        TanhCache(out), for :func:`tanh_backward`.
+
+    Raises
+    ------
+    TypeError
+        x is not an array of a real floating dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.tanh_forward(x)
+    >>> out.round(4)
+    array([-0.7616,  0.4621,  0.964 ], dtype=float32)
+    >>> F.tanh_backward(np.ones_like(out), cache).round(4)
+    array([0.42  , 0.7864, 0.0707], dtype=float32)
     """
     xp, _ = _floating_input(x)
     out = xp.tanh(x)
@@ -243,7 +440,36 @@ def tanh_forward(x: Array) -> tuple[Array, TanhCache]:
 
 @half_in_float32_backward
 def tanh_backward(dout: Array, cache: TanhCache) -> Array:
-    """Gradient of :func:`tanh_forward`: ``dx = dout * (1 - out**2)``."""
+    """Gradient of :func:`tanh_forward`: ``dx = dout * (1 - out**2)``.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : TanhCache
+        What :func:`tanh_forward` returned with the output (the forward output).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.tanh_forward(x)
+    >>> F.tanh_backward(np.ones_like(out), cache).round(4)
+    array([0.42  , 0.7864, 0.0707], dtype=float32)
+    """
     _upstream(dout, cache, TanhCache, "tanh")
     out = cache.out
     return dout * (1.0 - out * out)
@@ -253,8 +479,33 @@ def tanh_backward(dout: Array, cache: TanhCache) -> Array:
 def arctan_forward(x: Array) -> tuple[Array, ArctanCache]:
     """``arctan(x)``, as ``torch.atan``.
 
-    x: any shape, real floating dtype. Returns ``(out, ArctanCache(x))``, out in [-pi/2, pi/2] with x's shape,
-    dtype and device. Raises a TypeError when x is not a real floating array.
+    Parameters
+    ----------
+    x : array
+        Any shape and layout (elementwise), real floating dtype.
+
+    Returns
+    -------
+    out : array
+        Values in [-pi/2, pi/2] with x's shape, dtype and device.
+    cache : ArctanCache
+        ArctanCache(x), for :func:`arctan_backward`.
+
+    Raises
+    ------
+    TypeError
+        x is not an array of a real floating dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.arctan_forward(x)
+    >>> out.round(4)
+    array([-0.7854,  0.4636,  1.1071], dtype=float32)
+    >>> F.arctan_backward(np.ones_like(out), cache).round(4)
+    array([0.5, 0.8, 0.2], dtype=float32)
     """
     xp, _ = _floating_input(x)
     return xp.atan(x), ArctanCache(x)
@@ -262,7 +513,36 @@ def arctan_forward(x: Array) -> tuple[Array, ArctanCache]:
 
 @half_in_float32_backward
 def arctan_backward(dout: Array, cache: ArctanCache) -> Array:
-    """Gradient of :func:`arctan_forward`: ``dx = dout / (1 + x**2)`` (0 where ``x**2`` overflows, as PyTorch)."""
+    """Gradient of :func:`arctan_forward`: ``dx = dout / (1 + x**2)`` (0 where ``x**2`` overflows, as PyTorch).
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : ArctanCache
+        What :func:`arctan_forward` returned with the output (x).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.arctan_forward(x)
+    >>> F.arctan_backward(np.ones_like(out), cache).round(4)
+    array([0.5, 0.8, 0.2], dtype=float32)
+    """
     xp = _upstream(dout, cache, ArctanCache, "arctan")
     x = cache.x
     return dout / (1.0 + _square(xp, x))
@@ -293,6 +573,17 @@ def gelu_forward(x: Array, approximate: str = "none") -> tuple[Array, GeluCache]
         x is not a real floating array, or approximate is not a string.
     ValueError
         approximate is another string.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.gelu_forward(x, "tanh")
+    >>> out.round(4)
+    array([-0.1588,  0.3457,  1.9546], dtype=float32)
+    >>> F.gelu_backward(np.ones_like(out), cache).round(4)
+    array([-0.083 ,  0.8674,  1.0861], dtype=float32)
     """
     xp, _ = _floating_input(x)
     approximate = check_approximate(approximate)
@@ -312,6 +603,34 @@ def gelu_backward(dout: Array, cache: GeluCache) -> Array:
     ``dx = dout * ((1 + t) / 2 + x / 2 * (1 - t**2) * sqrt(2/pi) * (1 + 3 * 0.044715 x**2))``.
 
     NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : GeluCache
+        What :func:`gelu_forward` returned with the output (x and approximate).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.gelu_forward(x)
+    >>> F.gelu_backward(np.ones_like(out), cache).round(4)
+    array([-0.0833,  0.8675,  1.0852], dtype=float32)
     """
     xp = _upstream(dout, cache, GeluCache, "gelu")
     x, approximate = cache
@@ -336,9 +655,33 @@ def gelu_backward(dout: Array, cache: GeluCache) -> Array:
 def silu_forward(x: Array) -> tuple[Array, SiluCache]:
     """The sigmoid linear unit (swish) ``x * sigmoid(x)``, as ``torch.nn.functional.silu``.
 
-    x: any shape, real floating dtype. Returns ``(out, SiluCache(x))``, out with x's shape, dtype and device (NaN
-    at NaN and at ``-inf``, as PyTorch; no overflow for large ``|x|``). Raises a TypeError when x is not a real
-    floating array.
+    Parameters
+    ----------
+    x : array
+        Any shape and layout (elementwise), real floating dtype.
+
+    Returns
+    -------
+    out : array
+        NaN at NaN and at ``-inf``, as PyTorch; no overflow for large ``|x|``; with x's shape, dtype and device.
+    cache : SiluCache
+        SiluCache(x), for :func:`silu_backward`.
+
+    Raises
+    ------
+    TypeError
+        x is not an array of a real floating dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.silu_forward(x)
+    >>> out.round(4)
+    array([-0.2689,  0.3112,  1.7616], dtype=float32)
+    >>> F.silu_backward(np.ones_like(out), cache).round(4)
+    array([0.0723, 0.74  , 1.0908], dtype=float32)
     """
     xp, _ = _floating_input(x)
     x = _infinities_to_nan(xp, x, negative_only=True)  # -inf * sigmoid(-inf) = -inf * 0
@@ -350,6 +693,34 @@ def silu_backward(dout: Array, cache: SiluCache) -> Array:
     """Gradient of :func:`silu_forward`: ``s = sigmoid(x)``, ``dx = dout * s * (1 + x * (1 - s))``.
 
     NaN at NaN and at ``+-inf`` (``inf * 0``), as PyTorch.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : SiluCache
+        What :func:`silu_forward` returned with the output (x).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.silu_forward(x)
+    >>> F.silu_backward(np.ones_like(out), cache).round(4)
+    array([0.0723, 0.74  , 1.0908], dtype=float32)
     """
     xp = _upstream(dout, cache, SiluCache, "silu")
     x = cache.x
@@ -379,6 +750,17 @@ def elu_forward(x: Array, alpha: float = 1.0) -> tuple[Array, EluCache]:
         x is not a real floating array, or alpha is not a real number (a string, a bool...).
     ValueError
         alpha is NaN.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.elu_forward(x, 1.0)
+    >>> out.round(4)
+    array([-0.6321,  0.5   ,  2.    ], dtype=float32)
+    >>> F.elu_backward(np.ones_like(out), cache).round(4)
+    array([0.3679, 1.    , 1.    ], dtype=float32)
     """
     xp, _ = _floating_input(x)
     alpha = as_float(alpha, "alpha", finite=False)
@@ -389,7 +771,36 @@ def elu_forward(x: Array, alpha: float = 1.0) -> tuple[Array, EluCache]:
 @half_in_float32_backward
 def elu_backward(dout: Array, cache: EluCache) -> Array:
     """Gradient of :func:`elu_forward`: ``dx = dout * alpha * exp(x)`` where ``x <= 0``, else ``dout`` (NaN
-    included: the comparison is false)."""
+    included: the comparison is false).
+
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: that output's shape, dtype and device.
+    cache : EluCache
+        What :func:`elu_forward` returned with the output (x and alpha).
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape, dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([-1.0, 0.5, 2.0], dtype=np.float32)
+    >>> out, cache = F.elu_forward(x)
+    >>> F.elu_backward(np.ones_like(out), cache).round(4)
+    array([0.3679, 1.    , 1.    ], dtype=float32)
+    """
     xp = _upstream(dout, cache, EluCache, "elu")
     x, alpha = cache
     return xp.where(x <= 0, dout * alpha * xp.exp(xp.minimum(x, 0.0)), dout)

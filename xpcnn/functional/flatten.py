@@ -29,11 +29,42 @@ class FlattenCache(NamedTuple):
 def flatten_forward(
     x: Array, start_dim: int = 1, end_dim: int = -1, *, data_format: str = "NCHW"
 ) -> tuple[Array, FlattenCache]:
-    """x: (d0, ..., dk) -> (d0, ..., d_start * ... * d_end, ...). Returns ``(out, cache)``.
+    """Flatten axes ``start_dim..end_dim`` of x into one, as ``torch.flatten``: (d0, ..., dk) ->
+    (d0, ..., d_start * ... * d_end, ...).
 
-    The features keep x's own order: (C, H, W) for an NCHW batch, (H, W, C) for NHWC (``data_format``, checked
-    to be ``"NCHW"`` or ``"NHWC"``; no transpose is made). Raises ValueError for axes out of range or
-    ``start_dim`` after ``end_dim``, TypeError for a non-floating x.
+    Parameters
+    ----------
+    x : array
+        Any shape (NCHW (N, C, H, W) or NHWC (N, H, W, C) for images), real floating dtype.
+    start_dim, end_dim : int
+        The first and last axes flattened, negative from the end; default 1 and -1 (all but the batch axis).
+    data_format : {"NCHW", "NHWC"}, keyword only
+        x's layout, checked and kept in the cache. The features keep x's own order: (C, H, W) for NCHW, (H, W, C)
+        for NHWC (no transpose is made).
+
+    Returns
+    -------
+    out : array
+        A reshape of x: x's dtype and device.
+    cache : FlattenCache
+        x's shape, out's shape and the layout, for :func:`flatten_backward`.
+
+    Raises
+    ------
+    ValueError
+        Axes out of range, ``start_dim`` after ``end_dim``, or an unknown ``data_format``.
+    TypeError
+        x not an array of a real floating dtype, or non-integer axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.flatten_forward(np.ones((2, 3, 4, 5), dtype=np.float32))
+    >>> out.shape
+    (2, 60)
+    >>> F.flatten_backward(np.ones_like(out), cache).shape
+    (2, 3, 4, 5)
     """
     xp, _ = namespace_and_device(x=x)
     check_floating(xp, x, "x")
@@ -47,7 +78,35 @@ def flatten_forward(
 
 
 def flatten_backward(dout: Array, cache: FlattenCache) -> Array:
-    """dx: dout reshaped back to x's shape."""
+    """Gradient of :func:`flatten_forward`: dout reshaped back to x's shape.
+
+    Parameters
+    ----------
+    dout : array
+        Gradient with respect to the forward output: its shape, a real floating dtype.
+    cache : FlattenCache
+        What :func:`flatten_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        x's shape, dout's dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a non-floating dout.
+    ValueError
+        A dout of another shape than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.flatten_forward(np.ones((2, 4, 4, 3), dtype=np.float32), data_format="NHWC")
+    >>> F.flatten_backward(np.ones_like(out), cache).shape
+    (2, 4, 4, 3)
+    """
     check_cache(cache, FlattenCache, "flatten")
     xp, _ = namespace_and_device(dout=dout)
     check_floating(xp, dout, "dout")

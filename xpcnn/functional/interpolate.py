@@ -63,7 +63,7 @@ FLOAT32_BITS, FLOAT64_BITS = 24, 53  # significand bits of the precision the sou
 
 class InterpolateCache(NamedTuple):
     """rows, cols: the taps along the height and the width (rows: the identity for a 3-D x); x_shape: x's shape
-    (3-D for 1-D signals); anchor: an empty array on x's device (checks dout's library and device);
+    (3-D for 1-D signals); dtype: x's dtype; anchor: an empty array on x's device (checks dout's library and device);
     channels_last: whether x was NHWC (NLC)."""
 
     __repr__ = cache_repr
@@ -130,6 +130,21 @@ def interpolate_forward(
     TypeError
         x not a floating array; ``size`` not made of ints, ``scale_factor`` not made of numbers (bools and strings
         are refused); ``align_corners`` not a bool.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([[[[1.0, 2.0]]]], dtype=np.float32)
+    >>> out, cache = F.interpolate_forward(x, scale_factor=2)
+    >>> out
+    array([[[[1., 1., 2., 2.],
+             [1., 1., 2., 2.]]]], dtype=float32)
+    >>> F.interpolate_backward(np.ones_like(out), cache)
+    array([[[[4., 4.]]]], dtype=float32)
+    >>> F.interpolate_forward(np.ones((1, 4, 4, 3), dtype=np.float32), size=(8, 6), mode="bilinear",
+    ...                       data_format="NHWC")[0].shape
+    (1, 8, 6, 3)
     """
     sizes, scales, mode, align_corners = interpolate_options(size, scale_factor, mode, align_corners)
     xp, device = namespace_and_device(x=x)
@@ -174,8 +189,34 @@ def interpolate_backward(dout: Array, cache: InterpolateCache) -> Array:
     """Gradient of :func:`interpolate_forward`: ``dx = rows^T @ dout @ cols``, each output's gradient added back to
     the positions it read with its weights (through the transposed taps: no scatter).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
-    Raises TypeError for another op's cache or a dout of another dtype, ValueError for a dout of another shape.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : InterpolateCache
+        What :func:`interpolate_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.interpolate_forward(np.ones((1, 1, 2, 2), dtype=np.float32), size=4, mode="bilinear")
+    >>> F.interpolate_backward(np.ones_like(out), cache)[0, 0]
+    array([[4., 4.],
+           [4., 4.]], dtype=float32)
     """
     check_cache(cache, InterpolateCache, "interpolate")
     rows, cols, x_shape, dtype, anchor, last = cache

@@ -28,6 +28,10 @@ __all__ = ["LinearCache", "linear_forward", "linear_backward"]
 
 
 class LinearCache(NamedTuple):
+    """What :func:`linear_forward` keeps for :func:`linear_backward`. Fields: ``x``: the input ``(...,
+    in_features)``; ``weight``: ``(out_features, in_features)``; ``has_bias``: whether a bias was given (then
+    the backward pass returns its gradient)."""
+
     __repr__ = cache_repr
 
     x: Any
@@ -37,9 +41,46 @@ class LinearCache(NamedTuple):
 
 @half_in_float32
 def linear_forward(x, weight, bias=None):
-    """x: (..., in_features); weight: (out_features, in_features); bias: (out_features,) or None.
+    """``out = x @ weight.T + bias``, as ``torch.nn.functional.linear``.
 
-    Returns ``(out, cache)``, out: (..., out_features).
+    Parameters
+    ----------
+    x : array, shape (..., in_features)
+        Any leading axes (the batch; no layout is assumed); real floating dtype.
+    weight : array, shape (out_features, in_features)
+        PyTorch's layout, x's dtype, library and device.
+    bias : array, shape (out_features,), optional
+        Added to every row; x's dtype.
+
+    Returns
+    -------
+    out : array, shape (..., out_features)
+        x's dtype and device.
+    cache : LinearCache
+        x, weight and whether there was a bias, for :func:`linear_backward`.
+
+    Raises
+    ------
+    ValueError
+        weight not 2-D, bias not (out_features,), or x's last axis not in_features.
+    TypeError
+        A non-array, a non-floating x, or arrays of different dtypes, libraries or devices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.ones((4, 3), dtype=np.float32)
+    >>> weight, bias = np.full((2, 3), 0.5, dtype=np.float32), np.array([1.0, -1.0], dtype=np.float32)
+    >>> out, cache = F.linear_forward(x, weight, bias)
+    >>> out
+    array([[2.5, 0.5],
+           [2.5, 0.5],
+           [2.5, 0.5],
+           [2.5, 0.5]], dtype=float32)
+    >>> dx, dweight, dbias = F.linear_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias
+    ((4, 3), (2, 3), array([4., 4.], dtype=float32))
     """
     xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("bias",))
     check_floating(xp, x, "x")
@@ -62,7 +103,44 @@ def linear_forward(x, weight, bias=None):
 
 @half_in_float32_backward
 def linear_backward(dout, cache: LinearCache, *, input_grad=True):
-    """Returns ``(dx, dweight, dbias)``; ``dbias`` is None when bias was None, ``dx`` when not ``input_grad``."""
+    """Gradients of :func:`linear_forward`: ``dx = dout @ weight``, ``dweight = dout^T @ x`` and ``dbias = sum(dout)``,
+    the leading axes flattened.
+
+    Parameters
+    ----------
+    dout : array, shape (..., out_features)
+        Gradient of the loss with respect to the forward output: its shape, dtype and device.
+    cache : LinearCache
+        What :func:`linear_forward` returned.
+    input_grad : bool, keyword only
+        Compute dx (False: skip it and return None in its place).
+
+    Returns
+    -------
+    dx : array, shape (..., in_features), or None
+        None when not ``input_grad``.
+    dweight : array, shape (out_features, in_features)
+    dbias : array, shape (out_features,), or None
+        None when the forward pass had no bias.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.linear_forward(np.ones((4, 3), dtype=np.float32), np.ones((2, 3), dtype=np.float32))
+    >>> dx, dweight, dbias = F.linear_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias
+    ((4, 3), (2, 3), None)
+    >>> F.linear_backward(np.ones_like(out), cache, input_grad=False)[0] is None
+    True
+    """
     check_cache(cache, LinearCache, "linear")
     input_grad = as_bool(input_grad, "input_grad")
     x, weight, has_bias = cache

@@ -59,7 +59,15 @@ IGNORE_INDEX = -100
 
 
 class CrossEntropyCache(NamedTuple):
-    """What :func:`softmax_cross_entropy_backward` needs; ``repr`` summarises the arrays (class, shape, dtype)."""
+    """What :func:`softmax_cross_entropy_backward` needs; ``repr`` summarises the arrays (class, shape, dtype).
+
+    Fields (M: samples times spatial positions, C: classes, the class axis last): ``probs``: (M, C), the softmax of
+    the logits; ``onehot``: (M, C) bool, True at each row's target class (None for class-probability targets);
+    ``weights``: (M, C), the weight of each log-probability in the loss (None when it is ``onehot`` itself);
+    ``denominator``: what ``"mean"`` divides by (an int, or a 0-d array: the target weights' sum);
+    ``reduction``: the reduction; ``kept``: (M,) bool, False on ignored rows (None for probabilities); ``valid``:
+    (M,) bool, target in range (None when checked eagerly); ``shape``: the logits' shape.
+    """
 
     probs: Any  # (M, C) softmax of the logits, the class axis last (M: samples times spatial positions)
     onehot: Any  # (M, C) bool, True at each row's target class (class indices); None for class probabilities
@@ -74,7 +82,11 @@ class CrossEntropyCache(NamedTuple):
 
 
 class MSECache(NamedTuple):
-    """What :func:`mse_loss_backward` needs; ``repr`` summarises the arrays (class, shape, dtype)."""
+    """What :func:`mse_loss_backward` needs; ``repr`` summarises the arrays (class, shape, dtype).
+
+    Fields: ``diff``: ``pred - target``, of pred's shape and dtype; ``reduction``: ``"mean"``, ``"sum"`` or
+    ``"none"``.
+    """
 
     diff: Any  # pred - target
     reduction: str
@@ -264,6 +276,16 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
     ------
     TypeError, ValueError
         For a ``dloss`` of the wrong kind, shape, dtype, library or device, or another op's cache.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> logits = np.zeros((2, 4), dtype=np.float32)
+    >>> loss, cache = F.softmax_cross_entropy_forward(logits, np.array([0, 3]))
+    >>> F.softmax_cross_entropy_backward(1.0, cache)
+    array([[-0.375,  0.125,  0.125,  0.125],
+           [ 0.125,  0.125,  0.125, -0.375]], dtype=float32)
     """
     check_cache(cache, CrossEntropyCache, "softmax_cross_entropy")
     probs, onehot, q, denominator, reduction, kept, valid, shape = cache
@@ -306,7 +328,39 @@ def _classes_back(xp, rows, shape):
 
 @half_in_float32
 def mse_loss_forward(pred, target, *, reduction="mean"):
-    """pred, target: arrays of one shape and floating dtype. Returns ``(loss, cache)``."""
+    """Mean squared error ``(pred - target)**2``, reduced, as ``torch.nn.functional.mse_loss``.
+
+    Parameters
+    ----------
+    pred : array
+        Any shape (no layout is assumed), real floating dtype.
+    target : array
+        pred's shape, dtype, library and device.
+    reduction : {"mean", "sum", "none"}, keyword only
+        ``"mean"`` (default) and ``"sum"`` give a 0-d array; ``"none"`` the elementwise losses, of pred's shape.
+
+    Returns
+    -------
+    loss : array
+        0-d, or pred's shape for ``"none"``; pred's dtype and device.
+    cache : MSECache
+        ``pred - target`` and the reduction, for :func:`mse_loss_backward`.
+
+    Raises
+    ------
+    ValueError
+        An unknown reduction, or a target of another shape.
+    TypeError
+        Non-floating arrays, or a target of another dtype or library.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> loss, cache = F.mse_loss_forward(np.array([1.0, 3.0]), np.array([0.0, 1.0]))
+    >>> float(loss)
+    2.5
+    """
     check_reduction(reduction)
     xp, _ = namespace_and_device(pred=pred, target=target)
     check_floating(xp, pred, "pred")

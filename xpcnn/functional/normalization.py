@@ -266,7 +266,13 @@ def _broadcast(xp, a, shape: tuple):
 
 class BatchNormCache(NamedTuple):
     """The cache of :func:`batch_norm_forward`: the backward pass's needs, the batch's statistics and the updated
-    running statistics."""
+    running statistics.
+
+    Fields: ``normalized``: the centred input, ``1 / sqrt(var + eps)`` per channel, the weight and what the shared
+    backward pass sums over (a ``Normalized`` tuple); ``batch_mean``, ``batch_var``: (C,), the batch's mean and
+    unbiased variance (None in evaluation and for an empty batch); ``running_mean``, ``running_var``: (C,), the
+    running statistics after this batch (updated in training, as given otherwise; None without them).
+    """
 
     __repr__ = cache_repr
 
@@ -392,6 +398,24 @@ def batch_norm_forward(x: Array, weight: Array | None = None, bias: Array | None
         ``"NHWC"`` (parameters that fit the other layout's channel axis say so).
     TypeError
         Non-floating x; dtypes that differ from x's; strings or None for numbers or flags.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    >>> out, cache = F.batch_norm_forward(x)
+    >>> out.round(4)
+    array([[-1.3416, -1.3416],
+           [-0.4472, -0.4472],
+           [ 0.4472,  0.4472],
+           [ 1.3416,  1.3416]], dtype=float32)
+    >>> dx, dweight, dbias = F.batch_norm_backward(np.ones_like(out), cache)
+    >>> dx.round(4), dweight, dbias
+    (array([[0., 0.],
+           [0., 0.],
+           [0., 0.],
+           [0., 0.]], dtype=float32), None, None)
     """
     data_format = check_data_format(data_format)
     return _batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
@@ -419,6 +443,24 @@ def batch_norm_backward(dout: Array, cache: BatchNormCache, *,
     -------
     dx : array of x's shape and layout, or None
     dweight, dbias : arrays (C,), or None where the forward pass had no weight or no bias
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
+    >>> weight, bias = np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32)
+    >>> out, cache = F.batch_norm_forward(x, weight, bias)
+    >>> dx, dweight, dbias = F.batch_norm_backward(x - 5.5, cache)
+    >>> dx.shape, dweight.round(3), dbias
+    ((2, 3, 2), array([12.166, 12.166, 12.166], dtype=float32), array([-8.,  0.,  8.], dtype=float32))
     """
     check_cache(cache, BatchNormCache, "batch_norm")
     return _checked_backward(dout, cache.normalized, input_grad)
@@ -429,8 +471,38 @@ def batch_norm2d_forward(x: Array, weight: Array | None = None, bias: Array | No
                          running_mean: Array | None = None, running_var: Array | None = None, training: bool = True,
                          momentum: float | None = 0.1, eps: float = 1e-5, num_batches_tracked: Array | None = None,
                          data_format: str = NCHW) -> tuple[Array, BatchNormCache]:
-    """:func:`batch_norm_forward` for ``(N, C, H, W)`` input only, or ``(N, H, W, C)`` with
-    ``data_format="NHWC"`` (x of another rank is a ValueError)."""
+    """:func:`batch_norm_forward` for 4-D input only: ``(N, C, H, W)``, or ``(N, H, W, C)`` with
+    ``data_format="NHWC"``.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W) or (N, H, W, C)
+        Real floating dtype; the layout is ``data_format``'s.
+    weight, bias, running_mean, running_var, training, momentum, eps, num_batches_tracked, data_format
+        As :func:`batch_norm_forward`: (C,) arrays of x's dtype (or None) and the same options.
+
+    Returns
+    -------
+    out : array
+        x's shape, layout, dtype and device.
+    cache : BatchNormCache
+        As :func:`batch_norm_forward`'s (with the updated running statistics).
+
+    Raises
+    ------
+    ValueError
+        x of another rank than 4, or any error of :func:`batch_norm_forward`.
+    TypeError
+        x is not an array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.batch_norm2d_forward(np.ones((2, 4, 4, 3), dtype=np.float32), data_format="NHWC")
+    >>> out.shape, cache.batch_mean.shape
+    ((2, 4, 4, 3), (3,))
+    """
     namespace_and_device(x=x)  # a TypeError for a non-array
     data_format = check_data_format(data_format)
     layout = layout_name(data_format, 4)
@@ -443,7 +515,41 @@ def batch_norm2d_forward(x: Array, weight: Array | None = None, bias: Array | No
 @half_in_float32_backward
 def batch_norm2d_backward(dout: Array, cache: BatchNormCache, *,
                           input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`batch_norm2d_forward`: ``(dx, dweight, dbias)`` as :func:`batch_norm_backward`."""
+    """Gradients of :func:`batch_norm2d_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
+
+    Parameters
+    ----------
+    dout : array
+        Gradient with respect to the forward output: x's shape and layout, dtype, library and device.
+    cache : BatchNormCache
+        What :func:`batch_norm2d_forward` returned.
+    input_grad : bool, keyword only
+        Compute dx (False: skip it and return None in its place).
+
+    Returns
+    -------
+    dx : array or None
+        x's shape and layout; None when not ``input_grad``.
+    dweight, dbias : array of shape (C,), or None
+        None where the forward pass had no weight or no bias.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.batch_norm2d_forward(np.ones((2, 3, 4, 4), dtype=np.float32), np.ones(3, dtype=np.float32))
+    >>> dx, dweight, dbias = F.batch_norm2d_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight, dbias
+    ((2, 3, 4, 4), array([0., 0., 0.], dtype=float32), None)
+    """
     check_cache(cache, BatchNormCache, "batch_norm2d")
     return _checked_backward(dout, cache.normalized, input_grad)
 
@@ -457,6 +563,10 @@ def _checked_backward(dout, norm: Normalized, input_grad):
 
 
 class LayerNormCache(NamedTuple):
+    """What :func:`layer_norm_forward` keeps for :func:`layer_norm_backward`. Fields: ``normalized``: the
+    centred input ``x - mean``, the per-sample ``1 / sqrt(var + eps)``, the weight (or None), whether there was a
+    bias, and the axes and shapes the backward pass sums over (a ``Normalized`` tuple)."""
+
     __repr__ = cache_repr
 
     normalized: Normalized
@@ -506,6 +616,18 @@ def layer_norm_forward(x: Array, normalized_shape: int | tuple[int, ...], weight
         negative, NaN or infinite.
     TypeError
         Non-floating x; dtypes that differ from x's; normalized_shape, eps not numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
+    >>> out, cache = F.layer_norm_forward(x, 4, np.full(4, 2.0, dtype=np.float32), np.zeros(4, dtype=np.float32))
+    >>> out.round(3)
+    array([[-2.683, -0.894,  0.894,  2.683]], dtype=float32)
+    >>> dx, dweight, dbias = F.layer_norm_backward(np.ones_like(out), cache)
+    >>> dweight.round(3), dbias
+    (array([-1.342, -0.447,  0.447,  1.342], dtype=float32), array([1., 1., 1., 1.], dtype=float32))
     """
     xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("weight", "bias"))
     check_floating(xp, x, "x")
@@ -531,8 +653,43 @@ def layer_norm_forward(x: Array, normalized_shape: int | tuple[int, ...], weight
 @half_in_float32_backward
 def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
                         input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`layer_norm_forward`: ``(dx, dweight, dbias)``; dweight and dbias have normalized_shape
-    (None where the forward pass had no weight or no bias); dx is None when not ``input_grad``."""
+    """Gradients of :func:`layer_norm_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
+
+    Parameters
+    ----------
+    dout : array
+        Gradient with respect to the forward output: x's shape and layout, dtype, library and device.
+    cache : LayerNormCache
+        What :func:`layer_norm_forward` returned.
+    input_grad : bool, keyword only
+        Compute dx (False: skip it and return None in its place).
+
+    Returns
+    -------
+    dx : array or None
+        x's shape and layout; None when not ``input_grad``.
+    dweight, dbias : array of shape normalized_shape, or None
+        None where the forward pass had no weight or no bias.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    >>> weight, bias = np.ones((3, 4), dtype=np.float32), np.zeros((3, 4), dtype=np.float32)
+    >>> out, cache = F.layer_norm_forward(x, (3, 4), weight, bias)
+    >>> dx, dweight, dbias = F.layer_norm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias.shape
+    ((2, 3, 4), (3, 4), (3, 4))
+    """
     check_cache(cache, LayerNormCache, "layer_norm")
     return _checked_backward(dout, cache.normalized, input_grad)
 
@@ -541,6 +698,10 @@ def layer_norm_backward(dout: Array, cache: LayerNormCache, *,
 
 
 class GroupNormCache(NamedTuple):
+    """What :func:`group_norm_forward` keeps for :func:`group_norm_backward`. Fields: ``normalized``: the
+    centred input ``x - mean``, the per-(sample, group) ``1 / sqrt(var + eps)``, the weight (or None), whether
+    there was a bias, and the axes and shapes the backward pass sums over (a ``Normalized`` tuple)."""
+
     __repr__ = cache_repr
 
     normalized: Normalized
@@ -578,6 +739,19 @@ def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, b
         or infinite; data_format not ``"NCHW"`` or ``"NHWC"``.
     TypeError
         Non-floating x; dtypes that differ from x's; num_groups not an int.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(32, dtype=np.float32).reshape(2, 4, 2, 2)
+    >>> out, cache = F.group_norm_forward(x, 2)
+    >>> out.shape, bool(abs(out[0, :2].mean()) < 1e-6)
+    ((2, 4, 2, 2), True)
+    >>> F.group_norm_backward(np.ones_like(out), cache)[0].shape
+    (2, 4, 2, 2)
+    >>> F.group_norm_forward(np.ones((2, 3, 3, 4), dtype=np.float32), 2, data_format="NHWC")[0].shape
+    (2, 3, 3, 4)
     """
     xp, _ = namespace_and_device(x=x, weight=weight, bias=bias, optional=("weight", "bias"))
     data_format = check_data_format(data_format)
@@ -612,7 +786,41 @@ def group_norm_forward(x: Array, num_groups: int, weight: Array | None = None, b
 @half_in_float32_backward
 def group_norm_backward(dout: Array, cache: GroupNormCache, *,
                         input_grad: bool = True) -> tuple[Array | None, Array | None, Array | None]:
-    """Gradients of :func:`group_norm_forward`: ``(dx, dweight, dbias)``; dweight and dbias are (C,) (None where
-    the forward pass had no weight or no bias); dx is None when not ``input_grad``."""
+    """Gradients of :func:`group_norm_forward`, in the forward pass's layout (the formulas of
+    :func:`batch_norm_backward`, over the axes this op normalised).
+
+    Parameters
+    ----------
+    dout : array
+        Gradient with respect to the forward output: x's shape and layout, dtype, library and device.
+    cache : GroupNormCache
+        What :func:`group_norm_forward` returned.
+    input_grad : bool, keyword only
+        Compute dx (False: skip it and return None in its place).
+
+    Returns
+    -------
+    dx : array or None
+        x's shape and layout; None when not ``input_grad``.
+    dweight, dbias : array of shape (C,), or None
+        None where the forward pass had no weight or no bias.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x, weight = np.ones((2, 5, 5, 4), dtype=np.float32), np.ones(4, dtype=np.float32)
+    >>> out, cache = F.group_norm_forward(x, 2, weight, data_format="NHWC")
+    >>> dx, dweight, dbias = F.group_norm_backward(np.ones_like(out), cache)
+    >>> dx.shape, dweight.shape, dbias
+    ((2, 5, 5, 4), (4,), None)
+    """
     check_cache(cache, GroupNormCache, "group_norm")
     return _checked_backward(dout, cache.normalized, input_grad)

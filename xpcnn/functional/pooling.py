@@ -112,7 +112,9 @@ class MaxPool2dCache(NamedTuple):
     column_winners: (N, C, Hp, out_w) int16 (NHWC: (N, Hp, out_w, C)), the Winner code of the column ``j`` that
     won along each padded row's column window (the first pass), by which the backward pass routes a row's gradient
     to its column; None when the forward pass walked the ``kh * kw`` slices directly.
-    channels_last: whether x was NHWC."""
+    geometry: the windows' :class:`~xpcnn._windows.WindowGeometry` (input size, kernel, stride, padding,
+    dilation); dtype: x's dtype; workspace_limit: the ``workspace_limit=`` given (None: the global setting or the
+    device profile's); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -151,7 +153,8 @@ def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
 
 class AvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
-    divided by; x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
+    divided by; geometry: the windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape;
+    workspace_limit: the ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -205,6 +208,23 @@ def max_pool2d_forward(
         input.
     TypeError
         x not a floating array; options of the wrong type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.max_pool2d_forward(x, 2)
+    >>> out
+    array([[[[ 5.,  7.],
+             [13., 15.]]]], dtype=float32)
+    >>> F.max_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]], dtype=float32)
+    >>> F.max_pool2d_forward(np.ones((2, 8, 8, 3), dtype=np.float32), 2, data_format="NHWC")[0].shape
+    (2, 4, 4, 3)
     """
     xp, device, last = _check_input(x, data_format)
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
@@ -287,7 +307,37 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
     the chosen column, piece by piece so that the intermediate stays in cache).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : MaxPool2dCache
+        What :func:`max_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    >>> out, cache = F.max_pool2d_forward(x, 2, data_format="NHWC")
+    >>> F.max_pool2d_backward(np.ones_like(out), cache)[0, :, :, 0]
+    array([[0., 0., 0., 0.],
+           [0., 1., 0., 1.],
+           [0., 0., 0., 0.],
+           [0., 1., 0., 1.]], dtype=float32)
     """
     check_cache(cache, MaxPool2dCache, "max_pool2d")
     winners, column_winners, geometry, dtype, limit, last = cache
@@ -382,6 +432,18 @@ def avg_pool2d_forward(
     ------
     ValueError, TypeError
         As :func:`max_pool2d_forward`; a ``divisor_override`` that is not a positive int.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.avg_pool2d_forward(x, 2)
+    >>> out
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]], dtype=float32)
+    >>> F.avg_pool2d_backward(np.ones_like(out), cache)[0, 0, 0]
+    array([0.25, 0.25, 0.25, 0.25], dtype=float32)
     """
     xp, device, last = _check_input(x, data_format)
     geometry = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, last)
@@ -401,7 +463,35 @@ def avg_pool2d_backward(dout: Array, cache: AvgPool2dCache) -> Array:
     """Gradient of :func:`avg_pool2d_forward`: each ``dout / divisor`` is spread evenly over its window (back
     across the rows, then along them, piece by piece so that the intermediate stays in cache).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AvgPool2dCache
+        What :func:`avg_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.avg_pool2d_forward(np.ones((1, 1, 3, 3), dtype=np.float32), 2, stride=1)
+    >>> F.avg_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0.25, 0.5 , 0.25],
+           [0.5 , 1.  , 0.5 ],
+           [0.25, 0.5 , 0.25]], dtype=float32)
     """
     check_cache(cache, AvgPool2dCache, "avg_pool2d")
     divisor, geometry, x_shape, limit, last = cache
@@ -593,7 +683,7 @@ class AdaptiveAvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the size of each window (the sum is
     divided by it); rows, cols: the windows along the height and the width (None for the global mean: one window);
     pooled: avg_pool2d's cache when the windows tile x (``H % out_h == W % out_w == 0``), else None;
-    channels_last: whether x was NHWC."""
+    x_shape: x's (4-D) shape; channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -609,8 +699,8 @@ class AdaptiveMaxPool2dCache(NamedTuple):
     """flat_indices: int64 in the output's shape and layout, the flat position ``row * W + col`` in x of each
     maximum; chosen_columns: (N, C, H, out_w) int16 ((N, H, out_w, C) for NHWC; int32 for planes wider than 32767),
     the column of each row's window maximum (the first pass, along the rows); rows, cols: the windows. pooled:
-    max_pool2d's cache when the windows tile x (then every other array is None). channels_last: whether x was
-    NHWC."""
+    max_pool2d's cache when the windows tile x (then every other array is None). x_shape: x's (4-D) shape; dtype:
+    x's dtype. channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -672,6 +762,16 @@ def adaptive_avg_pool2d_forward(
         bad ``data_format``.
     TypeError
         x not a floating array; ``output_size`` not an int, None or a pair of them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.adaptive_avg_pool2d_forward(np.ones((2, 3, 7, 7), dtype=np.float32), (1, 1))
+    >>> out.shape
+    (2, 3, 1, 1)
+    >>> F.adaptive_avg_pool2d_backward(np.ones_like(out), cache).shape
+    (2, 3, 7, 7)
     """
     xp, device, last = _check_adaptive_input(x, data_format)
     in_size = _spatial_size(x, last)
@@ -700,7 +800,34 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
     """Gradient of :func:`adaptive_avg_pool2d_forward`: ``dx[r, c] = sum of dout[i, j] / divisor[i, j]`` over the
     windows ``(i, j)`` that hold ``(r, c)`` (through the transposed windows: no scatter).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AdaptiveAvgPool2dCache
+        What :func:`adaptive_avg_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> out, cache = F.adaptive_avg_pool2d_forward(np.ones((1, 1, 2, 2), dtype=np.float32), 1)
+    >>> F.adaptive_avg_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0.25, 0.25],
+           [0.25, 0.25]], dtype=float32)
     """
     check_cache(cache, AdaptiveAvgPool2dCache, "adaptive_avg_pool2d")
     divisor, rows, cols, pooled, x_shape, last = cache
@@ -751,6 +878,19 @@ def adaptive_max_pool2d_forward(
     ------
     ValueError, TypeError
         As :func:`adaptive_avg_pool2d_forward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> out, cache = F.adaptive_max_pool2d_forward(x, 2)
+    >>> out[0, 0], cache.indices[0, 0]
+    (array([[ 5.,  7.],
+           [13., 15.]], dtype=float32), array([[ 5,  7],
+           [13, 15]]))
+    >>> F.adaptive_max_pool2d_backward(np.ones_like(out), cache).shape
+    (1, 1, 4, 4)
     """
     xp, device, last = _check_adaptive_input(x, data_format)
     in_size = _spatial_size(x, last)
@@ -792,7 +932,36 @@ def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> 
     to the positions they read through the transposed windows (no scatter; a non-finite ``dout`` reaches only the
     chosen element).
 
-    dout: the forward output's shape, dtype, library and device. Returns dx in x's shape and layout.
+    Parameters
+    ----------
+    dout : array
+        Gradient of the loss with respect to the forward output: its shape (NCHW or NHWC, as x), dtype, library
+        and device.
+    cache : AdaptiveMaxPool2dCache
+        What :func:`adaptive_max_pool2d_forward` returned.
+
+    Returns
+    -------
+    dx : array
+        Gradient with respect to x: x's shape and layout (NCHW or NHWC; 3-D for unbatched x), dtype and device.
+
+    Raises
+    ------
+    TypeError
+        Another op's cache, or a dout of another dtype or array library than the forward pass's.
+    ValueError
+        A dout of another shape (or on another device) than the forward output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    >>> out, cache = F.adaptive_max_pool2d_forward(x, 2)      # overlapping windows
+    >>> F.adaptive_max_pool2d_backward(np.ones_like(out), cache)[0, 0]
+    array([[0., 0., 0.],
+           [0., 1., 1.],
+           [0., 1., 1.]], dtype=float32)
     """
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
     flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache

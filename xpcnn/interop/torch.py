@@ -18,8 +18,9 @@ An xpcnn model's state-dict names are PyTorch's for the same structure, so the m
 =====================================  =========================================================================
 xpcnn                                  the equivalent PyTorch model
 =====================================  =========================================================================
-``Conv2d``, ``ConvTranspose2d``,       ``torch.nn.Conv2d``... (``weight`` in PyTorch's layout, (out, in/groups,
-``Linear``                             kh, kw), (in, out/groups, kh, kw), (out, in); ``bias``)
+``Conv2d``, ``ConvTranspose2d``,       ``torch.nn.Conv2d``... (``weight`` in PyTorch's layout:
+``Linear``                             ``(out, in/groups, kh, kw)``, ``(in, out/groups, kh, kw)``, ``(out, in)``;
+                                       ``bias``)
 ``BatchNorm1d/2d``                     ``torch.nn.BatchNorm1d/2d``: ``weight``, ``bias``, ``running_mean``,
                                        ``running_var``, ``num_batches_tracked`` (int64, 0-d; a state dict without
                                        it loads and keeps the model's count, as in PyTorch)

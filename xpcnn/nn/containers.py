@@ -153,6 +153,24 @@ class Concat(Module):
 
     The backward pass splits ``dout`` along ``dim`` into each branch's part and adds the branches' input
     gradients.
+
+    Raises
+    ------
+    ValueError
+        No branch; in the forward pass, outputs that disagree on an axis other than ``dim``.
+    TypeError
+        A branch that is not a Module.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> block = nn.Concat(nn.Conv2d(3, 4, 1), nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU()))
+    >>> out = block(np.ones((2, 3, 8, 8), dtype=np.float32))
+    >>> out.shape
+    (2, 6, 8, 8)
+    >>> block.backward(np.ones_like(out)).shape
+    (2, 3, 8, 8)
     """
 
     def __init__(self, *branches: Module, dim: int = 1):

@@ -180,6 +180,43 @@ class ConvTranspose2d(_Affine):
 
 
 class Linear(_Affine):
+    """Fully connected layer, as ``torch.nn.Linear``: ``out = x @ weight.T + bias``
+    (:func:`xpcnn.functional.linear_forward`).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Sizes of the input's and the output's last axis (>= 1). Input ``(..., in_features)``, output
+        ``(..., out_features)``; any leading axes (the batch) pass through.
+    bias : bool
+        Learn a bias ``(out_features,)``; the weight is ``(out_features, in_features)`` (PyTorch's layout). Both
+        are drawn from U(-1/sqrt(in_features), 1/sqrt(in_features)), as PyTorch.
+    xp, device, dtype, seed : keyword only
+        The array library (a module or its name; NumPy by default), device, floating dtype (float32 by default)
+        and initialisation seed (the global one, :func:`xpcnn.nn.manual_seed`, by default) of the parameters:
+        see "Common arguments" in :class:`xpcnn.nn.Module`.
+
+    Raises
+    ------
+    ValueError
+        A size < 1 here; an input whose last axis is not ``in_features`` in the forward pass.
+    TypeError
+        A non-floating ``dtype`` here; an input of another dtype than the weight in the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> layer = nn.Linear(3, 2, seed=0)
+    >>> layer.weight.data.shape, layer.weight.data.dtype
+    ((2, 3), dtype('float32'))
+    >>> out = layer(np.ones((4, 3), dtype=np.float32))
+    >>> out.shape
+    (4, 2)
+    >>> layer.backward(np.ones_like(out)).shape, layer.weight.grad.shape
+    ((4, 3), (2, 3))
+    """
+
     def __init__(self, in_features, out_features, bias=True, *, xp=None, device=None, dtype=None, seed=None):
         super().__init__()
         in_features, out_features = _positive(in_features, "in_features"), _positive(out_features, "out_features")
@@ -303,9 +340,21 @@ class AvgPool2d(_Stateless):
 
 
 class AdaptiveAvgPool2d(_Stateless):
-    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d`` (``None`` keeps an axis's size).
+    """Average pooling to a fixed output size, as ``torch.nn.AdaptiveAvgPool2d``
+    (:func:`xpcnn.functional.adaptive_avg_pool2d_forward`).
 
-    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+    Parameters
+    ----------
+    output_size : int, None or tuple of two (int or None)
+        The output's (height, width); ``None`` keeps that axis's size. Window i spans
+        ``[floor(i * H / out_h), ceil((i + 1) * H / out_h))``, as PyTorch.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); the output has the same.
+
+    Raises
+    ------
+    ValueError
+        A bad ``output_size`` or ``data_format`` here (with the functional op's messages).
 
     Examples
     --------
@@ -327,7 +376,17 @@ class AdaptiveMaxPool2d(_Stateless):
     """Max pooling to a fixed output size, as ``torch.nn.AdaptiveMaxPool2d`` (the argmax positions are in the
     forward pass's cache: ``F.adaptive_max_pool2d_forward(x, output_size)[1].indices``).
 
-    ``data_format``: the input's layout, ``"NCHW"`` (default) or ``"NHWC"`` (3-D: one unbatched image).
+    Parameters
+    ----------
+    output_size : int, None or tuple of two (int or None)
+        The output's (height, width); ``None`` keeps that axis's size (windows as PyTorch's).
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C) (3-D: one unbatched image); the output has the same.
+
+    Raises
+    ------
+    ValueError
+        A bad ``output_size`` or ``data_format`` here (with the functional op's messages).
 
     Examples
     --------
@@ -346,10 +405,26 @@ class AdaptiveMaxPool2d(_Stateless):
 
 
 class Upsample(_Stateless):
-    """Resizing by ``F.interpolate_forward``, as ``torch.nn.Upsample``: a ``size`` or a ``scale_factor``, mode
-    ``nearest``, ``nearest-exact`` or ``bilinear`` (``align_corners`` for bilinear only). ``data_format``: the
-    input's layout, ``"NCHW"`` (default) or ``"NHWC"``; a 3-D input is a batch of 1-D signals, as in PyTorch. The
-    options are checked here; the sizes when x arrives.
+    """Resizing, as ``torch.nn.Upsample`` (:func:`xpcnn.functional.interpolate_forward`).
+
+    Parameters
+    ----------
+    size : int or tuple of ints, optional
+        The output's spatial size (height, width); give it or ``scale_factor``, not both.
+    scale_factor : float or tuple of floats, optional
+        The output size is ``floor(input size * scale_factor)``; the scale is used as given (as PyTorch).
+    mode : {"nearest", "nearest-exact", "bilinear"}
+        Interpolation mode.
+    align_corners : bool, optional
+        For ``"bilinear"`` only: align the corner pixels' centres (PyTorch's default False).
+    data_format : {"NCHW", "NHWC"}
+        The input's layout, (N, C, H, W) or (N, H, W, C); a 3-D input is a batch of 1-D signals, as in PyTorch.
+
+    Raises
+    ------
+    ValueError
+        Both or neither of ``size`` and ``scale_factor``, an unknown ``mode``, ``align_corners`` with a nearest
+        mode: here. The sizes are checked when x arrives.
 
     Examples
     --------
@@ -392,7 +467,23 @@ class _Activation(_Stateless):
 
 
 class ReLU(_Activation):
-    """max(x, 0), as ``torch.nn.ReLU``."""
+    """max(x, 0), as ``torch.nn.ReLU`` (:func:`xpcnn.functional.relu_forward`).
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for compatibility with PyTorch; xpcnn never writes into its input.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.ReLU()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32))
+    array([0., 0., 2.], dtype=float32)
+    """
 
     forward_fn, backward_fn = F.relu_forward, F.relu_backward
 
@@ -402,7 +493,25 @@ class ReLU(_Activation):
 
 class LeakyReLU(_Activation):
     """x where x > 0, else ``negative_slope * x``, as ``torch.nn.LeakyReLU``; the slope is checked here (a real
-    number, not NaN), with the functional op's messages."""
+    number, not NaN), with the functional op's messages (:func:`xpcnn.functional.leaky_relu_forward`).
+
+    Parameters
+    ----------
+    negative_slope : float
+        The slope for x <= 0 (any real number; a non-number raises TypeError, NaN ValueError).
+    inplace : bool
+        Accepted for compatibility with PyTorch; xpcnn never writes into its input.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.LeakyReLU(0.1)
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32))
+    array([-0.1,  0. ,  2. ], dtype=float32)
+    """
 
     forward_fn, backward_fn = F.leaky_relu_forward, F.leaky_relu_backward
 
@@ -411,6 +520,24 @@ class LeakyReLU(_Activation):
 
 
 class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)), as ``torch.nn.Sigmoid`` (:func:`xpcnn.functional.sigmoid_forward`).
+
+    Parameters
+    ----------
+    (none)
+        The layer takes no arguments.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.Sigmoid()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([0.2689, 0.5   , 0.8808], dtype=float32)
+    """
+
     forward_fn, backward_fn = F.sigmoid_forward, F.sigmoid_backward
 
     def __init__(self):
@@ -418,6 +545,24 @@ class Sigmoid(_Activation):
 
 
 class Tanh(_Activation):
+    """tanh(x), as ``torch.nn.Tanh`` (:func:`xpcnn.functional.tanh_forward`).
+
+    Parameters
+    ----------
+    (none)
+        The layer takes no arguments.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.Tanh()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([-0.7616,  0.    ,  0.964 ], dtype=float32)
+    """
+
     forward_fn, backward_fn = F.tanh_forward, F.tanh_backward
 
     def __init__(self):
@@ -425,6 +570,24 @@ class Tanh(_Activation):
 
 
 class Arctan(_Activation):
+    """arctan(x) (not in ``torch.nn``: ``torch.atan`` as a layer) (:func:`xpcnn.functional.arctan_forward`).
+
+    Parameters
+    ----------
+    (none)
+        The layer takes no arguments.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.Arctan()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([-0.7854,  0.    ,  1.1071], dtype=float32)
+    """
+
     forward_fn, backward_fn = F.arctan_forward, F.arctan_backward
 
     def __init__(self):
@@ -432,7 +595,23 @@ class Arctan(_Activation):
 
 
 class GELU(_Activation):
-    """x * Phi(x), as ``torch.nn.GELU``: ``approximate`` is ``"none"`` (erf) or ``"tanh"``."""
+    """x * Phi(x), as ``torch.nn.GELU`` (:func:`xpcnn.functional.gelu_forward`).
+
+    Parameters
+    ----------
+    approximate : {"none", "tanh"}
+        ``"none"``: the exact erf form; ``"tanh"``: PyTorch's tanh approximation. Anything else raises ValueError.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.GELU()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([-0.1587,  0.    ,  1.9545], dtype=float32)
+    """
 
     forward_fn, backward_fn = F.gelu_forward, F.gelu_backward
 
@@ -441,7 +620,23 @@ class GELU(_Activation):
 
 
 class SiLU(_Activation):
-    """x * sigmoid(x), as ``torch.nn.SiLU``."""
+    """x * sigmoid(x), as ``torch.nn.SiLU`` (:func:`xpcnn.functional.silu_forward`).
+
+    Parameters
+    ----------
+    inplace : bool
+        Accepted for compatibility with PyTorch; xpcnn never writes into its input.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.SiLU()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([-0.2689,  0.    ,  1.7616], dtype=float32)
+    """
 
     forward_fn, backward_fn = F.silu_forward, F.silu_backward
 
@@ -451,7 +646,25 @@ class SiLU(_Activation):
 
 class ELU(_Activation):
     """x where x > 0, else ``alpha * (exp(x) - 1)``, as ``torch.nn.ELU``; alpha is checked here (a real number,
-    not NaN)."""
+    not NaN) (:func:`xpcnn.functional.elu_forward`).
+
+    Parameters
+    ----------
+    alpha : float
+        The scale of the negative branch (a non-number raises TypeError, NaN ValueError).
+    inplace : bool
+        Accepted for compatibility with PyTorch; xpcnn never writes into its input.
+
+    Takes any shape and layout (elementwise) of a real floating dtype; the output has x's shape, dtype and device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> act = nn.ELU()
+    >>> act(np.array([-1.0, 0.0, 2.0], dtype=np.float32)).round(4)
+    array([-0.6321,  0.    ,  2.    ], dtype=float32)
+    """
 
     forward_fn, backward_fn = F.elu_forward, F.elu_backward
 
@@ -460,7 +673,21 @@ class ELU(_Activation):
 
 
 class Identity(Module):
-    """Returns its input, as ``torch.nn.Identity``; its arguments are accepted and ignored."""
+    """Returns its input, as ``torch.nn.Identity``; its backward pass returns ``dout``.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Accepted and ignored, as PyTorch's.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> x = np.ones((2, 3), dtype=np.float32)
+    >>> nn.Identity(54, unused=1)(x) is x
+    True
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -480,9 +707,19 @@ class Identity(Module):
 class Flatten(_Stateless):
     """Flattens axes ``start_dim..end_dim`` into one, as ``torch.nn.Flatten`` (:func:`xpcnn.functional.flatten_forward`).
 
-    ``data_format`` (``"NCHW"`` or ``"NHWC"``) names the input's layout; the order of the flattened features
-    follows it, without a transpose: an (N, C, H, W) input flattens (C, H, W), an (N, H, W, C) one (H, W, C)
-    (Keras's order). A ``Linear`` layer after it therefore sees its features in another order in each layout.
+    Parameters
+    ----------
+    start_dim, end_dim : int
+        The first and last axes flattened (negative: from the end); default 1 and -1, all but the batch axis.
+    data_format : {"NCHW", "NHWC"}
+        The input's layout; the order of the flattened features follows it, without a transpose: an (N, C, H, W)
+        input flattens (C, H, W), an (N, H, W, C) one (H, W, C) (Keras's order). A ``Linear`` layer after it
+        therefore sees its features in another order in each layout.
+
+    Raises
+    ------
+    ValueError
+        A bad ``data_format`` here; axes out of range or ``start_dim`` after ``end_dim`` in the forward pass.
 
     Examples
     --------
@@ -506,6 +743,31 @@ class Dropout(Module):
     Masks are reproducible: the n-th training forward pass of a Dropout built with ``seed`` always uses the same
     mask, on every backend. The count of training passes is extra state (:meth:`Module.named_extra_state`): a
     checkpoint keeps it, so a resumed run draws the masks it would have drawn.
+
+    Parameters
+    ----------
+    p : float
+        Probability of zeroing an element, in [0, 1] (``p=1`` zeroes everything); other values raise ValueError,
+        non-numbers TypeError.
+    seed : int, optional, keyword only
+        The masks' seed; default: a fresh one from the global seed (:func:`xpcnn.nn.manual_seed`), see "Common
+        arguments" in :class:`xpcnn.nn.Module`.
+
+    Any shape and layout (elementwise); the output has x's shape, dtype and device
+    (:func:`xpcnn.functional.dropout_forward`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> drop = nn.Dropout(0.5, seed=0)
+    >>> out = drop(np.ones((4, 1000), dtype=np.float32))
+    >>> sorted(set(out.ravel().tolist()))    # zeros and 1 / (1 - p)
+    [0.0, 2.0]
+    >>> _ = drop.eval()
+    >>> drop(np.ones((2, 3), dtype=np.float32))     # identity in eval mode
+    array([[1., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
     """
 
     extra_state_names = ("calls",)
@@ -592,6 +854,50 @@ class _BatchNorm(_Normalization):
     ``data_format="NHWC"`` (keyword only, not in PyTorch) takes channels-last input, ``(N, H, W, C)`` (``(N, L,
     C)`` for BatchNorm1d), computed in that layout; the default ``"NCHW"`` is PyTorch's. Parameters and buffers
     are (C,) in both, so state dicts are interchangeable between the layouts.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of channels: input (N, C, H, W) for BatchNorm2d, (N, C) or (N, C, L) for BatchNorm1d
+        (channels last with ``data_format="NHWC"``).
+    eps : float
+        Added to the variance (>= 0).
+    momentum : float or None
+        Weight of the batch's statistics in the running ones (PyTorch's convention: 0.1 by default); None: their
+        cumulative average.
+    affine : bool
+        Learn a per-channel weight (ones) and bias (zeros), each (C,).
+    track_running_stats : bool
+        Keep ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked`` buffers; without them
+        evaluation also uses the batch's statistics.
+    bias : bool, keyword only
+        With ``affine``: learn the bias too (False keeps the weight only).
+    data_format : {"NCHW", "NHWC"}, keyword only
+        The input's layout.
+    xp, device, dtype : keyword only
+        The array library (a module or its name; NumPy by default), device and floating dtype (float32 by default)
+        of the parameters and buffers: see "Common arguments" in :class:`xpcnn.nn.Module`.
+
+    Raises
+    ------
+    ValueError
+        A bad setting here; in the forward pass, an input of another rank or whose channel axis is not
+        ``num_features`` long (the message suggests ``data_format`` when the other layout's axis matches).
+    TypeError
+        A non-floating ``dtype`` here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> bn = nn.BatchNorm2d(3)
+    >>> out = bn(np.arange(48, dtype=np.float32).reshape(2, 3, 2, 4))
+    >>> out.shape, bool(abs(out.mean()) < 1e-6)
+    ((2, 3, 2, 4), True)
+    >>> bn.running_mean.shape, int(bn.num_batches_tracked)
+    ((3,), 1)
+    >>> nn.BatchNorm1d(4, data_format="NHWC")(np.ones((2, 5, 4), dtype=np.float32)).shape
+    (2, 5, 4)
     """
 
     backward_fn = F.batch_norm_backward
@@ -642,16 +948,48 @@ class _BatchNorm(_Normalization):
 
 
 class BatchNorm1d(_BatchNorm):
+    __doc__ = _BatchNorm.__doc__
     layouts = {2: "(N, C)", 3: "(N, C, L)"}
 
 
 class BatchNorm2d(_BatchNorm):
+    __doc__ = _BatchNorm.__doc__
     layouts = {4: "(N, C, H, W)"}
 
 
 class LayerNorm(_Normalization):
     """Layer normalisation over the trailing ``normalized_shape`` axes, as ``torch.nn.LayerNorm``: elementwise
-    weight and bias of that shape (``elementwise_affine``; ``bias=False`` keeps the weight only)."""
+    weight and bias of that shape (``elementwise_affine``; ``bias=False`` keeps the weight only)
+    (:func:`xpcnn.functional.layer_norm_forward`).
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of ints
+        The trailing axes normalised per sample: input ``(*, *normalized_shape)``. Layout-free: for NCHW input,
+        ``(C, H, W)`` normalises each sample; for channels-last input ``(N, H, W, C)``, ``C`` normalises each pixel.
+    eps : float
+        Added to the variance (>= 0).
+    elementwise_affine : bool
+        Learn a weight (ones) and bias (zeros) of ``normalized_shape``.
+    bias : bool
+        With ``elementwise_affine``: learn the bias too.
+    xp, device, dtype : keyword only
+        The array library (a module or its name; NumPy by default), device and floating dtype (float32 by default)
+        of the parameters and buffers: see "Common arguments" in :class:`xpcnn.nn.Module`.
+
+    Raises
+    ------
+    ValueError
+        A bad setting here; an input whose trailing shape is not ``normalized_shape`` in the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> ln = nn.LayerNorm(4)
+    >>> ln(np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)).round(3)
+    array([[-1.342, -0.447,  0.447,  1.342]], dtype=float32)
+    """
 
     backward_fn = F.layer_norm_backward
 
@@ -678,7 +1016,43 @@ class LayerNorm(_Normalization):
 class GroupNorm(_Normalization):
     """Group normalisation, as ``torch.nn.GroupNorm``: the channels in ``num_groups`` groups, each normalised per
     sample; per-channel weight and bias (``affine``; ``bias=False`` keeps the weight only). ``data_format="NHWC"``
-    (keyword only) takes channels-last input ``(N, *, C)``, computed in that layout."""
+    (keyword only) takes channels-last input ``(N, *, C)``, computed in that layout
+    (:func:`xpcnn.functional.group_norm_forward`).
+
+    Parameters
+    ----------
+    num_groups : int
+        Number of groups; must divide ``num_channels``.
+    num_channels : int
+        C: input ``(N, C, *)`` (``(N, *, C)`` with ``data_format="NHWC"``).
+    eps : float
+        Added to the variance (>= 0).
+    affine : bool
+        Learn a per-channel weight (ones) and bias (zeros), each (C,).
+    bias : bool, keyword only
+        With ``affine``: learn the bias too.
+    data_format : {"NCHW", "NHWC"}, keyword only
+        The input's layout.
+    xp, device, dtype : keyword only
+        The array library (a module or its name; NumPy by default), device and floating dtype (float32 by default)
+        of the parameters and buffers: see "Common arguments" in :class:`xpcnn.nn.Module`.
+
+    Raises
+    ------
+    ValueError
+        ``num_groups`` that does not divide ``num_channels``, or another bad setting, here; an input whose channel
+        axis is not ``num_channels`` long in the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> gn = nn.GroupNorm(2, 4)
+    >>> gn(np.ones((3, 4, 5, 5), dtype=np.float32)).shape
+    (3, 4, 5, 5)
+    >>> nn.GroupNorm(2, 4, data_format="NHWC")(np.ones((3, 5, 5, 4), dtype=np.float32)).shape
+    (3, 5, 5, 4)
+    """
 
     backward_fn = F.group_norm_backward
 

@@ -20,7 +20,25 @@ from .init import resolve
 
 
 class Parameter:
-    """A trainable array (``data``) and the gradient accumulated for it (``grad``, None after ``zero_grad``)."""
+    """A trainable array (``data``) and the gradient accumulated for it (``grad``, None after ``zero_grad``).
+
+    Parameters
+    ----------
+    data : array
+        The value, in any array library, shape and (floating) dtype; kept as given (not copied). Optimizers replace
+        ``data`` with a new array at each step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> p = nn.Parameter(np.zeros((2, 3), dtype=np.float32))
+    >>> p
+    Parameter(shape=(2, 3), dtype=float32)
+    >>> p.accumulate(np.ones((2, 3), dtype=np.float32)); p.accumulate(np.ones((2, 3), dtype=np.float32))
+    >>> p.grad[0]
+    array([2., 2., 2.], dtype=float32)
+    """
 
     __slots__ = ("data", "grad")
 
@@ -55,6 +73,31 @@ class Module:
     ``eval()`` set ``self.training`` through the tree; ``to()``, ``state_dict()``, ``load_state_dict()`` and
     :func:`xpcnn.save`/:func:`xpcnn.load` work on any module built this way. ``repr`` prints the children as
     PyTorch does; override :meth:`extra_repr` to show a module's own arguments.
+
+    Common arguments
+    ----------------
+    The layers with parameters or buffers (``Conv2d``, ``ConvTranspose2d``, ``Linear``, the normalisation layers)
+    take these keyword-only arguments, and the layers that draw random numbers (``Dropout``) take ``seed``:
+
+    ``xp``
+        The array library the parameters are made in: a module or namespace (``numpy``, ``cupy``, ``torch``,
+        ``jax.numpy``, ``array_api_strict``...) or its importable name (``"cupy"``). Default: NumPy. A name that
+        cannot be imported raises ValueError; an object that is no array library raises TypeError.
+    ``device``
+        That library's device for the parameters (``"cpu"``, ``torch.device("cuda:0")``...). Default: the
+        library's default device. The input must be on the same device.
+    ``dtype``
+        A real floating dtype of that library; default ``float32`` (as PyTorch). Anything else (an integer or
+        complex dtype) raises TypeError at construction. The input should have the same dtype.
+    ``seed``
+        The seed of the parameters' initialisation (and of Dropout's masks), an int. Default: a fresh seed drawn
+        from the global one (:func:`xpcnn.nn.manual_seed`), so that two layers differ and a script that sets
+        the global seed gets the same model every time. The same seed gives the same values on every backend.
+
+    Weights and biases are initialised as PyTorch's defaults: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for convolution
+    and linear layers (fan_in = in_channels / groups * kh * kw, or in_features), ones and zeros for the normalisation
+    layers' weight and bias (PyTorch's values, not its random stream). ``model.to(xp, device=..., dtype=...)`` moves
+    or casts a built model.
 
     Examples
     --------

@@ -44,6 +44,24 @@ class LRScheduler:
     ------
     TypeError
         When ``optimizer`` is not an xpcnn optimizer or ``last_epoch`` not an int.
+    ValueError
+        For another ``last_epoch`` than -1.
+
+    Examples
+    --------
+    A subclass implements ``_lr_at(epoch) -> lr`` from ``self.base_lrs[0]``:
+
+    >>> import numpy as np
+    >>> from xpcnn import nn, optim
+    >>> class HalveEveryEpoch(optim.LRScheduler):
+    ...     def _lr_at(self, epoch):
+    ...         return self.base_lrs[0] * 0.5 ** epoch
+    >>> opt = optim.SGD([nn.Parameter(np.zeros(2))], lr=1.0)
+    >>> sched = HalveEveryEpoch(opt)
+    >>> for _ in range(3):
+    ...     sched.step()
+    >>> opt.lr
+    0.125
     """
 
     def __init__(self, optimizer, last_epoch=-1):

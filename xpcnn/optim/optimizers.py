@@ -38,6 +38,22 @@ class Optimizer:
         ``model.parameters()``), or a non-number ``lr``.
     ValueError
         For an empty parameter list or a negative or non-finite ``lr``.
+
+    Examples
+    --------
+    A subclass implements ``_update(xp, param, grad, state) -> new param`` (``state``: a dict per parameter, for
+    its buffers); :meth:`step` calls it for every parameter with a gradient:
+
+    >>> import numpy as np
+    >>> from xpcnn import nn, optim
+    >>> class SignSGD(optim.Optimizer):
+    ...     def _update(self, xp, param, grad, state):
+    ...         return param - self.lr * xp.sign(grad)
+    >>> p = nn.Parameter(np.zeros(3))
+    >>> opt = SignSGD([p], lr=0.5)
+    >>> p.accumulate(np.array([2.0, -1.0, 0.0])); opt.step()
+    >>> p.data
+    array([-0.5,  0.5,  0. ])
     """
 
     def __init__(self, params, lr):
