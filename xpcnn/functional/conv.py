@@ -316,9 +316,17 @@ def _checked_plan(plan: Conv2dPlan, conv: ConvShape) -> Conv2dPlan:
 
 
 class Conv2dCache(NamedTuple):
-    """What :func:`conv2d_backward` needs: the input (4-D), the weights, the convolution's shape, the plan, and
-    the columns when the plan keeps them and the batch was one piece (else None: they are gathered again, piece by
-    piece)."""
+    """What :func:`conv2d_backward` needs, returned by :func:`conv2d_forward` (treat it as opaque).
+
+    Fields: ``x``, the input, 4-D (an unbatched input with its batch axis of one), in ``data_format``;
+    ``weight``, the weights (PyTorch's layout); ``has_bias``, whether the forward pass had a bias (dbias is then
+    computed, else None); ``conv``, the convolution's shape (channels, groups, window geometry, data format);
+    ``plan``, the algorithms chosen for the forward pass, dx and dweight; ``workspace_limit``, the bytes for one
+    batch piece's column buffer, as resolved by the forward pass; ``unbatched``, whether x was (C, H, W) (or
+    (H, W, C)): dout and dx are then too; ``columns``, x's columns when the plan keeps them and the batch was one
+    piece (else None: they are gathered again, piece by piece); ``winograd_workspace_limit``, the bytes for one
+    Winograd piece's arrays (None: ``workspace_limit``).
+    """
 
     x: Array
     weight: Array
@@ -397,6 +405,33 @@ def conv2d_forward(
         empty kernels, arrays from different libraries or devices, bad stride, padding, dilation or data_format,
         a kernel larger than the padded input, an unknown algorithm, ``"winograd"`` for another kernel, stride or
         dilation.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> bias = np.zeros(4, dtype=np.float32)
+    >>> out, cache = F.conv2d_forward(x, weight, bias, padding=1)
+    >>> out.shape
+    (2, 4, 8, 8)
+
+    Channels-last data (the weight keeps PyTorch's layout), an explicit algorithm, an unbatched input:
+
+    >>> out_nhwc, _ = F.conv2d_forward(x.transpose(0, 2, 3, 1), weight, bias, padding=1, data_format="NHWC")
+    >>> out_nhwc.shape, bool(np.allclose(out_nhwc.transpose(0, 3, 1, 2), out, atol=1e-5))
+    ((2, 8, 8, 4), True)
+    >>> out_winograd, _ = F.conv2d_forward(x, weight, bias, padding=1, algorithm="winograd")
+    >>> bool(np.allclose(out_winograd, out, atol=1e-4))
+    True
+    >>> F.conv2d_forward(x[0], weight, padding="same")[0].shape
+    (4, 8, 8)
+    >>> F.conv2d_forward(x, weight, stride=2, algorithm="winograd")
+    Traceback (most recent call last):
+        ...
+    ValueError: the winograd algorithm needs a 3 x 3 kernel, stride 1 and dilation 1, got kernel (3, 3), ...
     """
     args = _conv2d_arguments(x, weight, bias, stride, padding, dilation, groups, data_format)
     xp, x, conv = args.xp, args.x, args.conv
@@ -442,6 +477,21 @@ def conv2d_backward(
         dweight[g] = sum_n dout[n, g] @ cols[n, g]^T
         dx         = col2im(weight^T @ dout), or, with stride 1, a correlation of dout with the flipped kernel
         dbias      = dout summed over every axis but the channels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> out, cache = F.conv2d_forward(x, weight, np.zeros(4, dtype=np.float32), stride=2, padding=1)
+    >>> dx, dweight, dbias = F.conv2d_backward(np.ones_like(out), cache)
+    >>> out.shape, dx.shape, dweight.shape, dbias.shape
+    ((2, 4, 4, 4), (2, 3, 8, 8), (4, 3, 3, 3), (4,))
+    >>> dx, dweight, dbias = F.conv2d_backward(np.ones_like(out), cache, input_grad=False)
+    >>> dx is None, dweight.shape
+    (True, (4, 3, 3, 3))
     """
     check_cache(cache, Conv2dCache, "conv2d")
     input_grad = as_bool(input_grad, "input_grad")
@@ -528,8 +578,18 @@ def _int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
 
 
 class ConvTranspose2dCache(NamedTuple):
-    """What :func:`conv_transpose2d_backward` needs: the input (4-D) and the weights. ``conv`` is the convolution
-    the op transposes: from the output (Hout, Wout) with C_out channels to x's (H, W) with C_in."""
+    """What :func:`conv_transpose2d_backward` needs, returned by :func:`conv_transpose2d_forward` (treat it as
+    opaque).
+
+    Fields: ``x``, the input, 4-D (an unbatched input with its batch axis of one), in ``data_format``;
+    ``weight``, the weights (PyTorch's layout, (C_in, C_out // groups, kh, kw)); ``has_bias``, whether the forward
+    pass had a bias (dbias is then computed, else None); ``conv``, the convolution the op transposes: from the
+    output (Hout, Wout) with C_out channels to x's (H, W) with C_in; ``plan``, the algorithms chosen (the forward
+    pass is that convolution's dx; the backward pass is im2col's); ``workspace_limit``, the bytes for one batch
+    piece's column buffer, as resolved by the forward pass; ``unbatched``, whether x was (C_in, H, W) (or
+    (H, W, C_in)): dout and dx are then too; ``winograd_workspace_limit``, the bytes for one Winograd piece's
+    arrays (None: ``workspace_limit``).
+    """
 
     x: Array
     weight: Array
@@ -601,6 +661,21 @@ def conv_transpose2d_forward(
         Wrong ranks, channel, group or bias mismatches (naming ``data_format`` when the other layout would fit),
         empty kernels or planes, arrays from different libraries or devices, bad stride, padding, dilation or
         data_format, output_padding not below the stride or dilation, an output smaller than 1 x 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)  # (C_in, C_out // groups, kh, kw)
+    >>> out, cache = F.conv_transpose2d_forward(x, weight, stride=2, padding=1, output_padding=1)
+    >>> out.shape
+    (2, 2, 16, 16)
+    >>> out_nhwc, _ = F.conv_transpose2d_forward(x.transpose(0, 2, 3, 1), weight, stride=2, padding=1,
+    ...                                          output_padding=1, data_format="NHWC")
+    >>> out_nhwc.shape, bool(np.allclose(out_nhwc.transpose(0, 3, 1, 2), out, atol=1e-5))
+    ((2, 16, 16, 2), True)
     """
     args = _conv_transpose2d_arguments(x, weight, bias, stride, padding, output_padding, dilation, groups,
                                        data_format)
@@ -650,6 +725,18 @@ def conv_transpose2d_backward(
         dx[n, g]    = weight[g] @ cols[n, g]                     (conv2d of dout with the same weights)
         dweight[g]  = sum_n x[n, g] @ cols[n, g]^T               (conv2d's weight gradient, x in dout's place)
         dbias       = dout summed over every axis but the channels
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import functional as F
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> weight = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    >>> out, cache = F.conv_transpose2d_forward(x, weight, np.zeros(2, dtype=np.float32), stride=2)
+    >>> dx, dweight, dbias = F.conv_transpose2d_backward(np.ones_like(out), cache)
+    >>> out.shape, dx.shape, dweight.shape, dbias.shape
+    ((2, 2, 17, 17), (2, 3, 8, 8), (3, 2, 3, 3), (2,))
     """
     check_cache(cache, ConvTranspose2dCache, "conv_transpose2d")
     input_grad = as_bool(input_grad, "input_grad")

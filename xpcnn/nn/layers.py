@@ -86,10 +86,71 @@ class _Affine(Module):
 
 
 class Conv2d(_Affine):
-    """2-D convolution, as ``torch.nn.Conv2d``: weight ``(out_channels, in_channels // groups, kh, kw)`` (PyTorch's
-    layout whatever the data format) and bias ``(out_channels,)``. ``data_format="NHWC"`` takes and gives
-    channels-last arrays (default ``"NCHW"``). ``algorithm`` (``"auto"``, ``"im2col"`` or ``"winograd"``) is
-    passed to every call. See :func:`xpcnn.functional.conv2d_forward`."""
+    """2-D convolution (cross-correlation), as ``torch.nn.Conv2d``: a thin layer over
+    :func:`xpcnn.functional.conv2d_forward` and :func:`xpcnn.functional.conv2d_backward`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and the output (>= 1, both divisible by ``groups``). Input ``(N, in_channels, H, W)``
+        (or ``(N, H, W, in_channels)`` with ``data_format="NHWC"``), output ``(N, out_channels, out_h, out_w)``
+        (likewise channels-last); an unbatched input, (C, H, W) or (H, W, C), gives an unbatched output.
+    kernel_size : int or (height, width) pair
+        The window, >= 1 on each axis.
+    stride, dilation : int or (height, width) pair, >= 1
+    padding : int, (height, width) pair, ``"valid"`` or ``"same"``
+        Zeros added on both sides of each axis; ``"same"`` needs stride 1 (an odd total pad puts the extra
+        row/column at the bottom/right, as PyTorch).
+    groups : int
+        Splits the channels into ``groups`` independent convolutions (divides in_channels and out_channels).
+    bias : bool
+        Learn a bias ``(out_channels,)``. The weight is ``(out_channels, in_channels // groups, kh, kw)``
+        (PyTorch's layout, whatever the data format). Both are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+        ``fan_in = in_channels // groups * kh * kw``, as PyTorch.
+    xp, device, dtype, seed : keyword only
+        The array library (a module or its name; NumPy by default), device, floating dtype (float32 by default)
+        and initialisation seed (the global one, :func:`xpcnn.nn.manual_seed`, by default) of the parameters:
+        see "Common arguments" in :class:`xpcnn.nn.Module`.
+    workspace_limit : int, optional, keyword only
+        Bytes for one batch piece's working arrays, passed to every call (default: the global setting of
+        :mod:`xpcnn.config`, else the device profile's).
+    data_format : ``"NCHW"`` (default) or ``"NHWC"``, keyword only
+        The layout of the input and the output (never guessed from the shapes); the weight keeps PyTorch's layout.
+    algorithm : ``"auto"`` (default), ``"im2col"`` or ``"winograd"``, keyword only
+        Passed to every call: the cost model's choice, never Winograd, or Winograd's F(m x m, 3 x 3) for the
+        forward pass, dx and dweight (3 x 3 kernel, stride 1, dilation 1 only: other layers raise in the forward
+        pass). See :func:`xpcnn.functional.conv2d_forward`.
+
+    Raises
+    ------
+    ValueError
+        Here: a size < 1, ``groups`` not dividing the channels, a bad kernel_size, stride, padding, dilation,
+        workspace_limit, data_format or algorithm. In the forward pass: an input of another rank or channel count
+        (naming ``data_format`` when the other layout would fit), a kernel larger than the padded input,
+        ``"winograd"`` for another kernel, stride or dilation.
+    TypeError
+        A non-int size or workspace_limit, a non-floating ``dtype`` here; an input of another dtype than the
+        weight in the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> layer = nn.Conv2d(3, 8, kernel_size=3, padding=1, seed=0)
+    >>> layer.weight.data.shape, layer.bias.data.shape
+    ((8, 3, 3, 3), (8,))
+    >>> out = layer(np.ones((2, 3, 5, 5), dtype=np.float32))
+    >>> out.shape
+    (2, 8, 5, 5)
+    >>> layer.backward(np.ones_like(out)).shape, layer.weight.grad.shape
+    ((2, 3, 5, 5), (8, 3, 3, 3))
+
+    Channels-last input and output, the same weight layout:
+
+    >>> nhwc = nn.Conv2d(3, 8, kernel_size=3, stride=2, data_format="NHWC", seed=0)
+    >>> nhwc(np.ones((2, 9, 9, 3), dtype=np.float32)).shape, nhwc.weight.data.shape
+    ((2, 4, 4, 8), (8, 3, 3, 3))
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
@@ -134,11 +195,64 @@ class Conv2d(_Affine):
 
 
 class ConvTranspose2d(_Affine):
-    """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``: weight ``(in_channels, out_channels // groups,
-    kh, kw)`` (PyTorch's layout whatever the data format) and bias ``(out_channels,)`` drawn from
-    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with PyTorch's fan_in for that layout, ``weight.shape[1] * kh * kw``.
-    ``data_format="NHWC"`` takes and gives channels-last arrays (default ``"NCHW"``). See
-    :func:`xpcnn.functional.conv_transpose2d_forward`."""
+    """2-D transposed convolution, as ``torch.nn.ConvTranspose2d``: a thin layer over
+    :func:`xpcnn.functional.conv_transpose2d_forward` and :func:`xpcnn.functional.conv_transpose2d_backward`
+    (the input gradient of a convolution with the same weights, from the input in the place of dout).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and the output (>= 1, both divisible by ``groups``). Input ``(N, in_channels, H, W)``
+        (or ``(N, H, W, in_channels)`` with ``data_format="NHWC"``), output ``(N, out_channels, Hout, Wout)``
+        (likewise channels-last), ``Hout = (H - 1) * sh - 2 * ph + dh * (kh - 1) + output_padding_h + 1``; an
+        unbatched input, (C, H, W) or (H, W, C), gives an unbatched output.
+    kernel_size : int or (height, width) pair
+        The window, >= 1 on each axis.
+    stride, padding, dilation : int or (height, width) pair
+        stride and dilation >= 1; padding >= 0, removed from both sides of the output.
+    output_padding : int or (height, width) pair
+        Rows and columns added to the bottom and right of the output (bias only), each smaller than the stride or
+        the dilation of its axis.
+    groups : int
+        Splits the channels into ``groups`` independent transposed convolutions (divides both channel counts).
+    bias : bool
+        Learn a bias ``(out_channels,)``. The weight is ``(in_channels, out_channels // groups, kh, kw)``
+        (PyTorch's layout, whatever the data format). Both are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with
+        PyTorch's fan_in for that layout, ``weight.shape[1] * kh * kw``.
+    xp, device, dtype, seed : keyword only
+        The array library (a module or its name; NumPy by default), device, floating dtype (float32 by default)
+        and initialisation seed (the global one, :func:`xpcnn.nn.manual_seed`, by default) of the parameters:
+        see "Common arguments" in :class:`xpcnn.nn.Module`.
+    workspace_limit : int, optional, keyword only
+        Bytes for one batch piece's column buffer, passed to every call (default: the global setting of
+        :mod:`xpcnn.config`, else the device profile's).
+    data_format : ``"NCHW"`` (default) or ``"NHWC"``, keyword only
+        The layout of the input and the output (never guessed from the shapes); the weight keeps PyTorch's layout.
+
+    Raises
+    ------
+    ValueError
+        Here: a size < 1, ``groups`` not dividing the channels, a bad kernel_size, stride, padding, dilation,
+        workspace_limit or data_format, output_padding not below the stride or dilation. In the forward pass: an
+        input of another rank or channel count (naming ``data_format`` when the other layout would fit), an
+        output smaller than 1 x 1.
+    TypeError
+        A non-int size or workspace_limit, a non-floating ``dtype`` here; an input of another dtype than the
+        weight in the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xpcnn import nn
+    >>> layer = nn.ConvTranspose2d(8, 3, kernel_size=3, stride=2, padding=1, output_padding=1, seed=0)
+    >>> layer.weight.data.shape, layer.bias.data.shape
+    ((8, 3, 3, 3), (3,))
+    >>> out = layer(np.ones((2, 8, 4, 4), dtype=np.float32))
+    >>> out.shape
+    (2, 3, 8, 8)
+    >>> layer.backward(np.ones_like(out)).shape, layer.weight.grad.shape
+    ((2, 8, 4, 4), (8, 3, 3, 3))
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
