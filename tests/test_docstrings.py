@@ -15,10 +15,19 @@ MODULES = sorted(
 )
 
 
+NEEDS = {  # modules whose examples need an optional package (none of them a dependency of xpcnn)
+    "xpcnn.interop.torch": "torch",
+    "xpcnn.interop.jax": "jax",
+    "xpcnn.testing.gradients": "torch",  # check_against_torch's example
+    "xpcnn.distributed": "distributed",
+}
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
-    if name.startswith("xpcnn.interop."):  # the adapters' examples need their framework (no dependency of xpcnn)
-        pytest.importorskip(name.rsplit(".", 1)[1])
+    for prefix, package in NEEDS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            pytest.importorskip(package)
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples failed in {name}"
