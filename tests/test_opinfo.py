@@ -103,11 +103,9 @@ def bind(sample, params: list[str]) -> dict:
     return bound
 
 
-def given(bound, *names, **renamed) -> dict:
-    """Keyword arguments for xpcnn: the given ones among ``names`` (``renamed``: xpcnn name -> torch name)."""
-    out = {n: np_(bound[n]) for n in names if n in bound}
-    out.update({new: np_(bound[old]) for new, old in renamed.items() if old in bound})
-    return out
+def given(bound, *names) -> dict:
+    """Keyword arguments for xpcnn: those among ``names`` that the sample gives (xpcnn spells them as PyTorch)."""
+    return {n: np_(bound[n]) for n in names if n in bound}
 
 
 def no_inplace(bound):
@@ -313,6 +311,8 @@ def _close(ours, theirs, what) -> str | None:
     ours = np.asarray(ours)
     if ours.shape != theirs.shape:
         return f"{what}: shape {ours.shape} != PyTorch's {theirs.shape}"
+    if ours.dtype != theirs.dtype:
+        return f"{what}: dtype {ours.dtype} != PyTorch's {theirs.dtype}"
     if theirs.dtype.kind in "iub":
         return None if np.array_equal(ours, theirs) else f"{what}: differs"
     try:
