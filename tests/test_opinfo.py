@@ -41,10 +41,6 @@ EXPECTED_FAILURES: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
             "xpcnn forward raised ValueError: x must be at least 2-D (N, C, *), got shape (0,)",
             "an empty 1-D x: xpcnn requires (N, C, *), as PyTorch does for any non-empty x")
         for training in (True, False)},
-    ("nn.functional.avg_pool2d", ""): {"T(1, 1, 4, 4), (2, 2), (), (0,), False, True, -2": (
-        "xpcnn forward raised ValueError: divisor_override must be a positive int, got -2",
-        "xpcnn refuses a negative divisor_override on purpose (tests/functional/test_pooling.py::"
-        "test_bad_divisor_override); PyTorch refuses only 0")},
     ("nn.functional.layer_norm", ""): {"T(2, 2, 3), (2, 3), T(2, 3), T(2, 3), eps=-0.5": _EPS_NEGATIVE},
     ("nn.functional.group_norm", ""): {"T(2, 6, 3), 2, weight=T(6,), bias=T(6,), eps=-0.5": _EPS_NEGATIVE},
     ("nn.functional.cross_entropy", ""): {

@@ -184,10 +184,14 @@ def test_bad_input(op, args, kwargs, error, word):
         forward(*args, **kwargs)
 
 
-@pytest.mark.parametrize("override", [0, -2])
-def test_bad_divisor_override(override):
-    with pytest.raises(ValueError, match="divisor_override"):
-        avg_pool2d_forward(X, 2, divisor_override=override)
+def test_bad_divisor_override():
+    with pytest.raises(ValueError, match="divisor_override must be a nonzero int"):
+        avg_pool2d_forward(X, 2, divisor_override=0)
+
+
+def test_negative_divisor_override_divides_as_pytorch():
+    out, _ = avg_pool2d_forward(np.ones((1, 1, 4, 4)), 2, divisor_override=-2)
+    np.testing.assert_array_equal(out, np.full((1, 1, 2, 2), -2.0))
 
 
 def test_max_pool_bad_dilation():

@@ -431,7 +431,7 @@ def avg_pool2d_forward(
     Raises
     ------
     ValueError, TypeError
-        As :func:`max_pool2d_forward`; a ``divisor_override`` that is not a positive int.
+        As :func:`max_pool2d_forward`; a ``divisor_override`` that is not a nonzero int.
 
     Examples
     --------
@@ -645,12 +645,13 @@ def _pool_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
 
 
 def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[bool, int | None]:
-    """``count_include_pad`` and ``divisor_override`` checked (a bool; None or a positive int)."""
+    """``count_include_pad`` and ``divisor_override`` checked (a bool; None or a nonzero int: PyTorch divides by a
+    negative one too)."""
     count_include_pad = as_bool(count_include_pad, "count_include_pad")
     if divisor_override is not None:
         divisor_override = as_int(divisor_override, "divisor_override")
-        if divisor_override <= 0:
-            raise ValueError(f"divisor_override must be a positive int, got {divisor_override}")
+        if divisor_override == 0:
+            raise ValueError(f"divisor_override must be a nonzero int, got {divisor_override}")
     return count_include_pad, divisor_override
 
 
