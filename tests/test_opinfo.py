@@ -29,9 +29,6 @@ MAX_LISTED = 40  # failing samples spelled out in one assertion message
 
 _EPS_NEGATIVE = ("xpcnn forward raised ValueError: eps must be >= 0, got -0.5",
                  "xpcnn refuses a negative eps on purpose (tests/nn/test_normalization.py); PyTorch takes it")
-_SOFT_TARGET = ("no xpcnn gradient for ['target']",
-                "softmax_cross_entropy_backward returns dlogits only: no gradient for class-probability targets "
-                "(forward and dlogits are still compared)")
 
 #: (op, variant) -> {sample description -> (the exact problem seen, why)}: samples that apply but are known to
 #: disagree with PyTorch. Any other problem on such a sample, or none, still fails the test.
@@ -43,12 +40,6 @@ EXPECTED_FAILURES: dict[tuple[str, str], dict[str, tuple[str, str]]] = {
         for training in (True, False)},
     ("nn.functional.layer_norm", ""): {"T(2, 2, 3), (2, 3), T(2, 3), T(2, 3), eps=-0.5": _EPS_NEGATIVE},
     ("nn.functional.group_norm", ""): {"T(2, 6, 3), 2, weight=T(6,), bias=T(6,), eps=-0.5": _EPS_NEGATIVE},
-    ("nn.functional.cross_entropy", ""): {
-        text: _SOFT_TARGET for text in (
-            "T(2, 3), T(2, 3)", "T(2, 3, 1), T(2, 3, 1)", "T(2, 3, 1, 2), T(2, 3, 1, 2)",
-            "T(2, 3, 1, 2, 3), T(2, 3, 1, 2, 3)",
-            *(f"T(2, 3), T(2, 3), reduction={r!r}" for r in ("mean", "sum", "none")),
-            *(f"T(2, 3), T(2, 3), weight=T(3,), reduction={r!r}" for r in ("mean", "sum", "none")))},
 }
 
 
@@ -246,7 +237,14 @@ def cross_entropy(bound):
     loss, cache = F.softmax_cross_entropy_forward(
         np_(bound["input"]), np_(bound["target"]),
         **given(bound, "weight", "ignore_index", "reduction", "label_smoothing"))
-    return Case({"out": loss}, lambda dout: {"input": F.softmax_cross_entropy_backward(dout, cache)})
+    target = bound["target"]
+    if not target.dtype.is_floating_point:  # class indices: no gradient
+        return Case({"out": loss}, lambda dout: {"input": F.softmax_cross_entropy_backward(dout, cache)})
+
+    def backward(dout):
+        dlogits, dtarget = F.softmax_cross_entropy_backward(dout, cache, target_grad=True)
+        return {"input": dlogits, "target": dtarget}
+    return Case({"out": loss}, backward)
 
 
 def mse_loss(bound):

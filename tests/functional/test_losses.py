@@ -240,3 +240,36 @@ def test_caches_print_as_a_short_summary():
     assert len(text) < 300 and "0." not in text
     assert repr(mse_loss_forward(np.zeros((2, 3)), np.zeros((2, 3)))[1]) == (
         "MSECache(diff=numpy(2, 3) float64, reduction='mean')")
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("options", [dict(), dict(label_smoothing=0.2, reduction="sum"),
+                                     dict(weight="w", reduction="mean"), dict(reduction="none")])
+def test_cross_entropy_target_gradient_with_class_probabilities(xp, torch, options):
+    """``target_grad=True``: the gradient of a class-probability target, as torch.autograd gives it."""
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((4, 3, 2))
+    target = rng.dirichlet(np.ones(3), size=(4, 2)).transpose(0, 2, 1)  # (N, C, d1)
+    weight = rng.random(3) + 0.5
+    kwargs = {k: (weight if v == "w" else v) for k, v in options.items()}
+    dtype = xp.dtype("float64") if xp.float64 else xp.dtype("float32")
+    loss, cache = softmax_cross_entropy_forward(
+        xp.asarray(logits, dtype=dtype), xp.asarray(target, dtype=dtype),
+        **{k: (xp.asarray(v, dtype=dtype) if k == "weight" else v) for k, v in kwargs.items()})
+    t_logits = torch.tensor(logits, requires_grad=True)
+    t_target = torch.tensor(target, requires_grad=True)
+    t_kwargs = {k: (torch.tensor(v) if k == "weight" else v) for k, v in kwargs.items()}
+    t_loss = torch.nn.functional.cross_entropy(t_logits, t_target, **t_kwargs)
+    dout = rng.standard_normal(tuple(t_loss.shape))
+    t_dlogits, t_dtarget = torch.autograd.grad(t_loss, (t_logits, t_target), torch.tensor(dout))
+    dlogits, dtarget = softmax_cross_entropy_backward(
+        xp.asarray(dout, dtype=dtype) if dout.ndim else float(dout), cache, target_grad=True)
+    tol = 1e-12 if xp.float64 else 1e-5
+    np.testing.assert_allclose(xp.to_numpy(dlogits), t_dlogits.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(xp.to_numpy(dtarget), t_dtarget.numpy(), rtol=tol, atol=tol)
+
+
+def test_cross_entropy_target_gradient_needs_class_probabilities():
+    _, cache = softmax_cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))
+    with pytest.raises(ValueError, match="target_grad=True needs class-probability targets"):
+        softmax_cross_entropy_backward(1.0, cache, target_grad=True)

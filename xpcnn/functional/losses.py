@@ -66,7 +66,9 @@ class CrossEntropyCache(NamedTuple):
     ``weights``: (M, C), the weight of each log-probability in the loss (None when it is ``onehot`` itself);
     ``denominator``: what ``"mean"`` divides by (an int, or a 0-d array: the target weights' sum);
     ``reduction``: the reduction; ``kept``: (M,) bool, False on ignored rows (None for probabilities); ``valid``:
-    (M,) bool, target in range (None when checked eagerly); ``shape``: the logits' shape.
+    (M,) bool, target in range (None when checked eagerly); ``shape``: the logits' shape;
+    ``target_coefficients``: (M, C), the loss's derivative in the class-probability target before the reduction,
+    ``-(1 - label_smoothing) * weight * log_softmax`` (None for class indices, which have no gradient).
     """
 
     probs: Any  # (M, C) softmax of the logits, the class axis last (M: samples times spatial positions)
@@ -77,6 +79,7 @@ class CrossEntropyCache(NamedTuple):
     kept: Any  # (M,) bool, False on ignored rows (class indices); None for class probabilities
     valid: Any  # (M,) bool, target in range; None when the range was checked eagerly
     shape: tuple  # the logits' shape (N, C, d1, ...), or (C,) unbatched
+    target_coefficients: Any = None  # (M, C) d(row loss)/d(target); None for class indices
 
     __repr__ = cache_repr
 
@@ -193,7 +196,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
     log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
     rows = z.shape[0]
     smoothing = label_smoothing / classes
-    kept = valid = None
+    kept = valid = target_coefficients = None
     if probabilities:
         p = _classes_last(xp, target)
         if label_smoothing:
@@ -204,6 +207,9 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
             weighted, q = weighted * weight, q * weight
         losses = -xp.sum(weighted, axis=1)
         denominator, onehot = rows, None
+        target_coefficients = log_probs * (-(1.0 - label_smoothing))
+        if weight is not None:
+            target_coefficients = target_coefficients * weight
     else:
         # Class indices compared in int64: a small integer dtype could not count the classes (300 wraps in uint8).
         t = xp.reshape(xp.astype(target, xp.int64), (rows,))
@@ -239,7 +245,8 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         loss = xp.sum(losses)
     else:
         loss = xp.sum(losses) / denominator if rows else xp.mean(losses)
-    return loss, CrossEntropyCache(xp.exp(log_probs), onehot, q, denominator, reduction, kept, valid, shape)
+    return loss, CrossEntropyCache(xp.exp(log_probs), onehot, q, denominator, reduction, kept, valid, shape,
+                                   target_coefficients)
 
 
 def check_class_range(xp, target, classes: int, ignore_index: int | None = None) -> None:
@@ -257,8 +264,8 @@ def check_class_range(xp, target, classes: int, ignore_index: int | None = None)
 
 
 @half_in_float32_backward
-def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
-    """The gradient of the logits.
+def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache, *, target_grad: bool = False):
+    """The gradient of the logits (and of class-probability targets, with ``target_grad=True``).
 
     Parameters
     ----------
@@ -266,16 +273,23 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
         A number or a 0-d array for ``"mean"``/``"sum"``; an array of the loss's shape for ``"none"``.
     cache : CrossEntropyCache
         From :func:`softmax_cross_entropy_forward`.
+    target_grad : bool
+        Also return the gradient of the target, as ``torch.autograd`` gives for a floating target: only for
+        class-probability targets (``-(1 - label_smoothing) * weight * log_softmax(logits)``, reduced like the
+        loss); class indices have none.
 
     Returns
     -------
     array
         dlogits, of the logits' shape, dtype, namespace and device.
+    (dlogits, dtarget) : tuple of arrays
+        With ``target_grad=True``; dtarget has the target's shape (the logits').
 
     Raises
     ------
     TypeError, ValueError
-        For a ``dloss`` of the wrong kind, shape, dtype, library or device, or another op's cache.
+        For a ``dloss`` of the wrong kind, shape, dtype, library or device, or another op's cache;
+        ``target_grad=True`` with class indices (ValueError).
 
     Examples
     --------
@@ -288,7 +302,13 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
            [ 0.125,  0.125,  0.125, -0.375]], dtype=float32)
     """
     check_cache(cache, CrossEntropyCache, "softmax_cross_entropy")
-    probs, onehot, q, denominator, reduction, kept, valid, shape = cache
+    target_grad = as_bool(target_grad, "target_grad")
+    probs, onehot, q, denominator, reduction, kept, valid, shape = (
+        cache.probs, cache.onehot, cache.weights, cache.denominator, cache.reduction, cache.kept, cache.valid,
+        cache.shape)
+    if target_grad and cache.target_coefficients is None:
+        raise ValueError("target_grad=True needs class-probability targets (floating, the logits' shape): class "
+                         "indices have no gradient")
     xp, device = namespace_and_device(probs=probs)
     rows = probs.shape[0]
     unreduced = shape[1:] if len(shape) == 1 else (shape[0], *shape[2:])
@@ -305,6 +325,9 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
         dlogits = (probs * xp.sum(q, axis=1, keepdims=True) - q) * scale
     if valid is not None:
         dlogits = xp.where(valid[:, None], dlogits, math.nan)
+    if target_grad:
+        dtarget = cache.target_coefficients * scale
+        return _classes_back(xp, dlogits, shape), _classes_back(xp, dtarget, shape)
     return _classes_back(xp, dlogits, shape)
 
 

@@ -94,6 +94,12 @@ class CrossEntropyLoss(_Loss):
 
     forward_fn, backward_fn = F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward
 
+    def backward(self, dloss=1.0, *, target_grad: bool = False):
+        """dlogits (and dtarget, as ``(dlogits, dtarget)``, with ``target_grad=True``: class-probability targets
+        only); ``dloss`` as for every loss: 1.0 when the loss is the final objective, an array of the loss's shape
+        for ``reduction="none"``."""
+        return F.softmax_cross_entropy_backward(dloss, self._take_cache(), target_grad=target_grad)
+
     def __init__(self, reduction="mean", check_targets=True, *, weight=None, ignore_index: int = IGNORE_INDEX,
                  label_smoothing: float = 0.0):
         super().__init__(reduction)
