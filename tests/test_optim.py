@@ -18,6 +18,10 @@ CASES = [
     ("Adam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
     ("AdamW", dict(lr=0.01)),
     ("AdamW", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.3)),
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01, maximize=True)),
+    ("Adam", dict(lr=0.02, weight_decay=0.1, amsgrad=True)),
+    ("Adam", dict(lr=0.02, maximize=True)),
+    ("AdamW", dict(lr=0.02, weight_decay=0.3, amsgrad=True, maximize=True)),
 ]
 
 
@@ -66,6 +70,7 @@ STATE_CASES = [
     ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
     ("Adam", dict(lr=0.02, betas=(0.8, 0.99), weight_decay=0.1)),
     ("AdamW", dict(lr=0.01)),
+    ("Adam", dict(lr=0.02, amsgrad=True)),
 ]
 
 

@@ -187,6 +187,8 @@ class SGD(Optimizer):
         L2 penalty added to the gradient, >= 0 (default 0).
     nesterov : bool
         Nesterov momentum (needs momentum > 0 and dampening 0).
+    maximize : bool, keyword only
+        Ascend the objective (the gradient's sign flipped), as PyTorch's ``maximize``.
 
     Raises
     ------
@@ -205,8 +207,10 @@ class SGD(Optimizer):
     [0.9, -2.1]
     """
 
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False):
         super().__init__(params, lr)
+        self.maximize = as_bool(maximize, "maximize")
         momentum, weight_decay = as_float(momentum, "momentum", minimum=0.0), as_float(weight_decay, "weight_decay", minimum=0.0)
         dampening, nesterov = as_float(dampening, "dampening"), as_bool(nesterov, "nesterov")
         if nesterov and (momentum <= 0 or dampening != 0):
@@ -214,17 +218,20 @@ class SGD(Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.weight_decay, self.nesterov = weight_decay, nesterov
 
-    _hyperparameters = ("momentum", "dampening", "weight_decay", "nesterov")
+    _hyperparameters = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
 
     def _set_hyperparameters(self, group):
         super()._set_hyperparameters(group)
         for name in ("momentum", "dampening", "weight_decay"):
             if name in group:
                 setattr(self, name, as_float(group[name], name, minimum=None if name == "dampening" else 0.0))
-        if "nesterov" in group:
-            self.nesterov = as_bool(group["nesterov"], "nesterov")
+        for name in ("nesterov", "maximize"):
+            if name in group:
+                setattr(self, name, as_bool(group[name], name))
 
     def _update(self, xp, param, grad, state):
+        if self.maximize:
+            grad = -grad
         if self.weight_decay:
             grad = grad + self.weight_decay * param
         if self.momentum:
@@ -254,6 +261,10 @@ class Adam(Optimizer):
         Added to the denominator, >= 0 (default 1e-8).
     weight_decay : float
         L2 penalty added to the gradient, >= 0 (default 0).
+    amsgrad : bool
+        Use the largest second moment so far (state ``max_exp_avg_sq``), as PyTorch's ``amsgrad``.
+    maximize : bool, keyword only
+        Ascend the objective (the gradient's sign flipped), as PyTorch's ``maximize``.
 
     Raises
     ------
@@ -274,8 +285,10 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 maximize=False):
         super().__init__(params, lr)
+        self.amsgrad, self.maximize = as_bool(amsgrad, "amsgrad"), as_bool(maximize, "maximize")
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         beta1, beta2 = as_float(betas[0], "betas[0]"), as_float(betas[1], "betas[1]")
@@ -285,7 +298,7 @@ class Adam(Optimizer):
         self.eps = as_float(eps, "eps", minimum=0.0)
         self.weight_decay = as_float(weight_decay, "weight_decay", minimum=0.0)
 
-    _hyperparameters = ("betas", "eps", "weight_decay")
+    _hyperparameters = ("betas", "eps", "weight_decay", "amsgrad", "maximize")
 
     def _set_hyperparameters(self, group):
         super()._set_hyperparameters(group)
@@ -297,9 +310,14 @@ class Adam(Optimizer):
         for name in ("eps", "weight_decay"):
             if name in group:
                 setattr(self, name, as_float(group[name], name, minimum=0.0))
+        for name in ("amsgrad", "maximize"):
+            if name in group:
+                setattr(self, name, as_bool(group[name], name))
 
     def _update(self, xp, param, grad, state):
         beta1, beta2 = self.betas
+        if self.maximize:
+            grad = -grad
         if self.weight_decay:
             if self.decoupled:
                 param = param * (1.0 - self.lr * self.weight_decay)
@@ -307,11 +325,16 @@ class Adam(Optimizer):
                 grad = grad + self.weight_decay * param
         if not state:
             state.update(step=0, exp_avg=xp.zeros_like(param), exp_avg_sq=xp.zeros_like(param))
+        if self.amsgrad and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = xp.zeros_like(param)
         state["step"] += 1
         state["exp_avg"] = beta1 * state["exp_avg"] + (1.0 - beta1) * grad
         state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * (grad * grad)
+        second = state["exp_avg_sq"]
+        if self.amsgrad:  # the largest second moment so far
+            second = state["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], second)
         step_size = self.lr / (1.0 - beta1 ** state["step"])
-        denom = xp.sqrt(state["exp_avg_sq"]) / math.sqrt(1.0 - beta2 ** state["step"]) + self.eps
+        denom = xp.sqrt(second) / math.sqrt(1.0 - beta2 ** state["step"]) + self.eps
         return param - step_size * (state["exp_avg"] / denom)
 
 
@@ -331,6 +354,10 @@ class AdamW(Adam):
         >= 0 (default 1e-8).
     weight_decay : float
         Decoupled decay, >= 0 (default 1e-2).
+    amsgrad : bool
+        Use the largest second moment so far (state ``max_exp_avg_sq``), as PyTorch's ``amsgrad``.
+    maximize : bool, keyword only
+        Ascend the objective (the gradient's sign flipped), as PyTorch's ``maximize``.
 
     Raises
     ------
@@ -351,8 +378,9 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, lr, betas, eps, weight_decay)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
 def _follow(state: dict, param) -> None:
