@@ -60,8 +60,8 @@ class Profile:
     stride 2 and 2x2 with stride 2: above 1). Each slice costs a few kernel launches on an accelerator."""
     copy_strided_windows: bool = True
     """Max pooling copies each window slice that is strided along the width (stride > 1) once to contiguous memory
-    before its comparisons: on NumPy a strided operand costs every one of them (about 1.3-1.5x faster with the copy
-    at stride 2, slower at stride 1). An accelerator reads strided slices at little cost; a copy is one more
+    before its comparisons: on NumPy a strided operand costs every one of them (the copy pays at stride 2, not at
+    stride 1; benchmarks/README.md). An accelerator reads strided slices at little cost; a copy is one more
     kernel."""
     winograd_min_channels: int = 16
     """3 x 3, stride-1, dilation-1 convolutions take Winograd's F(m x m, 3 x 3) (:mod:`xpcnn._winograd`) for the
@@ -140,7 +140,7 @@ def _on_accelerator(array: Any) -> bool:
         try:
             platforms = {d.platform for d in array.devices()}
         except Exception:  # a tracer under jax.jit has no device: the default backend's
-            import jax
+            import jax  # host: a tracer's platform: the default backend's
 
             platforms = {jax.default_backend()}
         return bool(platforms - {"cpu"})

@@ -103,7 +103,7 @@ class Normalized(NamedTuple):
 def _sum(xp, a, axes: tuple) -> Array:
     """``sum(a)`` over ``axes``, kept (length 1). Leading axes are summed one at a time, the outermost first: each
     step adds whole contiguous rows (NumPy walks several leading axes at once with the short last axis as its inner
-    loop: 0.95 against 0.12 ms for channels-last batch norm's (64, 784, 16) view, benchmarks/bench_norm.py)."""
+    loop, much slower for channels-last batch norm's views: figures in benchmarks/README.md)."""
     if len(axes) > 1 and axes == tuple(range(len(axes))):
         for axis in axes:
             a = xp.sum(a, axis=axis, keepdims=True)

@@ -123,7 +123,7 @@ class Backend:
         """``fn`` compiled for this backend (``jax.jit`` on ``jax-jit``), else ``fn`` itself. ``fn`` must take and
         return arrays (or tuples of them); close over everything else."""
         if self.jit:
-            import jax
+            import jax  # host: the backend matrix imports each library it offers
 
             return jax.jit(fn)
         return fn
@@ -169,7 +169,7 @@ def _matrix(*, strict=True, torch=True, jax=True, jax_jit=True, dask=True, cupy=
                          "array-api-strict is not installed"))
     if torch:
         try:
-            import torch as torch_module
+            import torch as torch_module  # host: the backend matrix imports each library it offers
         except ImportError:
             rows.append(("torch", None, "torch is not installed"))
         else:
@@ -179,7 +179,7 @@ def _matrix(*, strict=True, torch=True, jax=True, jax_jit=True, dask=True, cupy=
             rows.append(("torch-cuda", cuda, "no PyTorch CUDA"))
     if jax or jax_jit:
         try:
-            import jax as jax_module
+            import jax as jax_module  # host: the backend matrix imports each library it offers
         except ImportError:
             jax_module = None
         else:
@@ -205,7 +205,7 @@ def _matrix(*, strict=True, torch=True, jax=True, jax_jit=True, dask=True, cupy=
             rows.append(("dask", Backend("dask", array_api_compat.array_namespace(da.empty(0)), "cpu"), None))
     if cupy:
         try:
-            import cupy as cupy_module
+            import cupy as cupy_module  # host: the backend matrix imports each library it offers
 
             gpu = cupy_module.cuda.is_available()
         except Exception:  # cupy missing, or no CUDA driver

@@ -26,7 +26,7 @@ xp = xp_fixture()
 def pytest_configure(config):
     if require_torch():
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  # host: the backend matrix imports each library it offers
         except ImportError:
             raise pytest.UsageError("XPCNN_REQUIRE_TORCH=1 but torch is not installed") from None
     configure_array_api_strict()
@@ -36,7 +36,7 @@ def pytest_configure(config):
 def torch():
     """PyTorch, the reference; skips without it unless XPCNN_REQUIRE_TORCH=1."""
     try:
-        import torch
+        import torch  # host: the backend matrix imports each library it offers
     except ImportError:
         if require_torch():
             pytest.fail("XPCNN_REQUIRE_TORCH=1 but torch is not installed")
