@@ -76,3 +76,14 @@ def test_kernels(tmp_path, capsys):
     conv = next(r for r in rows if r["op"] == "conv2d (c)")
     assert conv["accelerator"]["gemm_kernels"] >= 3 and conv["torch"]["kernels"] >= 2
     assert "model us" in capsys.readouterr().out
+
+
+def test_bench_cores(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    import bench_cores
+
+    rows = bench_cores.main(["--tiny", "--json", str(tmp_path / "cores.json")])
+    saved = json.loads((tmp_path / "cores.json").read_text())
+    assert saved["machine"]["cpu_model"] and len(saved["rows"]) == len(rows)
+    assert {r["kernel"] for r in rows} >= {"copy", "gemm", "resnet step, xpcnn", "resnet step, torch"}
+    assert all(r["one_ms"] > 0 and r["two_ms"] > 0 and r["speedup"] > 0 for r in rows)
