@@ -37,3 +37,10 @@ def multiply_by_mask(xp, array, mask):
     if is_numpy_array(array) or is_cupy_array(array) or is_torch_array(array):
         return array * mask
     return array * xp.astype(mask, array.dtype)
+
+
+def runs_pieces_in_threads(array) -> bool:
+    """Whether batch pieces of ``array`` may run on several threads of this process: NumPy releases the
+    interpreter lock inside each of its loops and BLAS calls, and computes each on one thread. PyTorch CPU tensors
+    already run their kernels on several threads, and lazy or device arrays gain nothing from it."""
+    return is_numpy_array(array)

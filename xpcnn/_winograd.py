@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ from array_api_compat import device as device_of
 
 from ._dispatch import updates_in_place
 from ._tuning import HOST, Profile
+from ._windows import map_pieces, sum_pieces
 
 __all__ = [
     "WinogradTransform",
@@ -434,17 +436,18 @@ def _correlate(xp, x, weight, pads, groups, tf: WinogradTransform, layout: _Layo
         return xp.zeros(shape, **like)
     u = _filter_transform(xp, weight, groups, tf, layout, like)
     piece = _samples_per_piece(channels, out_channels, tiles, tf, x.dtype, xp, limit)
-    parts = [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
     in_place = updates_in_place(x)
     tiled = xp.empty(_tiled_shape(n, out_channels, tiles, tf, layout), **like) if in_place else None
-    outs = []
-    for part in parts:
+
+    def one_piece(part):
         v = _data_transform(xp, x[part, ...], pads, tiles, tf, layout, groups, like)
         y = _output_tiles(xp, _product(xp, u, v, layout), tf, layout, tiles, out_channels)
         if in_place:  # each piece written once into the tiled output (no reshape copy, no concatenation)
             tiled[part, ...] = y
-        else:
-            outs.append(xp.reshape(y, _tiled_shape(y.shape[0], out_channels, tiles, tf, layout)))
+            return None
+        return xp.reshape(y, _tiled_shape(y.shape[0], out_channels, tiles, tf, layout))
+
+    outs = map_pieces(one_piece, n, piece, like=x)
     if not in_place:
         tiled = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
     return _untiled(xp, tiled, n, out_channels, tiles, tf, layout, out_size)
@@ -473,19 +476,18 @@ def _weight_gradient(xp, x, dout, pads, groups, tf: WinogradTransform, layout: _
     tiles = tuple(-(-size // tf.m) for size in out_size)
     like = dict(dtype=x.dtype, device=device_of(x))
     piece = _samples_per_piece(channels, out_channels, tiles, tf, x.dtype, xp, limit)
-    total = None
-    for start in range(0, n, piece):
-        part = slice(start, min(start + piece, n))
+    group_channels, t = channels // groups, tf.alpha**2
+    if n == 0:  # an empty batch
+        return xp.zeros((out_channels, group_channels, KERNEL, KERNEL), **like)
+
+    def one_piece(part):
         v = _data_transform(xp, x[part, ...], pads, tiles, tf, layout, groups, like)
         dy = _output_tiles_adjoint(xp, dout[part, ...], tf, layout, tiles, groups, like)
         if layout.name == "NCHW":  # dy (T, G, Og, P), v (T, G, Cg, P)
-            prod = xp.matmul(dy, xp.matrix_transpose(v))
-        else:  # dy (T, G, P, Og), v (T, G, P, Cg)
-            prod = xp.matmul(xp.matrix_transpose(dy), v)
-        total = prod if total is None else total + prod
-    group_channels, t = channels // groups, tf.alpha**2
-    if total is None:  # an empty batch
-        return xp.zeros((out_channels, group_channels, KERNEL, KERNEL), **like)
+            return xp.matmul(dy, xp.matrix_transpose(v))
+        return xp.matmul(xp.matrix_transpose(dy), v)  # dy (T, G, P, Og), v (T, G, P, Cg)
+
+    total = sum_pieces(map_pieces(one_piece, n, piece, like=x))
     # (T, G, Og, Cg) -> G^T . G over the two transform axes -> (3, 3, O, Cg) -> (O, Cg, 3, 3)
     total = xp.reshape(total, (t, out_channels * group_channels))
     total = xp.reshape(total, (tf.alpha, tf.alpha, out_channels * group_channels))
@@ -634,6 +636,7 @@ MATRIX_CACHE_SIZE = 64
 """How many transform matrices :func:`_matrix` keeps on their devices (the least recently used goes first)."""
 
 _matrix_cache: collections.OrderedDict = collections.OrderedDict()
+_matrix_cache_lock = threading.Lock()
 
 
 def _matrix(xp, rows, like):
@@ -645,14 +648,15 @@ def _matrix(xp, rows, like):
     if not (is_numpy_namespace(xp) or is_cupy_namespace(xp) or is_torch_namespace(xp)):
         return xp.asarray([[float(v) for v in row] for row in rows], **like)
     key = (xp.__name__, repr(like["device"]), str(like["dtype"]), rows)
-    if key in _matrix_cache:
-        _matrix_cache.move_to_end(key)
-        return _matrix_cache[key]
-    matrix = xp.asarray([[float(v) for v in row] for row in rows], **like)  # host: built once, then kept
-    _matrix_cache[key] = matrix
-    while len(_matrix_cache) > MATRIX_CACHE_SIZE:
-        _matrix_cache.popitem(last=False)
-    return matrix
+    with _matrix_cache_lock:  # batch pieces may ask from several threads
+        if key in _matrix_cache:
+            _matrix_cache.move_to_end(key)
+            return _matrix_cache[key]
+        matrix = xp.asarray([[float(v) for v in row] for row in rows], **like)  # host: built once, then kept
+        _matrix_cache[key] = matrix
+        while len(_matrix_cache) > MATRIX_CACHE_SIZE:
+            _matrix_cache.popitem(last=False)
+        return matrix
 
 
 def _along_first(xp, mat, a):
