@@ -242,3 +242,37 @@ def test_module_errors():
         apply_fn(params, state, x, training=1)
     with pytest.raises(ValueError, match="layer 0"):  # the module's own checks, inside the wrapper
         apply_fn(params, state, jnp.ones((2, 3, 6, 6)), training=True)
+
+
+_MODULE_32_BIT = """
+import numpy as np, jax, jax.numpy as jnp
+assert not jax.config.jax_enable_x64
+from xpcnn import nn
+from xpcnn.interop.jax import module
+build = lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, xp=jnp, seed=0), nn.BatchNorm2d(4, xp=jnp), nn.ReLU(),
+                              nn.Flatten(), nn.Dropout(0.3, seed=5), nn.Linear(4 * 5 * 5, 3, xp=jnp, seed=1))
+apply_fn, params, state = module(build())
+x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, 5, 5)), dtype=jnp.float32)
+loss = lambda p, s: (lambda out, ns: (jnp.sum(out ** 2), ns))(*apply_fn(p, s, x, training=True))
+for _ in range(2):
+    grads, state = jax.jit(jax.grad(loss, has_aux=True))(params, state)
+reference = build()
+for _ in range(2):
+    reference.zero_grad()
+    out = reference(x)
+    reference.backward(2 * out)
+worst = max(float(jnp.max(jnp.abs(grads[n] - p.grad) / (1 + jnp.abs(p.grad)))) for n, p in reference.named_parameters())
+print(state["1.num_batches_tracked"].dtype, int(state["1.num_batches_tracked"]), int(state["4.calls"]), worst < 1e-5)
+"""
+
+
+def test_module_without_64_bit_mode():
+    """JAX's default (no int64): the counters are int32, a traced Dropout counter draws the module's masks."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    result = subprocess.run([sys.executable, "-c", _MODULE_32_BIT], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["int32", "2", "2", "True"]
