@@ -69,6 +69,9 @@ def test_traced_input_meets_closed_over_weights_under_jit():
     bn = jax.jit(lambda x: F.batch_norm_forward(x, None, None, **stats, training=True)[1].running_mean)
     np.testing.assert_allclose(bn(x), F.batch_norm_forward(x, None, None, **stats, training=True)[1].running_mean,
                                rtol=1e-6, atol=1e-7)
+    from xpcnn._validation import same_device
+
+    assert jax.jit(lambda x: jnp.asarray(same_device(x, w)))(x)  # for checks other than namespace_and_device's
     model = nn.Sequential(nn.Conv2d(3, 4, 3, xp=jnp, seed=0), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 4 * 4, 2, xp=jnp, seed=1))  # parameters: concrete JAX arrays
     np.testing.assert_allclose(jax.jit(model.forward)(x), model.forward(x), rtol=1e-5, atol=1e-6)
@@ -90,6 +93,8 @@ for name, call in [("concrete", lambda: F.conv2d_forward(x0, w1)),
     except ValueError as error:
         print(name, "raised:", error)
 print("tracer beside one device", jax.jit(lambda x: F.conv2d_forward(x, w1)[0])(x1).shape)
+from xpcnn._validation import same_device
+print("same_device", same_device(x0, w1), same_device(x1, w1))
 """
 
 
@@ -104,3 +109,4 @@ def test_jax_arrays_on_two_devices_still_raise_beside_a_tracer():
     assert lines[0].startswith("concrete raised: weight is on device") and "id=1" in lines[0], result.stdout
     assert lines[1].startswith("traced raised: bias is on device") and "but weight" in lines[1], result.stdout
     assert lines[2] == "tracer beside one device (1, 3, 2, 2)", result.stdout
+    assert lines[3] == "same_device False True", result.stdout

@@ -236,7 +236,7 @@ def test_module_errors():
     with pytest.raises(ValueError, match=r"params do not match the module: missing '0.bias'; unexpected 'extra'; "
                                          r"'0.weight' has shape \(4, 2, 5, 5\), the module expects \(4, 2, 3, 3\)"):
         apply_fn(bad, state, x, training=True)
-    with pytest.raises(ValueError, match="state do not match the module: missing '1.running_var'"):
+    with pytest.raises(ValueError, match="state does not match the module: missing '1.running_var'"):
         apply_fn(params, {k: v for k, v in state.items() if k != "1.running_var"}, x, training=True)
     with pytest.raises(TypeError, match="training must be True or False"):
         apply_fn(params, state, x, training=1)

@@ -22,8 +22,12 @@ array stays behind in any module.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 
+import array_api_compat
+
+from .._validation import as_bool
 from . import gradient_slots
 
 __all__ = ["function", "module"]
@@ -178,9 +182,6 @@ def module(xpcnn_module):
     >>> grads["0.weight"].shape, int(state["1.num_batches_tracked"])
     ((4, 1, 3, 3), 1)
     """
-    import copy
-
-    import array_api_compat
     import jax  # host: the adapter's own framework, imported only when the adapter is used
     import jax.numpy as jnp  # host: likewise
 
@@ -236,8 +237,6 @@ def module(xpcnn_module):
     core.defvjp(core_fwd, core_bwd)
 
     def apply_fn(params, state, x, *, training):
-        from .._validation import as_bool
-
         training = as_bool(training, "training")
         params = {name: jnp.asarray(value) for name, value in binding.checked("params", params).items()}
         state = {name: jnp.asarray(value) for name, value in binding.checked("state", state).items()}
@@ -268,11 +267,13 @@ class _Binding:
             raise TypeError(f"{what} must be a dict of arrays (as module() returned it), got {type(given).__name__}")
         problems = [f"missing {name!r}" for name in expected if name not in given]
         problems += [f"unexpected {name!r}" for name in given if name not in expected]
-        problems += [f"{name!r} has shape {tuple(getattr(v, 'shape', ()))}, the module expects {expected[name]}"
-                     for name, v in given.items() if name in expected and tuple(getattr(v, "shape", ())) !=
-                     expected[name]]
+        for name, value in given.items():
+            shape = tuple(getattr(value, "shape", ()))
+            if name in expected and shape != expected[name]:
+                problems.append(f"{name!r} has shape {shape}, the module expects {expected[name]}")
         if problems:
-            raise ValueError(f"{what} do not match the module: " + "; ".join(problems))
+            verb = "do" if what == "params" else "does"
+            raise ValueError(f"{what} {verb} not match the module: " + "; ".join(problems))
         return dict(given)
 
     def state(self) -> dict:
