@@ -25,8 +25,15 @@ def namespace_and_device(*, optional=(), **arrays):
     ``optional`` names the arguments that may be None (they are skipped then); None for any other is a TypeError.
     Raises a TypeError for a non-array and a ValueError naming both arguments when they come from different
     libraries or live on different devices: xpcnn never copies between host and device behind the user's back.
+
+    An array whose device is not known (a JAX array traced by ``jax.jit``: its device is chosen when the compiled
+    function runs) is compatible with every device of its library, so that weights closed over by a jitted
+    function meet a traced input; arrays whose devices are known are still compared with each other. The device
+    returned is then None (new arrays go where the traced computation runs, JAX's default).
     """
     first_name = first = xp = None
+    known_name = known = None  # the first argument whose device is known, and that device
+    unknown = False
     for name, a in arrays.items():
         if a is None and name in optional:
             continue
@@ -34,18 +41,29 @@ def namespace_and_device(*, optional=(), **arrays):
             raise TypeError(f"{name} must be an array, got {type(a).__name__}")
         if first is None:
             first_name, first, xp = name, a, array_namespace(a)
-            continue
-        if array_namespace(a) is not xp:
+        elif array_namespace(a) is not xp:
             raise ValueError(
                 f"{name} is a {library_name(a)} array but {first_name} is a {library_name(first)} array; "
                 "all arrays of one call must come from the same library"
             )
-        if device_of(a) != device_of(first):
+        device = device_of(a)
+        if device is None:
+            unknown = True
+        elif known_name is None:
+            known_name, known = name, device
+        elif device != known:
             raise ValueError(
-                f"{name} is on device {device_of(a)!r} but {first_name} is on device {device_of(first)!r}; "
+                f"{name} is on device {device!r} but {known_name} is on device {known!r}; "
                 "move them to one device explicitly"
             )
-    return xp, device_of(first)
+    return xp, (None if unknown or first is None else known)
+
+
+def same_device(a, b) -> bool:
+    """Whether ``a`` and ``b`` may be combined without a copy: their devices are equal, or one is not known (a
+    traced JAX array: see :func:`namespace_and_device`)."""
+    da, db = device_of(a), device_of(b)
+    return da is None or db is None or da == db
 
 
 def check_floating(xp, a, name: str) -> None:

@@ -111,3 +111,168 @@ def test_an_option_before_the_weights_takes_no_gradient_slot():
     _, want = _grads_by_hand(F.layer_norm_forward, F.layer_norm_backward, (x, (3, 4), w, b), {}, lambda out: 2 * out)
     for got, expected in zip(grads, want):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-12, atol=1e-12)
+
+
+# -- a whole xpcnn.nn module: xpcnn.interop.jax.module -------------------------------------------------------------------
+
+from xpcnn import nn, optim  # noqa: E402
+from xpcnn.interop.jax import module  # noqa: E402
+
+F64 = dict(xp=jnp, dtype=jnp.float64)
+
+
+def _cnn(dropout: bool = False):
+    """Conv-BatchNorm-ReLU-Pool-Flatten(-Dropout)-Linear, float64 JAX arrays, the same weights at every call."""
+    tail = [nn.Dropout(0.3, seed=5)] if dropout else []
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, seed=0, **F64), nn.BatchNorm2d(4, **F64), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), *tail, nn.Linear(4 * 3 * 3, 3, seed=1, **F64))
+
+
+def _residual():
+    body = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, seed=2, **F64), nn.BatchNorm2d(4, **F64), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, seed=3, **F64), nn.BatchNorm2d(4, **F64))
+    shortcut = nn.Sequential(nn.Conv2d(3, 4, 1, stride=2, bias=False, seed=4, **F64), nn.BatchNorm2d(4, **F64))
+    return nn.Residual(body, shortcut)
+
+
+def _max_difference(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("build, x_shape", [(_cnn, (5, 2, 6, 6)), (lambda: _cnn(dropout=True), (5, 2, 6, 6)),
+                                            (_residual, (3, 3, 7, 7))], ids=["cnn", "cnn-dropout", "residual"])
+def test_module_grad_equals_the_modules_backward(build, x_shape, training, jit):
+    apply_fn, params, state = module(build())
+    x = jnp.asarray(rng.standard_normal(x_shape))
+    reference = build().train(training)
+    out = reference.forward(x)
+    dout = jnp.asarray(rng.standard_normal(out.shape))
+    dx = reference.backward(dout)
+
+    def loss(params, x, state):
+        out, new_state = apply_fn(params, state, x, training=training)
+        return jnp.sum(out * dout), (out, new_state)
+
+    grad = jax.grad(loss, argnums=(0, 1), has_aux=True)
+    (grads, got_dx), (got_out, new_state) = (jax.jit(grad) if jit else grad)(params, x, state)
+    assert _max_difference(got_out, out) <= 1e-12
+    assert _max_difference(got_dx, dx) <= 1e-12
+    assert sorted(grads) == sorted(name for name, _ in reference.named_parameters())  # jax sorts dict keys
+    for name, p in reference.named_parameters():
+        assert _max_difference(grads[name], p.grad) <= 1e-12, name
+    expected_state = {**dict(reference.named_buffers()), **dict(reference.named_extra_state())}
+    assert sorted(new_state) == sorted(expected_state)
+    for name, value in expected_state.items():
+        assert new_state[name].dtype == state[name].dtype, name
+        assert _max_difference(new_state[name], value) <= 1e-12, name
+
+
+def test_training_with_jax_follows_xpcnns_own_training():
+    """SGD with momentum written in JAX on the wrapped module, jitted, against xpcnn.optim.SGD on the module:
+    parameters, running statistics, batch counts and Dropout's counter after a few steps."""
+    lr, momentum, steps = 0.1, 0.9, 4
+    xs = [jnp.asarray(rng.standard_normal((8, 2, 6, 6))) for _ in range(steps)]
+    ys = [jnp.asarray(rng.integers(0, 3, 8)) for _ in range(steps)]
+    cross_entropy = function(F.softmax_cross_entropy_forward, F.softmax_cross_entropy_backward)
+    apply_fn, params, state = module(_cnn(dropout=True))
+
+    @jax.jit
+    def step(params, buffers, state, x, y):
+        def loss(params):
+            out, new_state = apply_fn(params, state, x, training=True)
+            return cross_entropy(out, y), new_state
+
+        grads, new_state = jax.grad(loss, has_aux=True)(params)
+        buffers = {k: grads[k] if buffers is None else momentum * buffers[k] + grads[k] for k in grads}
+        return {k: params[k] - lr * buffers[k] for k in params}, buffers, new_state
+
+    params, buffers, state = step(params, None, state, xs[0], ys[0])  # torch.optim.SGD: buf = grad at first
+    for x, y in zip(xs[1:], ys[1:]):
+        params, buffers, state = step(params, buffers, state, x, y)
+
+    model, loss_fn = _cnn(dropout=True), nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    for x, y in zip(xs, ys):
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    worst = max(_max_difference(params[name], p.data) for name, p in model.named_parameters())
+    assert worst <= 1e-12
+    for name, value in model.named_buffers():
+        assert _max_difference(state[name], value) <= 1e-12, name
+    assert int(state["1.num_batches_tracked"]) == steps and int(state["5.calls"]) == model[5].calls == steps
+
+
+def test_module_leaves_the_wrapped_module_and_no_tracer_behind():
+    m = _cnn(dropout=True)
+    before = {k: v for k, v in m.state_dict().items()}
+    apply_fn, params, state = module(m)
+    out, new_state = jax.jit(lambda p, s, x: apply_fn(p, s, x, training=True))(params, state,
+                                                                             jnp.ones((2, 2, 6, 6)))
+    assert int(new_state["5.calls"]) == 1 and m[5].calls == 0 and m.training
+    for name, value in m.state_dict().items():
+        assert value is before[name]
+    # a second, eager call after the traced one: the private copy holds concrete arrays again
+    out2, _ = apply_fn(params, state, jnp.ones((2, 2, 6, 6)), training=True)
+    np.testing.assert_allclose(np.asarray(out2), np.asarray(out), rtol=1e-12, atol=1e-12)
+    # eval mode: running statistics, no dropout, the state passes through
+    out3, same = apply_fn(params, state, jnp.ones((2, 2, 6, 6)), training=False)
+    assert all(same[name] is state[name] for name in state)
+    np.testing.assert_allclose(np.asarray(out3), np.asarray(m.eval().forward(jnp.ones((2, 2, 6, 6)))),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_module_errors():
+    with pytest.raises(TypeError, match="xpcnn.nn.Module"):
+        module(lambda x: x)
+    with pytest.raises(TypeError, match="not a JAX array; build the module with xp=jax.numpy"):
+        module(nn.Linear(3, 2))
+    apply_fn, params, state = module(_cnn())
+    x = jnp.ones((2, 2, 6, 6))
+    bad = {**{k: v for k, v in params.items() if k != "0.bias"}, "0.weight": jnp.ones((4, 2, 5, 5)), "extra": x}
+    with pytest.raises(ValueError, match=r"params do not match the module: missing '0.bias'; unexpected 'extra'; "
+                                         r"'0.weight' has shape \(4, 2, 5, 5\), the module expects \(4, 2, 3, 3\)"):
+        apply_fn(bad, state, x, training=True)
+    with pytest.raises(ValueError, match="state does not match the module: missing '1.running_var'"):
+        apply_fn(params, {k: v for k, v in state.items() if k != "1.running_var"}, x, training=True)
+    with pytest.raises(TypeError, match="training must be True or False"):
+        apply_fn(params, state, x, training=1)
+    with pytest.raises(ValueError, match="layer 0"):  # the module's own checks, inside the wrapper
+        apply_fn(params, state, jnp.ones((2, 3, 6, 6)), training=True)
+
+
+_MODULE_32_BIT = """
+import numpy as np, jax, jax.numpy as jnp
+assert not jax.config.jax_enable_x64
+from xpcnn import nn
+from xpcnn.interop.jax import module
+build = lambda: nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, xp=jnp, seed=0), nn.BatchNorm2d(4, xp=jnp), nn.ReLU(),
+                              nn.Flatten(), nn.Dropout(0.3, seed=5), nn.Linear(4 * 5 * 5, 3, xp=jnp, seed=1))
+apply_fn, params, state = module(build())
+x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 2, 5, 5)), dtype=jnp.float32)
+loss = lambda p, s: (lambda out, ns: (jnp.sum(out ** 2), ns))(*apply_fn(p, s, x, training=True))
+for _ in range(2):
+    grads, state = jax.jit(jax.grad(loss, has_aux=True))(params, state)
+reference = build()
+for _ in range(2):
+    reference.zero_grad()
+    out = reference(x)
+    reference.backward(2 * out)
+worst = max(float(jnp.max(jnp.abs(grads[n] - p.grad) / (1 + jnp.abs(p.grad)))) for n, p in reference.named_parameters())
+print(state["1.num_batches_tracked"].dtype, int(state["1.num_batches_tracked"]), int(state["4.calls"]), worst < 1e-5)
+"""
+
+
+def test_module_without_64_bit_mode():
+    """JAX's default (no int64): the counters are int32, a traced Dropout counter draws the module's masks."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    result = subprocess.run([sys.executable, "-c", _MODULE_32_BIT], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["int32", "2", "2", "True"]

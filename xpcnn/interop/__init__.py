@@ -4,7 +4,9 @@
   ``torch.autograd.Function``; :func:`~xpcnn.interop.torch.module` wraps an xpcnn module (built with ``xp=torch``)
   as a ``torch.nn.Module`` whose ``torch.nn.Parameter``\\ s share memory with the xpcnn parameters.
 * :mod:`xpcnn.interop.jax`: :func:`~xpcnn.interop.jax.function` wraps a pair as a ``jax.custom_vjp`` function
-  (usable under ``jax.jit`` and ``jax.grad``).
+  (usable under ``jax.jit`` and ``jax.grad``); :func:`~xpcnn.interop.jax.module` wraps an xpcnn module (built with
+  ``xp=jax.numpy``) as a pure function ``out, new_state = apply_fn(params, state, x, training=...)`` of its
+  parameters and state (batch norm's statistics, Dropout's counter).
 
 Neither PyTorch nor JAX is a dependency of xpcnn: each submodule imports its framework inside its functions.
 

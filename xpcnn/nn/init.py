@@ -12,7 +12,7 @@ import importlib
 import array_api_compat
 import array_api_compat.numpy as default_namespace
 
-from .._random import uniform
+from .._random import has_int64, uniform
 from .._validation import as_int
 
 _global = {"seed": 0, "streams": 0}
@@ -97,3 +97,9 @@ def uniform_parameter(shape, bound: float, *, xp, device, dtype, seed: int, stre
     """U(-bound, bound) of ``shape``: PyTorch's default for conv and linear layers uses bound = 1 / sqrt(fan_in)."""
     u = uniform(xp, shape, seed=seed, stream=stream, device=device)
     return xp.astype((2.0 * u - 1.0) * bound, dtype)
+
+
+def counter_dtype(xp):
+    """The dtype of a layer's counters (batch norm's ``num_batches_tracked``): int64 as PyTorch, or int32 in a
+    namespace without int64 (JAX without 64-bit mode, which would truncate int64 to int32 with a warning)."""
+    return xp.int64 if has_int64(xp) else xp.int32

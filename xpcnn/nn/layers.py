@@ -20,7 +20,7 @@ from ..functional.dropout import check_probability
 from ..functional.interpolate import interpolate_options
 from ..functional.normalization import NCHW, as_normalized_shape, channel_axis, check_data_format, layout_name
 from ..functional.pooling import adaptive_output_size, avg_pool_options, pool_options
-from .init import next_seed, resolve, uniform_parameter
+from .init import counter_dtype, next_seed, resolve, uniform_parameter
 from .module import Module, Parameter
 
 __all__ = [
@@ -1034,7 +1034,7 @@ class _BatchNorm(_Normalization):
         if self.track_running_stats:
             self.running_mean = xp.zeros(self.num_features, dtype=dtype, device=device)
             self.running_var = xp.ones(self.num_features, dtype=dtype, device=device)
-            self.num_batches_tracked = xp.zeros((), dtype=xp.int64, device=device)
+            self.num_batches_tracked = xp.zeros((), dtype=counter_dtype(xp), device=device)
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
             self.buffer_names = ()
