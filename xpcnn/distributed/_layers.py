@@ -25,6 +25,9 @@ from .. import functional as F
 from ..nn.layers import BatchNorm1d, BatchNorm2d, Dropout, _BatchNorm
 from ..nn.module import Module
 from .._validation import namespace_and_device
+from ..functional.normalization import (
+    Normalized, _affine, _broadcast, _channel_view, _input_gradient, _moments, _sum, _sum_of_products,
+)
 
 __all__ = ["ShardContext", "SyncBatchNorm1d", "SyncBatchNorm2d", "GlobalDropout", "prepare", "named_modules"]
 
@@ -33,8 +36,9 @@ class ShardContext:
     """What the prepared layers of one replica share: the conversation to exchange through and where this
     replica's shard starts in the global batch (set before every step)."""
 
-    def __init__(self, conversation):
+    def __init__(self, conversation, replicas: int):
         self.conversation = conversation
+        self.replicas = replicas
         self.row_offset = 0
 
 
@@ -49,57 +53,72 @@ class _SyncBatchNorm:
             return super().forward(x)
         self._check_channels(x, self.num_features, tuple(self.layouts.values()), tuple(self.layouts))
         xp, _ = namespace_and_device(x=x)
-        axes = (0, *range(2, x.ndim))
-        local_count = x.shape[0] * math.prod(x.shape[2:])
-        local_mean = xp.sum(x, axis=axes) / max(local_count, 1)
-        centred = x - self._per_channel(xp, local_mean, x.ndim)
-        local_m2 = xp.sum(centred * centred, axis=axes)
-        count, mean, var = self.context.conversation.exchange("moments", (local_count, local_mean, local_m2))
+        channels = self.num_features
+        view_shape, axes, channel_shape = _channel_view(tuple(x.shape), self.data_format)
+        v = xp.reshape(x, view_shape)
+        local_count = math.prod(view_shape[a] for a in axes)
+        local_mean, local_centred, local_var = _moments(xp, v, axes, local_count)
+        # the residual sum(x - mean) makes the merge as accurate as two passes over the global batch (not needed,
+        # and not computed, when this replica is alone)
+        residual = None if self.context.replicas == 1 else xp.reshape(_sum(xp, local_centred, axes), (channels,))
+        count, mean, var = self.context.conversation.exchange(
+            "moments", (local_count, xp.reshape(local_mean, (channels,)), xp.reshape(local_var, (channels,)),
+                        residual))
         if count == 1:
             raise ValueError(
                 f"{type(self).__name__}: training batch norm needs more than one value per channel in the global "
                 f"batch, got {count}"
             )
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = (x - self._per_channel(xp, mean, x.ndim)) * self._per_channel(xp, inv_std, x.ndim)
-        weight, bias = self._affine_data()
-        out = xhat if weight is None else xhat * self._per_channel(xp, weight, x.ndim)
-        out = out if bias is None else out + self._per_channel(xp, bias, x.ndim)
+        # A shard that is the whole global batch (one replica, or the others empty) gets its own statistics back
+        # unchanged: its centred values are the global ones, bit for bit.
+        centred = local_centred if local_count == count else v - xp.reshape(mean, channel_shape)
+        inv_std = 1.0 / xp.sqrt(xp.reshape(var, channel_shape) + self.eps)
         if self.track_running_stats:
             self.num_batches_tracked = self.num_batches_tracked + 1
             if count > 0:  # an empty batch leaves the statistics as they were, as PyTorch
-                factor = self.momentum if self.momentum is not None else (
-                    1.0 / xp.astype(self.num_batches_tracked, x.dtype))
-                unbiased = var * (count / (count - 1))
-                self.running_mean = factor * mean + (1.0 - factor) * self.running_mean
-                self.running_var = factor * unbiased + (1.0 - factor) * self.running_var
+                self.running_mean, self.running_var = _blend_running(
+                    xp, mean, var, count, self.running_mean, self.running_var, self.momentum,
+                    self.num_batches_tracked, x.dtype)
+        weight, bias = self._affine_data()
+        gamma, beta = _broadcast(xp, weight, channel_shape), _broadcast(xp, bias, channel_shape)
+        scale = inv_std if gamma is None else inv_std * gamma
+        out = _affine(xp, centred, scale, beta)
         self._cache = "synchronised"
-        self._sync_cache = (xhat, inv_std, count, axes)
-        return out
+        self._sync_cache = Normalized(centred, inv_std, count, axes, gamma, bias is not None, axes, (channels,),
+                                      tuple(x.shape))
+        return xp.reshape(out, x.shape)
 
     def backward(self, dout, *, input_grad=True):
         if getattr(self, "_sync_cache", None) is None:
             return super().backward(dout, input_grad=input_grad)
         self._take_cache()
-        (xhat, inv_std, count, axes), self._sync_cache = self._sync_cache, None
+        norm, self._sync_cache = self._sync_cache, None
         xp, _ = namespace_and_device(dout=dout)
-        weight = None if self.weight is None else self.weight.data
-        if weight is not None:
-            self.weight.accumulate(xp.sum(dout * xhat, axis=axes))
+        channels, axes, inv_std, gamma = self.num_features, norm.param_axes, norm.inv_std, norm.weight
+        g = xp.reshape(dout, norm.centred.shape)
+        # this shard's sums; dweight and dbias are its partial sums, reduced with the other gradients
+        sum_g = _sum(xp, g, axes)
+        sum_gc = _sum_of_products(xp, g, norm.centred, axes) if gamma is not None or input_grad else None
+        if self.weight is not None:
+            self.weight.accumulate(xp.reshape(sum_gc * inv_std, (channels,)))
         if self.bias is not None:
-            self.bias.accumulate(xp.sum(dout, axis=axes))
+            self.bias.accumulate(xp.reshape(sum_g, (channels,)))
         if not input_grad:
             return None
-        dxhat = dout if weight is None else dout * self._per_channel(xp, weight, dout.ndim)
-        sum_dxhat, sum_dxhat_xhat = self.context.conversation.exchange(
-            "sum", (xp.sum(dxhat, axis=axes), xp.sum(dxhat * xhat, axis=axes)))
-        n = max(count, 1)
-        per_channel = lambda a: self._per_channel(xp, a, dout.ndim)  # noqa: E731
-        return per_channel(inv_std) * (dxhat - per_channel(sum_dxhat / n) - xhat * per_channel(sum_dxhat_xhat / n))
+        # dx needs the global batch's two sums
+        sum_g, sum_gc = (xp.reshape(s, inv_std.shape) for s in self.context.conversation.exchange(
+            "sum", (xp.reshape(sum_g, (channels,)), xp.reshape(sum_gc, (channels,)))))
+        scale = inv_std if gamma is None else inv_std * gamma
+        dx = _input_gradient(xp, g, norm.centred, scale, inv_std, sum_g, sum_gc, norm.count)
+        return xp.reshape(dx, norm.x_shape)
 
-    @staticmethod
-    def _per_channel(xp, a, ndim: int):
-        return xp.reshape(a, (1, a.shape[0]) + (1,) * (ndim - 2))
+
+def _blend_running(xp, mean, var, count: int, running_mean, running_var, momentum, num_batches_tracked, dtype):
+    """The running statistics after a batch of global ``mean`` and biased ``var`` ((C,) each), as
+    :func:`xpcnn.functional.batch_norm_forward` blends them (the same operations in the same order)."""
+    batch_var = var * (count / (count - 1))
+    factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, dtype)
+    return factor * mean + (1.0 - factor) * running_mean, factor * batch_var + (1.0 - factor) * running_var
 
 
 class SyncBatchNorm1d(_SyncBatchNorm, BatchNorm1d):

@@ -47,9 +47,10 @@ class Replica:
         params = model.parameters()
         self.xp, self.device = namespace_and_device(model=params[0].data)
         self.conversation = Conversation()
-        self.context = ShardContext(self.conversation)
-        if not prepare(model, self.context):
-            self.conversation = self.context.conversation = InlineConversation()
+        self.context = ShardContext(self.conversation, replicas)
+        exchanges = prepare(model, self.context)
+        if not exchanges or replicas == 1:  # nothing to exchange, or nobody to exchange with: no step thread
+            self.conversation = self.context.conversation = InlineConversation(solo=exchanges)
         self.train = Samples(config["data"], self.xp, self.device)
         self.val = Samples(config["validation"], self.xp, self.device) if config["validation"] else None
         self._order = (None, None)
