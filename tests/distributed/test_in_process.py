@@ -361,11 +361,30 @@ def test_every_eager_backend_trains_as_fit(xp):
     assert model.parameters()[0].data.device == X.device
 
 
-def test_channels_last_batch_norm_is_refused():
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+def test_channels_last_batch_norm_equals_fit(replicas):
+    """NHWC batch norm (2-D and 1-D, (N, L, C)) synchronised over its last axis: fit's bits with one replica,
+    within FIT_TOLERANCE with more."""
+
+    def model():
+        nn.manual_seed(0)
+        f = np.float64
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False, data_format="NHWC", dtype=f),
+            nn.BatchNorm2d(4, data_format="NHWC", dtype=f), nn.ReLU(), nn.Flatten(1, 2, data_format="NHWC"),
+            nn.BatchNorm1d(4, data_format="NHWC", dtype=f), nn.Flatten(data_format="NHWC"), nn.Dropout(0.3),
+            nn.Linear(256, 10, dtype=f),
+        )
+
     x, y = data()
     x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, data_format="NHWC"),
-                          nn.BatchNorm2d(4, data_format="NHWC"), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-    with pytest.raises(ValueError, match="data_format='NHWC'.*synchronises channels-first batch norm only"):
-        xd.fit(xd.InProcess(2), model, nn.CrossEntropyLoss(), make_optimizer("sgd", model), (x, y),
-               batch_size=BATCH, progress=False)
+    ref, ours = model(), model()
+    ref_opt, opt = make_optimizer("adam", ref), make_optimizer("adam", ours)
+    expected = xpcnn.fit(ref, nn.CrossEntropyLoss(), ref_opt, x, y, epochs=2, batch_size=BATCH, seed=4,
+                         progress=False)
+    history = xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(), opt, (x, y), epochs=2,
+                     batch_size=BATCH, seed=4, progress=False)
+    assert max_difference(ours.state_dict(), ref.state_dict()) < FIT_TOLERANCE
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=0, atol=FIT_TOLERANCE)
+    if replicas == 1:
+        assert bitwise_equal(ours.state_dict(), ref.state_dict()) and history == expected

@@ -1,14 +1,18 @@
 """The layers whose training forward pass depends on more than their own sample, made data-parallel.
 
-* :class:`SyncBatchNorm1d`, :class:`SyncBatchNorm2d`: batch norm over the GLOBAL batch. Each replica contributes
-  per-channel ``(count, mean, M2)`` of its shard; the merged statistics normalise every shard and update the
-  running statistics identically everywhere. The backward pass exchanges the two per-channel sums the input
-  gradient needs, ``sum(dxhat)`` and ``sum(dxhat * xhat)``::
+* :class:`SyncBatchNorm1d`, :class:`SyncBatchNorm2d`: batch norm over the GLOBAL batch, in either layout
+  (``data_format`` "NCHW" or "NHWC"), computed with the single-process batch norm's own helpers
+  (:mod:`xpcnn.functional.normalization`: the same view of x, two-pass moments, one multiply-add per value, the
+  same input-gradient formula). Each replica contributes per-channel ``(count, mean, var, sum(x - mean))`` of its
+  shard; the driver merges them in rank order (:func:`._exchange.merge_moments`) and the merged statistics
+  normalise every shard and update the running statistics identically everywhere. The backward pass exchanges the
+  two per-channel sums the input gradient needs, ``sum(dout)`` and ``sum(dout * (x - mean))``::
 
-      xhat = (x - mean) / sqrt(var + eps)                                       mean, var: the global batch's
-      dx   = (dxhat - sum(dxhat) / M - xhat * sum(dxhat * xhat) / M) / sqrt(var + eps)   M: values per channel
+      dx = weight / std * (dout - sum(dout) / M - (x - mean) * sum(dout * (x - mean)) / (M * std**2))
 
-  ``dweight`` and ``dbias`` are this shard's partial sums, reduced with the other gradients.
+  with mean, std and M (values per channel) those of the global batch. ``dweight`` and ``dbias`` are this shard's
+  partial sums, reduced with the other gradients. A shard that is the whole batch (one replica) gets its own
+  statistics back unchanged: the same bits as :func:`xpcnn.fit`.
 * :class:`GlobalDropout`: the mask of a shard is the part of the global batch's mask at the shard's rows
   (``dropout_forward(..., offset=)``), so a sample gets the same mask whichever replica holds it.
 
@@ -161,12 +165,6 @@ def check_supported(model: Module) -> None:
             raise TypeError(
                 f"model module {name!r} is a {type(module).__name__}, a batch norm subclass that data-parallel "
                 "training cannot synchronise; use nn.BatchNorm1d/BatchNorm2d"
-            )
-        if isinstance(module, _BatchNorm) and getattr(module, "data_format", "NCHW") != "NCHW":
-            raise ValueError(
-                f"model module {name!r} is a {type(module).__name__} with data_format="
-                f"{module.data_format!r}: data-parallel training synchronises channels-first batch norm only; "
-                "build it with data_format='NCHW'"
             )
 
 
