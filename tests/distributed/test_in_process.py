@@ -388,3 +388,62 @@ def test_channels_last_batch_norm_equals_fit(replicas):
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=0, atol=FIT_TOLERANCE)
     if replicas == 1:
         assert bitwise_equal(ours.state_dict(), ref.state_dict()) and history == expected
+
+
+# -- the criterion's options ---------------------------------------------------------------------------------------
+
+
+def weights():
+    return np.linspace(0.5, 2.0, 10)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3])
+@pytest.mark.parametrize("options", [
+    dict(weight="classes"), dict(ignore="rows"), dict(label_smoothing=0.1), dict(weight="classes", ignore="rows"),
+    dict(reduction="sum", ignore="rows"),
+], ids=lambda o: "-".join(o))
+def test_cross_entropy_options_equal_fit(options, replicas):
+    """Class weights and ignored targets make a "mean" divide by a sum over the global batch (exchanged at every
+    step), label smoothing does not; the history's loss and accuracy weigh batches as fit's."""
+    x, y = data()
+    options = dict(options)
+    if options.pop("ignore", None):
+        y = np.where(np.arange(len(y)) % 7 == 3, -100, y)  # the default ignore_index
+    if options.get("weight") == "classes":
+        options["weight"] = weights()
+    ref, ours = dropout_model(), dropout_model()
+    expected = xpcnn.fit(ref, nn.CrossEntropyLoss(**options), make_optimizer("adam", ref), x, y, epochs=2,
+                         batch_size=BATCH, seed=2, validation_data=(x[:37], y[:37]), progress=False)
+    history = xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(**options), make_optimizer("adam", ours),
+                     (x, y), epochs=2, batch_size=BATCH, seed=2, validation_data=(x[:37], y[:37]), progress=False)
+    if replicas == 1:
+        assert bitwise_equal(ours.state_dict(), ref.state_dict()) and history == expected
+    assert max_difference(ours.state_dict(), ref.state_dict()) < FIT_TOLERANCE
+    assert history.keys() == expected.keys()
+    for key in history:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-14)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_dense_targets_equal_fit(replicas):
+    """(N, C, H, W) scores against (N, H, W) class indices, some ignored: the mean is over positions."""
+    x, y = data()
+    y = np.random.default_rng(3).integers(0, 3, (len(x), 8, 8))
+    y[:, 0, :3] = -100
+
+    def model():
+        nn.manual_seed(0)
+        f = np.float64
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False, dtype=f), nn.BatchNorm2d(4, dtype=f),
+                             nn.ReLU(), nn.Conv2d(4, 3, 1, dtype=f))
+
+    ref, ours = model(), model()
+    expected = xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("sgd", ref), x, y, epochs=2,
+                         batch_size=BATCH, progress=False)
+    history = xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(), make_optimizer("sgd", ours), (x, y),
+                     epochs=2, batch_size=BATCH, progress=False)
+    if replicas == 1:
+        assert bitwise_equal(ours.state_dict(), ref.state_dict()) and history == expected
+    assert max_difference(ours.state_dict(), ref.state_dict()) < FIT_TOLERANCE
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-14)
+    np.testing.assert_allclose(history["accuracy"], expected["accuracy"], rtol=1e-14)

@@ -120,8 +120,8 @@ def _make_replica(blob, config, snapshot, loss_fn, rank, count):
     """A replica, or (when building one fails: unreadable data, say) one that answers every call with that error,
     so that the driver raises it instead of taking it for a lost worker."""
     try:
-        model, optimizer = pickle.loads(blob)
-        return Replica(model, optimizer, loss_fn, config, rank, count, snapshot)
+        model, optimizer, scheduler = pickle.loads(blob)
+        return Replica(model, optimizer, scheduler, loss_fn, config, rank, count, snapshot)
     except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it
         return _FailedReplica(error)
 
