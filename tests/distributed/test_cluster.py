@@ -11,7 +11,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from xpcnn import nn  # noqa: E402
+from xpcnn import nn, optim  # noqa: E402
 import xpcnn.distributed as xd  # noqa: E402
 from tests.distributed.common import BATCH, bitwise_equal, bn_dropout_model, data, make_optimizer  # noqa: E402
 
@@ -29,8 +29,11 @@ def run(client, **kwargs):
     x, y = data()
     xv, yv = data(29, seed=1)
     model = bn_dropout_model()
-    history = xd.fit(client, model, nn.CrossEntropyLoss(), make_optimizer("adam", model), (x, y), epochs=EPOCHS,
-                     batch_size=BATCH, seed=5, validation_data=(xv, yv), progress=False, **kwargs)
+    opt = make_optimizer("adam", model)
+    scheduler = optim.StepLR(opt, step_size=1, gamma=0.5)  # stepped per epoch: restored after the lost worker
+    history = xd.fit(client, model, nn.CrossEntropyLoss(), opt, (x, y), epochs=EPOCHS, batch_size=BATCH, seed=5,
+                     validation_data=(xv, yv), scheduler=scheduler, progress=False, **kwargs)
+    assert scheduler.get_last_lr() == [1e-2 * 0.5**EPOCHS] and opt.lr == 1e-2 * 0.5**EPOCHS
     return model.state_dict(), history
 
 
