@@ -98,6 +98,29 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
     RuntimeError
         When replicas disagree on the parameters at the end of an epoch (their SHA-256 digests differ), or when
         more than ``max_restarts`` replicas were lost.
+
+    Examples
+    --------
+    One replica gives :func:`xpcnn.fit`'s bits; on a cluster, pass a ``distributed.Client`` instead of
+    ``InProcess`` (README, "Training on a cluster"):
+
+    >>> import numpy as np, xpcnn
+    >>> import xpcnn.distributed as xd
+    >>> from xpcnn import nn, optim
+    >>> x, y = np.random.default_rng(0).standard_normal((30, 4)), np.arange(30) % 3
+    >>> def model():
+    ...     return nn.Sequential(nn.Linear(4, 8, seed=0, dtype=np.float64), nn.BatchNorm1d(8, dtype=np.float64),
+    ...                          nn.ReLU(), nn.Linear(8, 3, seed=1, dtype=np.float64))
+    >>> def train(fit, net, data):
+    ...     opt = optim.SGD(net.parameters(), lr=0.1)
+    ...     sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+    ...     return fit(net, nn.CrossEntropyLoss(), opt, *data, epochs=3, batch_size=8, seed=0, scheduler=sched,
+    ...                progress=False)
+    >>> ref, ours = model(), model()
+    >>> expected = train(xpcnn.fit, ref, (x, y))
+    >>> history = train(lambda *a, **k: xd.fit(xd.InProcess(1), *a, **k), ours, ((x, y),))
+    >>> history == expected and all(np.array_equal(a.data, b.data) for a, b in zip(ours.parameters(), ref.parameters()))
+    True
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be an xpcnn.nn.Module, got {type(model).__name__}")

@@ -125,16 +125,66 @@ def _blend_running(xp, mean, var, count: int, running_mean, running_var, momentu
     return factor * mean + (1.0 - factor) * running_mean, factor * batch_var + (1.0 - factor) * running_var
 
 
+_SYNC_BATCH_NORM_DOC = """:class:`xpcnn.nn.{base}` with statistics over the global batch of a data-parallel step.
+
+    :func:`xpcnn.distributed.fit` turns every ``nn.{base}`` of the replicas' models into this class (the same
+    parameters, buffers and state-dict names) and binds it to its replica: in training mode it normalises its shard
+    with the merged statistics of the global batch and exchanges the two per-channel sums of its backward pass
+    (see :mod:`xpcnn.distributed._layers`). Without a replica (built by hand, or in evaluation mode) it is the
+    plain layer; the model ``fit`` returns holds plain ``nn.{base}`` modules.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats, bias, data_format, xp, device, dtype
+        As :class:`xpcnn.nn.{base}` ("NCHW" and "NHWC" layouts both synchronised).
+
+    Raises
+    ------
+    ValueError
+        As :class:`xpcnn.nn.{base}`; in a step, a global batch with one value per channel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpcnn.distributed as xd
+    >>> bn = xd.{name}(3)
+    >>> out = bn(np.arange({size}, dtype=np.float32).reshape({shape}))
+    >>> out.shape, bn.running_mean.shape
+    ({shape}, (3,))
+    """
+
+
 class SyncBatchNorm1d(_SyncBatchNorm, BatchNorm1d):
-    """:class:`xpcnn.nn.BatchNorm1d` with statistics over the global batch of a data-parallel step."""
+    __doc__ = _SYNC_BATCH_NORM_DOC.format(base="BatchNorm1d", name="SyncBatchNorm1d", size=12, shape="(4, 3)")
 
 
 class SyncBatchNorm2d(_SyncBatchNorm, BatchNorm2d):
-    """:class:`xpcnn.nn.BatchNorm2d` with statistics over the global batch of a data-parallel step."""
+    __doc__ = _SYNC_BATCH_NORM_DOC.format(base="BatchNorm2d", name="SyncBatchNorm2d", size=48,
+                                          shape="(2, 3, 2, 4)")
 
 
 class GlobalDropout(Dropout):
-    """:class:`xpcnn.nn.Dropout` drawing each shard's part of the global batch's mask."""
+    """:class:`xpcnn.nn.Dropout` drawing each shard's part of the global batch's mask.
+
+    :func:`xpcnn.distributed.fit` turns every ``nn.Dropout`` of the replicas' models into this class: a replica
+    holding rows ``lo:hi`` of a global batch draws the part of the global batch's mask at those rows (the
+    counter-based generator at an offset), so every sample gets the mask it gets in :func:`xpcnn.fit`, whichever
+    replica holds it. Without a replica it is the plain layer.
+
+    Parameters
+    ----------
+    p, seed
+        As :class:`xpcnn.nn.Dropout`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpcnn.distributed as xd
+    >>> from xpcnn import nn
+    >>> x = np.ones((4, 6), dtype=np.float32)
+    >>> bool((xd.GlobalDropout(0.5, seed=1)(x) == nn.Dropout(0.5, seed=1)(x)).all())
+    True
+    """
 
     context: ShardContext | None = None
 
