@@ -447,3 +447,29 @@ def test_dense_targets_equal_fit(replicas):
     assert max_difference(ours.state_dict(), ref.state_dict()) < FIT_TOLERANCE
     np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-14)
     np.testing.assert_allclose(history["accuracy"], expected["accuracy"], rtol=1e-14)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_float16_batch_norm_computes_in_float32_as_fit(replicas):
+    """A 16-bit model's synchronised batch norm computes in float32 and rounds once, as the single-process one:
+    fit's bits with one replica; with two, the float32 sums in another order round to within an ulp or two."""
+
+    def model():
+        nn.manual_seed(0)
+        f = np.float16
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False, dtype=f), nn.BatchNorm2d(4, dtype=f),
+                             nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(256, dtype=f), nn.Linear(256, 10, dtype=f))
+
+    x, y = data()
+    x = x.astype(np.float16)
+    ref, ours = model(), model()
+    xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("sgd", ref), x, y, epochs=1, batch_size=BATCH,
+              progress=False)
+    xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(), make_optimizer("sgd", ours), (x, y), epochs=1,
+           batch_size=BATCH, progress=False)
+    assert all(v.dtype == np.float16 for k, v in ours.state_dict().items() if "num_batches" not in k)
+    if replicas == 1:
+        assert bitwise_equal(ours.state_dict(), ref.state_dict())
+    else:
+        for key, value in ref.state_dict().items():
+            np.testing.assert_allclose(ours.state_dict()[key], value, rtol=2e-3, atol=2e-3, err_msg=key)

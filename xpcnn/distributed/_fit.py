@@ -20,7 +20,7 @@ from . import _checkpoint
 from ._backends import ReplicaLost, backend_for
 from ._data import batch_bounds, data_spec
 from ._exchange import ordered_sum, reduce
-from ._layers import check_supported, set_dropout_calls
+from ._layers import check_supported, named_modules, set_dropout_calls
 
 __all__ = ["fit"]
 
@@ -192,6 +192,8 @@ def _probe(model, loss_fn, spec, xp, device) -> bool:
         raise type(error)(f"data does not fit the model and loss: {error}") from error
     finally:
         model.train(was_training)
+        for _, module in named_modules(model):  # the probe's caches: not shipped (a 16-bit one does not unpickle)
+            module._cache = None
 
 
 class _Run:

@@ -28,6 +28,7 @@ import math
 from .. import functional as F
 from ..nn.layers import BatchNorm1d, BatchNorm2d, Dropout, _BatchNorm
 from ..nn.module import Module
+from .._precision import COMPUTE_DTYPE, is_low_precision
 from .._validation import namespace_and_device
 from ..functional.normalization import (
     Normalized, _affine, _broadcast, _channel_view, _input_gradient, _moments, _sum, _sum_of_products,
@@ -57,9 +58,11 @@ class _SyncBatchNorm:
             return super().forward(x)
         self._check_channels(x, self.num_features, tuple(self.layouts.values()), tuple(self.layouts))
         xp, _ = namespace_and_device(x=x)
+        # float16 and bfloat16 are computed in float32 and rounded once, as the single-process batch norm does
+        up, down = _precision_casts(xp, x.dtype)
         channels = self.num_features
         view_shape, axes, channel_shape = _channel_view(tuple(x.shape), self.data_format)
-        v = xp.reshape(x, view_shape)
+        v = xp.reshape(up(x), view_shape)
         local_count = math.prod(view_shape[a] for a in axes)
         local_mean, local_centred, local_var = _moments(xp, v, axes, local_count)
         # the residual sum(x - mean) makes the merge as accurate as two passes over the global batch (not needed,
@@ -80,33 +83,38 @@ class _SyncBatchNorm:
         if self.track_running_stats:
             self.num_batches_tracked = self.num_batches_tracked + 1
             if count > 0:  # an empty batch leaves the statistics as they were, as PyTorch
-                self.running_mean, self.running_var = _blend_running(
-                    xp, mean, var, count, self.running_mean, self.running_var, self.momentum,
-                    self.num_batches_tracked, x.dtype)
-        weight, bias = self._affine_data()
+                self.running_mean, self.running_var = map(down, _blend_running(
+                    xp, mean, var, count, up(self.running_mean), up(self.running_var), self.momentum,
+                    self.num_batches_tracked, v.dtype))
+        weight, bias = map(up, self._affine_data())
         gamma, beta = _broadcast(xp, weight, channel_shape), _broadcast(xp, bias, channel_shape)
         scale = inv_std if gamma is None else inv_std * gamma
         out = _affine(xp, centred, scale, beta)
         self._cache = "synchronised"
-        self._sync_cache = Normalized(centred, inv_std, count, axes, gamma, bias is not None, axes, (channels,),
-                                      tuple(x.shape))
-        return xp.reshape(out, x.shape)
+        self._sync_cache = (Normalized(centred, inv_std, count, axes, gamma, bias is not None, axes, (channels,),
+                                       tuple(x.shape)), x.dtype)
+        return down(xp.reshape(out, x.shape))
 
     def backward(self, dout, *, input_grad=True):
         if getattr(self, "_sync_cache", None) is None:
             return super().backward(dout, input_grad=input_grad)
         self._take_cache()
-        norm, self._sync_cache = self._sync_cache, None
+        (norm, dtype), self._sync_cache = self._sync_cache, None
         xp, _ = namespace_and_device(dout=dout)
+        if dout.dtype != dtype or tuple(dout.shape) != norm.x_shape:
+            raise (TypeError if dout.dtype != dtype else ValueError)(
+                f"{type(self).__name__}.backward: dout must have the forward output's shape {norm.x_shape} and "
+                f"dtype {dtype}, got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+        up, down = _precision_casts(xp, dout.dtype)
         channels, axes, inv_std, gamma = self.num_features, norm.param_axes, norm.inv_std, norm.weight
-        g = xp.reshape(dout, norm.centred.shape)
+        g = xp.reshape(up(dout), norm.centred.shape)
         # this shard's sums; dweight and dbias are its partial sums, reduced with the other gradients
         sum_g = _sum(xp, g, axes)
         sum_gc = _sum_of_products(xp, g, norm.centred, axes) if gamma is not None or input_grad else None
         if self.weight is not None:
-            self.weight.accumulate(xp.reshape(sum_gc * inv_std, (channels,)))
+            self.weight.accumulate(down(xp.reshape(sum_gc * inv_std, (channels,))))
         if self.bias is not None:
-            self.bias.accumulate(xp.reshape(sum_g, (channels,)))
+            self.bias.accumulate(down(xp.reshape(sum_g, (channels,))))
         if not input_grad:
             return None
         # dx needs the global batch's two sums
@@ -114,7 +122,17 @@ class _SyncBatchNorm:
             "sum", (xp.reshape(sum_g, (channels,)), xp.reshape(sum_gc, (channels,)))))
         scale = inv_std if gamma is None else inv_std * gamma
         dx = _input_gradient(xp, g, norm.centred, scale, inv_std, sum_g, sum_gc, norm.count)
-        return xp.reshape(dx, norm.x_shape)
+        return down(xp.reshape(dx, norm.x_shape))
+
+
+def _precision_casts(xp, dtype):
+    """``(up, down)``: casts to the dtype the computation runs in (float32 for float16 and bfloat16, as
+    :mod:`xpcnn._precision`) and back to ``dtype``; identities otherwise. Both pass None through."""
+    if not is_low_precision(xp, dtype):
+        return (lambda a: a), (lambda a: a)
+    compute = getattr(xp, COMPUTE_DTYPE)
+    return ((lambda a: None if a is None else xp.astype(a, compute)),
+            (lambda a: None if a is None else xp.astype(a, dtype)))
 
 
 def _blend_running(xp, mean, var, count: int, running_mean, running_var, momentum, num_batches_tracked, dtype):
