@@ -104,6 +104,14 @@ def test_resuming_a_checkpoint_restores_the_schedule(name, tmp_path):
     assert sched.state_dict() == whole_sched.state_dict()
 
 
+def test_a_checkpoint_of_another_schedule_is_refused(tmp_path):
+    with pytest.raises(Crash):
+        train(xd.InProcess(2), "step_lr per epoch", checkpoint=str(tmp_path), checkpoint_every=2,
+              on_step=lambda step: (_ for _ in ()).throw(Crash) if step == 3 else None)
+    with pytest.raises(ValueError, match="schedule='StepLR per epoch', now 'OneCycleLR per batch'"):
+        train(xd.InProcess(2), "one cycle per batch", checkpoint=str(tmp_path))
+
+
 @pytest.mark.parametrize("change, error, match", [
     (dict(scheduler_step="step"), ValueError, "scheduler_step must be 'epoch' or 'batch'"),
     (dict(scheduler="other optimizer"), ValueError, "scheduler must schedule the optimizer"),

@@ -154,6 +154,7 @@ def fit(client, model: Module, loss_fn, optimizer: Optimizer, data, *, epochs: i
     count = backend.default_replicas() if replicas is None else as_int(replicas, "replicas", minimum=1)
     config = {"data": spec, "validation": val_spec, "seed": seed, "shuffle": shuffle, "batch_size": batch_size,
               "validation_size": val_size, "scheduler_step": None if scheduler is None else scheduler_step,
+              "schedule": None if scheduler is None else f"{type(scheduler).__name__} per {scheduler_step}",
               "global_denominator": global_denominator}
     run = _Run(backend, pickle.dumps((model, optimizer, scheduler)), loss_fn, config, count, requested, n, epochs,
                isinstance(loss_fn, CrossEntropyLoss), checkpoint, checkpoint_every, max_restarts, progress, on_step)
@@ -225,7 +226,8 @@ class _Run:
         return {"step": position["step"], "epoch": position["epoch"], "batch": position["batch"],
                 "history": position["history"], "complete": complete, "n": self.n, "replicas": self.count,
                 "batch_size": self.config["batch_size"], "seed": self.config["seed"],
-                "shuffle": self.config["shuffle"], "epochs": self.epochs}
+                "shuffle": self.config["shuffle"], "epochs": self.epochs,
+                "schedule": self.config["schedule"]}
 
     def _take_snapshot(self, position, complete=False):
         state = self._call_all("state")
@@ -246,11 +248,11 @@ class _Run:
             return None
         meta = saved["meta"]
         ours = self._meta(self._fresh_position())
-        different = [k for k in ("n", "batch_size", "seed", "shuffle") if meta[k] != ours[k]]
+        different = [k for k in ("n", "batch_size", "seed", "shuffle", "schedule") if meta.get(k) != ours[k]]
         if different:
             raise ValueError(
                 f"checkpoint {self.checkpoint!r} holds an unfinished run with other settings "
-                f"({', '.join(f'{k}={meta[k]!r}, now {ours[k]!r}' for k in different)}); "
+                f"({', '.join(f'{k}={meta.get(k)!r}, now {ours[k]!r}' for k in different)}); "
                 "resume it with the same settings or give another directory"
             )
         if meta["replicas"] != self.count:
