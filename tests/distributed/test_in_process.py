@@ -368,22 +368,27 @@ def test_an_error_inside_a_replica_is_raised_on_the_driver():
 
 
 @pytest.mark.eager_only
-def test_every_eager_backend_trains_as_fit(xp):
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_every_eager_backend_trains_as_fit(xp, replicas):
     """On the model's own namespace and device (array-api-strict's device1 raises on any leak to the default
-    device or through NumPy): 3 replicas within 1e-12 of fit, the shuffle and the masks made there too."""
+    device or through NumPy): fit's bits with one replica, 3 replicas within 1e-12 of fit, the shuffle and the
+    masks made there too; class weights and ignored targets (a denominator exchanged) included."""
     if not xp.float64:
         pytest.skip("float64 comparison")
     from xpcnn._host import to_numpy
 
     x, y = data()
-    X, Y = xp.asarray(x), xp.asarray(y)
+    y = np.where(np.arange(len(y)) % 7 == 3, -100, y)
+    X, Y, w = xp.asarray(x), xp.asarray(y), xp.asarray(weights())
     ref, model = bn_dropout_model().to(xp.namespace, xp.device), bn_dropout_model().to(xp.namespace, xp.device)
-    xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("adam", ref), X, Y, epochs=2, batch_size=BATCH,
-              progress=False)
-    xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), make_optimizer("adam", model), (X, Y), epochs=2,
-           batch_size=BATCH, progress=False)
+    expected = xpcnn.fit(ref, nn.CrossEntropyLoss(weight=w), make_optimizer("adam", ref), X, Y, epochs=2,
+                         batch_size=BATCH, progress=False)
+    history = xd.fit(xd.InProcess(replicas), model, nn.CrossEntropyLoss(weight=w), make_optimizer("adam", model),
+                     (X, Y), epochs=2, batch_size=BATCH, progress=False)
     host = lambda m: {k: to_numpy(v) for k, v in m.state_dict().items()}  # noqa: E731
-    assert max_difference(host(model), host(ref)) < 1e-12
+    assert max_difference(host(model), host(ref)) < FIT_TOLERANCE
+    if replicas == 1:
+        assert bitwise_equal(host(model), host(ref)) and history == expected
     assert model.parameters()[0].data.device == X.device
 
 
