@@ -148,8 +148,9 @@ def test_a_few_ulps_from_fit_without_an_ill_conditioned_batch(replicas, kind):
 
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_batch_norm_options_equal_fit(replicas):
-    """momentum=None (the cumulative average), no affine parameters, no running statistics: fit's bits with one
-    replica, within 1e-12 with three."""
+    """momentum=None (the cumulative average), no affine parameters, no running statistics (evaluated with the
+    statistics of each validation chunk, as xpcnn.evaluate's batches): fit's bits with one replica, within 1e-12
+    with three."""
     x, y = data()
 
     def model():
@@ -162,12 +163,19 @@ def test_batch_norm_options_equal_fit(replicas):
         )
 
     ref, ours = model(), model()
-    xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("sgd", ref), x, y, epochs=2, batch_size=BATCH,
-              progress=False)
-    xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(), make_optimizer("sgd", ours), (x, y), epochs=2,
-           batch_size=BATCH, progress=False)
+    xv, yv = data(37, seed=1)
+    xv, yv = np.concatenate([xv, x]), np.concatenate([yv, y])  # chunks of 61, 61, 37 and 2
+    expected = xpcnn.fit(ref, nn.CrossEntropyLoss(), make_optimizer("sgd", ref), x, y, epochs=2, batch_size=BATCH,
+                         progress=False)  # (fit's own validation refuses this model: it probes with one sample)
+    history = xd.fit(xd.InProcess(replicas), ours, nn.CrossEntropyLoss(), make_optimizer("sgd", ours), (x, y),
+                     epochs=2, batch_size=BATCH, validation_data=(xv, yv), progress=False)
+    evaluated = xpcnn.evaluate(ref, nn.CrossEntropyLoss(), xv, yv, batch_size=BATCH)
     assert max_difference(ours.state_dict(), ref.state_dict()) < FIT_TOLERANCE
-    assert replicas > 1 or bitwise_equal(ours.state_dict(), ref.state_dict())
+    if replicas == 1:
+        assert bitwise_equal(ours.state_dict(), ref.state_dict()) and history["loss"] == expected["loss"]
+        assert (history["val_loss"][-1], history["val_accuracy"][-1]) == evaluated
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-13)
+    np.testing.assert_allclose((history["val_loss"][-1], history["val_accuracy"][-1]), evaluated, rtol=1e-13)
 
 
 def test_mse_mean_divides_by_every_term():

@@ -366,10 +366,13 @@ class _Run:
         if self.classify:
             history["accuracy"].append(_ratio(position["correct"], position["counted"]))
         if self.config["validation"] is not None:
-            loss_sum, weight, correct, counted = (ordered_sum(column) for column in zip(*self._call_all("evaluate")))
-            history["val_loss"].append(self._dataset_loss(loss_sum, weight))
+            # per global chunk of the validation set, each replica's shard: (loss, denominator, weight, hits, counted)
+            tally = dict.fromkeys(TALLY)
+            for shards in zip(*self._call_all("evaluate")):
+                self._tally(tally, *(_total([shard[k] for shard in shards]) for k in range(5)))
+            history["val_loss"].append(self._dataset_loss(tally["loss_sum"], tally["weight"]))
             if self.classify:
-                history["val_accuracy"].append(_ratio(correct, counted))
+                history["val_accuracy"].append(_ratio(tally["correct"], tally["counted"]))
         if self.epoch_scheduler:  # taken by the replicas before their next call's work, as fit steps it now
             self.pending_epoch = history["val_loss" if "val_loss" in history else "loss"][-1]
         position.update(epoch=position["epoch"] + 1, batch=0, **dict.fromkeys(TALLY))
@@ -402,6 +405,15 @@ class _Run:
 
 def _add(total, value):
     return value if total is None else total + value
+
+
+def _total(values):
+    """The rank-ordered sum of the replicas' values (arrays, or plain numbers such as a count of rows); None if
+    they are all None."""
+    if all(v is None or isinstance(v, (int, float)) for v in values):
+        numbers = [v for v in values if v is not None]
+        return sum(numbers[1:], numbers[0]) if numbers else None
+    return ordered_sum(values)
 
 
 def _ratio(correct, counted) -> float:

@@ -18,7 +18,8 @@
 
 :func:`prepare` swaps a replica's modules for these subclasses in place (``module.__class__``; parameters, buffers
 and state-dict names stay), and gives them the replica's :class:`ShardContext`. In evaluation mode they are the
-plain layers. A single process never sees them.
+plain layers, except a batch norm without running statistics, which normalises with the statistics of the global
+chunk being evaluated (synchronised, as one process's batch). A single process never sees them.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class _SyncBatchNorm:
     context: ShardContext | None = None
 
     def forward(self, x):
-        if not self.training or self.context is None:
+        if self.context is None or (not self.training and self.track_running_stats):
             self._sync_cache = None
             return super().forward(x)
         self._check_channels(x, self.num_features, tuple(self.layouts.values()), tuple(self.layouts))
@@ -148,8 +149,10 @@ _SYNC_BATCH_NORM_DOC = """:class:`xpcnn.nn.{base}` with statistics over the glob
     :func:`xpcnn.distributed.fit` turns every ``nn.{base}`` of the replicas' models into this class (the same
     parameters, buffers and state-dict names) and binds it to its replica: in training mode it normalises its shard
     with the merged statistics of the global batch and exchanges the two per-channel sums of its backward pass
-    (see :mod:`xpcnn.distributed._layers`). Without a replica (built by hand, or in evaluation mode) it is the
-    plain layer; the model ``fit`` returns holds plain ``nn.{base}`` modules.
+    (see :mod:`xpcnn.distributed._layers`). In evaluation mode it is the plain layer, except without running
+    statistics: it then normalises with the statistics of the global chunk evaluated, as :func:`xpcnn.evaluate`
+    with its batches. Without a replica (built by hand) it is the plain layer; the model ``fit`` returns holds
+    plain ``nn.{base}`` modules.
 
     Parameters
     ----------

@@ -171,30 +171,23 @@ class Replica:
         return _hits(self.xp, out, yb, self.ignore_index) if self.classify else (None, None)
 
     def _evaluate(self):
-        """Loss, weight, hits and counted targets of this replica's slice of the validation set, summed over
-        chunks of ``batch_size`` as :func:`xpcnn.evaluate` sums its batches."""
-        n = self.val.n
-        lo, hi = shard_bounds(n, self.replicas, self.rank)
-        chunk = self.config["batch_size"]
+        """Per chunk of ``batch_size`` validation samples (:func:`xpcnn.evaluate`'s batches), this replica's
+        contiguous shard of it, in eval mode: ``[(loss, denominator, weight, hits, counted), ...]`` (the driver
+        weighs the chunks as :func:`xpcnn.evaluate` does). A batch norm without running statistics normalises with
+        the chunk's statistics, synchronised, as in one process."""
         self.model.eval()
-        loss_sum = weight_sum = correct = counted = None
+        parts = []
         try:
-            for start in range(lo, hi, chunk):
-                stop = min(start + chunk, hi)
-                xb, yb = self.val.range(start, stop)
+            for start, stop in batch_bounds(self.val.n, self.config["batch_size"]):
+                lo, hi = shard_bounds(stop - start, self.replicas, self.rank)
+                xb, yb = self.val.range(start + lo, start + hi)
+                self.context.row_offset = lo
                 out = self.model.forward(xb)
                 loss = self.loss_fn(out, yb)
-                if self.reduction == "mean":
-                    denominator, weight = self._denominator(out, stop - start, whole_batch=False)
-                    loss = (loss / denominator) * weight
-                    weight_sum = _add(weight_sum, weight)
-                loss_sum = _add(loss_sum, loss)
-                if self.classify:
-                    hits, kept = self._hits(out, yb)
-                    correct, counted = _add(correct, hits), _add(counted, kept)
+                parts.append((loss, *self._denominator(out, hi - lo, whole_batch=False), *self._hits(out, yb)))
         finally:
             self.model.train()
-        return loss_sum, weight_sum, correct, counted
+        return parts
 
     def _state(self):
         model = {name: to_numpy(value).copy() for name, value in self.model.state_dict().items()}
