@@ -13,7 +13,7 @@ from .._host import from_numpy
 from .._validation import as_bool, as_float, as_int, namespace_and_device
 from ..nn.losses import CrossEntropyLoss
 from ..nn.module import Module
-from ..optim import Optimizer, ReduceLROnPlateau
+from ..optim import Optimizer
 from ..training import _check_criterion, _check_scheduler, _progress_bar, _progress_stream
 from ..functional.losses import check_class_range
 from . import _checkpoint
