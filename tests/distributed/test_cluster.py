@@ -71,3 +71,20 @@ def test_a_worker_killed_mid_epoch_changes_no_bit(client, in_process, tmp_path):
     assert bitwise_equal(state, in_process[0])
     assert history == in_process[1]
 
+
+
+def test_an_exchanged_loss_denominator_gives_the_in_process_bits(client):
+    """Class weights and ignored targets without a batch norm: the step's only exchange is the cross-entropy's
+    denominator, through the actors' step threads; validation in chunks."""
+    from tests.distributed.test_in_process import dropout_model
+
+    x, y = data()
+    y = np.where(np.arange(len(y)) % 5 == 1, -100, y)
+    weight = np.linspace(0.5, 2.0, 10)
+    runs = []
+    for where in (xd.InProcess(2), client):
+        model = dropout_model()
+        history = xd.fit(where, model, nn.CrossEntropyLoss(weight=weight), make_optimizer("sgd", model), (x, y),
+                         epochs=2, batch_size=BATCH, validation_data=(x[:50], y[:50]), progress=False)
+        runs.append((model.state_dict(), history))
+    assert bitwise_equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
