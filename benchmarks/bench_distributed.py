@@ -10,14 +10,15 @@ contender: the first round's epoch loss is checked against one process's). The
 contenders take turns, one epoch of ``--steps`` steps each per round; a distributed step's time is the time
 between two steps' ends on the driver (``on_step``), the epoch's first step left out (it carries the replicas'
 building); one process's is its epoch's time over its steps. Reported: median images/s, the speed-up over one
-process (median over rounds of the ratio within each round), and the per-step overhead. One process runs twice:
+process with the BLAS's default threads (``vs_one_process``) and with one thread (``vs_one_thread``), each the
+median over rounds of the ratio within each round, and the per-step overhead. One process runs twice:
 with the BLAS's default threads and with one thread, as each worker has (the nanny sets ``OMP_NUM_THREADS=1``);
 on a shared, loaded machine the two-thread run can collapse (threads waiting for each other's core).
 
 * ``floor_ms``: a step of a one-parameter model on two samples per replica, the cost of the round trip, the
   driver's reduction and the messages alone;
 * ``exchange_ms``: what one more exchange through the driver costs (a synchronised batch norm makes two per step
-  and layer), from the same model with a batch norm;
+  and layer), from the same model with a batch norm (0 with one worker: a lone replica exchanges in place);
 * ``overhead_ms``: a step's time minus the compute time of its largest shard, measured in the driver's process
   (``InProcess(1)`` on a batch of that size): what the cluster adds to the computation.
 
@@ -201,7 +202,7 @@ def main(argv=None):
                         assert abs(loss - reference) <= LOSS_RTOL * abs(reference), (
                             f"{name}: the epoch's loss {loss} is not one process's {reference}")
                 checked = True
-            base = samples["one process"]
+            base, base_1 = samples["one process"], samples["one process, 1 thread"]
             for name, times in samples.items():
                 local = name.startswith("one process")
                 workers = 1 if local else len(clusters[name][1].scheduler_info()["workers"])
@@ -209,7 +210,9 @@ def main(argv=None):
                 shard = -(-batch // workers)
                 row = dict(network=network, contender=name, batch=batch, step_ms=round(step, 2),
                            images_per_s=round(batch / step * 1e3), vs_one_process=round(statistics.median(
-                               b / t for b, t in zip(base, times)), 3), samples_ms=[round(t, 2) for t in times])
+                               b / t for b, t in zip(base, times)), 3),
+                           vs_one_thread=round(statistics.median(b / t for b, t in zip(base_1, times)), 3),
+                           samples_ms=[round(t, 2) for t in times])
                 if not local:
                     compute = shard_compute_ms(network, args.dtype, x, y, shard, repeats=1 + (args.rounds > 1))
                     row.update(floor_ms=round(floors[name], 2), exchange_ms=round(exchange[name], 2),
@@ -221,7 +224,8 @@ def main(argv=None):
         for cluster, client in clusters.values():
             client.close()
             cluster.close()
-    common.print_table(rows, ["network", "contender", "step_ms", "images_per_s", "vs_one_process", "floor_ms",
+    common.print_table(rows, ["network", "contender", "step_ms", "images_per_s", "vs_one_process", "vs_one_thread",
+                              "floor_ms",
                               "exchange_ms", "shard_compute_ms", "overhead_ms"])
     info = {**common.machine_info(), "cpu_model": cpu_model(), "load_average": os.getloadavg()}
     import distributed

@@ -13,7 +13,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 API = ROOT / "docs" / "api"
 PUBLIC = ["xpcnn", "xpcnn.nn", "xpcnn.functional", "xpcnn.optim", "xpcnn.config", "xpcnn.interop.torch",
-          "xpcnn.interop.jax"]
+          "xpcnn.interop.jax", "xpcnn.distributed"]
 
 
 def _public_names():
@@ -59,7 +59,7 @@ def test_the_reference_builds_without_warnings(tmp_path):
 
 # -- every public callable documents its arguments (what ``help()`` shows) ----------------------------------------
 
-DOCUMENTED = ["xpcnn", "xpcnn.nn", "xpcnn.functional", "xpcnn.optim", "xpcnn.config"]
+DOCUMENTED = ["xpcnn", "xpcnn.nn", "xpcnn.functional", "xpcnn.optim", "xpcnn.config", "xpcnn.distributed"]
 PARAMETERS = re.compile(r"^\s*Parameters\s*\n\s*-{3,}\s*$", re.M)
 EXAMPLES = re.compile(r"^\s*(Examples?\s*\n\s*-{3,}\s*$|>>> )", re.M)
 

@@ -11,7 +11,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from xpcnn import nn  # noqa: E402
+from xpcnn import nn, optim  # noqa: E402
 import xpcnn.distributed as xd  # noqa: E402
 from tests.distributed.common import BATCH, bitwise_equal, bn_dropout_model, data, make_optimizer  # noqa: E402
 
@@ -29,8 +29,11 @@ def run(client, **kwargs):
     x, y = data()
     xv, yv = data(29, seed=1)
     model = bn_dropout_model()
-    history = xd.fit(client, model, nn.CrossEntropyLoss(), make_optimizer("adam", model), (x, y), epochs=EPOCHS,
-                     batch_size=BATCH, seed=5, validation_data=(xv, yv), progress=False, **kwargs)
+    opt = make_optimizer("adam", model)
+    scheduler = optim.StepLR(opt, step_size=1, gamma=0.5)  # stepped per epoch: restored after the lost worker
+    history = xd.fit(client, model, nn.CrossEntropyLoss(), opt, (x, y), epochs=EPOCHS, batch_size=BATCH, seed=5,
+                     validation_data=(xv, yv), scheduler=scheduler, progress=False, **kwargs)
+    assert scheduler.get_last_lr() == [1e-2 * 0.5**EPOCHS] and opt.lr == 1e-2 * 0.5**EPOCHS
     return model.state_dict(), history
 
 
@@ -68,3 +71,20 @@ def test_a_worker_killed_mid_epoch_changes_no_bit(client, in_process, tmp_path):
     assert bitwise_equal(state, in_process[0])
     assert history == in_process[1]
 
+
+
+def test_an_exchanged_loss_denominator_gives_the_in_process_bits(client):
+    """Class weights and ignored targets without a batch norm: the step's only exchange is the cross-entropy's
+    denominator, through the actors' step threads; validation in chunks."""
+    from tests.distributed.test_in_process import dropout_model
+
+    x, y = data()
+    y = np.where(np.arange(len(y)) % 5 == 1, -100, y)
+    weight = np.linspace(0.5, 2.0, 10)
+    runs = []
+    for where in (xd.InProcess(2), client):
+        model = dropout_model()
+        history = xd.fit(where, model, nn.CrossEntropyLoss(weight=weight), make_optimizer("sgd", model), (x, y),
+                         epochs=2, batch_size=BATCH, validation_data=(x[:50], y[:50]), progress=False)
+        runs.append((model.state_dict(), history))
+    assert bitwise_equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]

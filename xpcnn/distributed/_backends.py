@@ -22,7 +22,30 @@ class ReplicaLost(Exception):
 
 class InProcess:
     """``replicas`` replicas in this process, called one after the other: the same steps as on a cluster, bit for
-    bit, without one (pass it as ``client`` to :func:`xpcnn.distributed.fit`)."""
+    bit, without one (pass it as ``client`` to :func:`xpcnn.distributed.fit`), for tests and debugging.
+
+    Parameters
+    ----------
+    replicas : int
+        W >= 1, the number of replicas (each with its own copy of the model, optimizer and scheduler).
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``replicas`` below 1, or not an int.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpcnn.distributed as xd
+    >>> from xpcnn import nn, optim
+    >>> model = nn.Sequential(nn.Linear(4, 2, seed=0, dtype=np.float64))
+    >>> x, y = np.random.default_rng(0).standard_normal((10, 4)), np.arange(10) % 2
+    >>> history = xd.fit(xd.InProcess(3), model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+    ...                  (x, y), epochs=2, batch_size=4, progress=False)
+    >>> sorted(history), len(history["loss"])
+    (['accuracy', 'loss'], 2)
+    """
 
     def __init__(self, replicas: int = 1):
         self.replicas = as_int(replicas, "replicas", minimum=1)
@@ -120,8 +143,8 @@ def _make_replica(blob, config, snapshot, loss_fn, rank, count):
     """A replica, or (when building one fails: unreadable data, say) one that answers every call with that error,
     so that the driver raises it instead of taking it for a lost worker."""
     try:
-        model, optimizer = pickle.loads(blob)
-        return Replica(model, optimizer, loss_fn, config, rank, count, snapshot)
+        model, optimizer, scheduler = pickle.loads(blob)
+        return Replica(model, optimizer, scheduler, loss_fn, config, rank, count, snapshot)
     except Exception as error:  # noqa: BLE001 - handed to the driver, which raises it
         return _FailedReplica(error)
 

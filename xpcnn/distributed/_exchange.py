@@ -24,7 +24,7 @@ import threading
 
 import array_api_compat
 
-__all__ = ["Conversation", "reduce", "ordered_sum", "merge_moments", "fresh"]
+__all__ = ["Conversation", "InlineConversation", "reduce", "ordered_sum", "merge_moments", "fresh"]
 
 
 class Aborted(Exception):
@@ -97,9 +97,14 @@ class Conversation:
 
 
 class InlineConversation:
-    """For a model with nothing to exchange: the step runs in the caller's thread; an exchange is a bug."""
+    """The step runs in the caller's thread, without the driver in the middle: for a model with nothing to exchange
+    (an exchange is then a bug), or with ``solo`` for a lone replica, whose exchange is the reduction of its own
+    contribution (the answer the driver would send, the same bits, without a round trip)."""
 
     active = False
+
+    def __init__(self, solo: bool = False):
+        self.solo = solo
 
     def start(self, job):
         try:
@@ -108,6 +113,8 @@ class InlineConversation:
             return ("error", error)
 
     def exchange(self, op, contribution):
+        if self.solo:
+            return reduce(op, [contribution])
         raise RuntimeError("this replica's model was prepared without exchanges, but a layer asked for one")
 
     def abort(self) -> None:
@@ -137,25 +144,37 @@ def ordered_sum(parts):
 
 
 def merge_moments(parts):
-    """Merge per-replica ``(count, mean, m2)`` per-channel moments (Chan et al.'s pairwise update, in rank order)
-    into ``(count, mean, var)`` of the whole batch, var biased (m2 / count; 0 for an empty batch)."""
-    count, mean, m2 = 0, None, None
-    for n, part_mean, part_m2 in parts:
-        part_mean, part_m2 = fresh(part_mean), fresh(part_m2)
-        if mean is None:
-            count, mean, m2 = n, part_mean, part_m2
-            continue
-        if n == 0:
-            continue
-        if count == 0:
-            count, mean, m2 = n, part_mean, part_m2
-            continue
-        total = count + n
-        delta = part_mean - mean
-        mean = mean + delta * (n / total)
-        m2 = m2 + part_m2 + delta * delta * (count * n / total)
-        count = total
-    return count, mean, m2 / max(count, 1)
+    """Merge per-replica per-channel moments ``(count, mean, var, residual)`` into ``(count, mean, var)`` of the
+    whole batch, var biased. A shard's ``mean`` and ``var`` are the two-pass moments a single-process batch norm
+    computes (``var = sum(c**2) / count`` with ``c = x - mean``), ``residual = sum(c)`` the rounding error of its
+    mean times its count (None: taken as 0). In rank order::
+
+        mean = (sum(count_i * mean_i) + sum(residual_i)) / count
+        m2   = sum(count_i * var_i + 2 * d_i * residual_i + count_i * d_i**2),   d_i = mean_i - mean
+
+    (the sum of squares about the global mean, exact in exact arithmetic; with the residuals, no error of a shard's
+    rounded mean enters to first order, so the merge is as accurate as two passes over the whole batch), and
+    ``var = m2 / count``. Shards of one sample give the single-process bits. Empty parts are skipped; a single
+    non-empty part is returned as it came (a shard that is the whole batch normalises exactly as a single
+    process); an empty batch gives 0."""
+    parts = [(n, fresh(part_mean), fresh(part_var), fresh(residual)) for n, part_mean, part_var, residual in parts]
+    full = [part for part in parts if part[0] > 0]
+    if len(full) <= 1:
+        return (full[0] if full else parts[0])[:3]
+    count, total = 0, None
+    for n, part_mean, _, residual in full:
+        count += n
+        total = part_mean * n if total is None else total + part_mean * n
+    for _, _, _, residual in full:
+        total = total if residual is None else total + residual
+    mean = total / count
+    m2 = None
+    for n, part_mean, part_var, residual in full:
+        d = part_mean - mean
+        term = part_var * n if residual is None else part_var * n + 2.0 * d * residual
+        term = term + d * d * n
+        m2 = term if m2 is None else m2 + term
+    return count, mean, m2 / count
 
 
 REDUCTIONS = {"sum": lambda parts: tuple(ordered_sum(column) for column in zip(*parts)), "moments": merge_moments}

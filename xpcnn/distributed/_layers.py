@@ -1,20 +1,25 @@
 """The layers whose training forward pass depends on more than their own sample, made data-parallel.
 
-* :class:`SyncBatchNorm1d`, :class:`SyncBatchNorm2d`: batch norm over the GLOBAL batch. Each replica contributes
-  per-channel ``(count, mean, M2)`` of its shard; the merged statistics normalise every shard and update the
-  running statistics identically everywhere. The backward pass exchanges the two per-channel sums the input
-  gradient needs, ``sum(dxhat)`` and ``sum(dxhat * xhat)``::
+* :class:`SyncBatchNorm1d`, :class:`SyncBatchNorm2d`: batch norm over the GLOBAL batch, in either layout
+  (``data_format`` "NCHW" or "NHWC"), computed with the single-process batch norm's own helpers
+  (:mod:`xpcnn.functional.normalization`: the same view of x, two-pass moments, one multiply-add per value, the
+  same input-gradient formula). Each replica contributes per-channel ``(count, mean, var, sum(x - mean))`` of its
+  shard; the driver merges them in rank order (:func:`._exchange.merge_moments`) and the merged statistics
+  normalise every shard and update the running statistics identically everywhere. The backward pass exchanges the
+  two per-channel sums the input gradient needs, ``sum(dout)`` and ``sum(dout * (x - mean))``::
 
-      xhat = (x - mean) / sqrt(var + eps)                                       mean, var: the global batch's
-      dx   = (dxhat - sum(dxhat) / M - xhat * sum(dxhat * xhat) / M) / sqrt(var + eps)   M: values per channel
+      dx = weight / std * (dout - sum(dout) / M - (x - mean) * sum(dout * (x - mean)) / (M * std**2))
 
-  ``dweight`` and ``dbias`` are this shard's partial sums, reduced with the other gradients.
+  with mean, std and M (values per channel) those of the global batch. ``dweight`` and ``dbias`` are this shard's
+  partial sums, reduced with the other gradients. A shard that is the whole batch (one replica) gets its own
+  statistics back unchanged: the same bits as :func:`xpcnn.fit`.
 * :class:`GlobalDropout`: the mask of a shard is the part of the global batch's mask at the shard's rows
   (``dropout_forward(..., offset=)``), so a sample gets the same mask whichever replica holds it.
 
 :func:`prepare` swaps a replica's modules for these subclasses in place (``module.__class__``; parameters, buffers
 and state-dict names stay), and gives them the replica's :class:`ShardContext`. In evaluation mode they are the
-plain layers. A single process never sees them.
+plain layers, except a batch norm without running statistics, which normalises with the statistics of the global
+chunk being evaluated (synchronised, as one process's batch). A single process never sees them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ import math
 from .. import functional as F
 from ..nn.layers import BatchNorm1d, BatchNorm2d, Dropout, _BatchNorm
 from ..nn.module import Module
+from .._precision import COMPUTE_DTYPE, is_low_precision
 from .._validation import namespace_and_device
+from ..functional.normalization import (
+    Normalized, _affine, _broadcast, _channel_view, _input_gradient, _moments, _sum, _sum_of_products,
+)
 
 __all__ = ["ShardContext", "SyncBatchNorm1d", "SyncBatchNorm2d", "GlobalDropout", "prepare", "named_modules"]
 
@@ -33,8 +42,9 @@ class ShardContext:
     """What the prepared layers of one replica share: the conversation to exchange through and where this
     replica's shard starts in the global batch (set before every step)."""
 
-    def __init__(self, conversation):
+    def __init__(self, conversation, replicas: int):
         self.conversation = conversation
+        self.replicas = replicas
         self.row_offset = 0
 
 
@@ -44,74 +54,158 @@ class _SyncBatchNorm:
     context: ShardContext | None = None
 
     def forward(self, x):
-        if not self.training or self.context is None:
+        if self.context is None or (not self.training and self.track_running_stats):
             self._sync_cache = None
             return super().forward(x)
         self._check_channels(x, self.num_features, tuple(self.layouts.values()), tuple(self.layouts))
         xp, _ = namespace_and_device(x=x)
-        axes = (0, *range(2, x.ndim))
-        local_count = x.shape[0] * math.prod(x.shape[2:])
-        local_mean = xp.sum(x, axis=axes) / max(local_count, 1)
-        centred = x - self._per_channel(xp, local_mean, x.ndim)
-        local_m2 = xp.sum(centred * centred, axis=axes)
-        count, mean, var = self.context.conversation.exchange("moments", (local_count, local_mean, local_m2))
+        # float16 and bfloat16 are computed in float32 and rounded once, as the single-process batch norm does
+        up, down = _precision_casts(xp, x.dtype)
+        channels = self.num_features
+        view_shape, axes, channel_shape = _channel_view(tuple(x.shape), self.data_format)
+        v = xp.reshape(up(x), view_shape)
+        local_count = math.prod(view_shape[a] for a in axes)
+        local_mean, local_centred, local_var = _moments(xp, v, axes, local_count)
+        # the residual sum(x - mean) makes the merge as accurate as two passes over the global batch (not needed,
+        # and not computed, when this replica is alone)
+        residual = None if self.context.replicas == 1 else xp.reshape(_sum(xp, local_centred, axes), (channels,))
+        count, mean, var = self.context.conversation.exchange(
+            "moments", (local_count, xp.reshape(local_mean, (channels,)), xp.reshape(local_var, (channels,)),
+                        residual))
         if count == 1:
             raise ValueError(
                 f"{type(self).__name__}: training batch norm needs more than one value per channel in the global "
                 f"batch, got {count}"
             )
-        inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = (x - self._per_channel(xp, mean, x.ndim)) * self._per_channel(xp, inv_std, x.ndim)
-        weight, bias = self._affine_data()
-        out = xhat if weight is None else xhat * self._per_channel(xp, weight, x.ndim)
-        out = out if bias is None else out + self._per_channel(xp, bias, x.ndim)
+        # A shard that is the whole global batch (one replica, or the others empty) gets its own statistics back
+        # unchanged: its centred values are the global ones, bit for bit.
+        centred = local_centred if local_count == count else v - xp.reshape(mean, channel_shape)
+        inv_std = 1.0 / xp.sqrt(xp.reshape(var, channel_shape) + self.eps)
         if self.track_running_stats:
             self.num_batches_tracked = self.num_batches_tracked + 1
             if count > 0:  # an empty batch leaves the statistics as they were, as PyTorch
-                factor = self.momentum if self.momentum is not None else (
-                    1.0 / xp.astype(self.num_batches_tracked, x.dtype))
-                unbiased = var * (count / (count - 1))
-                self.running_mean = factor * mean + (1.0 - factor) * self.running_mean
-                self.running_var = factor * unbiased + (1.0 - factor) * self.running_var
+                self.running_mean, self.running_var = map(down, _blend_running(
+                    xp, mean, var, count, up(self.running_mean), up(self.running_var), self.momentum,
+                    self.num_batches_tracked, v.dtype))
+        weight, bias = map(up, self._affine_data())
+        gamma, beta = _broadcast(xp, weight, channel_shape), _broadcast(xp, bias, channel_shape)
+        scale = inv_std if gamma is None else inv_std * gamma
+        out = _affine(xp, centred, scale, beta)
         self._cache = "synchronised"
-        self._sync_cache = (xhat, inv_std, count, axes)
-        return out
+        self._sync_cache = (Normalized(centred, inv_std, count, axes, gamma, bias is not None, axes, (channels,),
+                                       tuple(x.shape)), x.dtype)
+        return down(xp.reshape(out, x.shape))
 
     def backward(self, dout, *, input_grad=True):
         if getattr(self, "_sync_cache", None) is None:
             return super().backward(dout, input_grad=input_grad)
         self._take_cache()
-        (xhat, inv_std, count, axes), self._sync_cache = self._sync_cache, None
+        (norm, dtype), self._sync_cache = self._sync_cache, None
         xp, _ = namespace_and_device(dout=dout)
-        weight = None if self.weight is None else self.weight.data
-        if weight is not None:
-            self.weight.accumulate(xp.sum(dout * xhat, axis=axes))
+        if dout.dtype != dtype or tuple(dout.shape) != norm.x_shape:
+            raise (TypeError if dout.dtype != dtype else ValueError)(
+                f"{type(self).__name__}.backward: dout must have the forward output's shape {norm.x_shape} and "
+                f"dtype {dtype}, got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+        up, down = _precision_casts(xp, dout.dtype)
+        channels, axes, inv_std, gamma = self.num_features, norm.param_axes, norm.inv_std, norm.weight
+        g = xp.reshape(up(dout), norm.centred.shape)
+        # this shard's sums; dweight and dbias are its partial sums, reduced with the other gradients
+        sum_g = _sum(xp, g, axes)
+        sum_gc = _sum_of_products(xp, g, norm.centred, axes) if gamma is not None or input_grad else None
+        if self.weight is not None:
+            self.weight.accumulate(down(xp.reshape(sum_gc * inv_std, (channels,))))
         if self.bias is not None:
-            self.bias.accumulate(xp.sum(dout, axis=axes))
+            self.bias.accumulate(down(xp.reshape(sum_g, (channels,))))
         if not input_grad:
             return None
-        dxhat = dout if weight is None else dout * self._per_channel(xp, weight, dout.ndim)
-        sum_dxhat, sum_dxhat_xhat = self.context.conversation.exchange(
-            "sum", (xp.sum(dxhat, axis=axes), xp.sum(dxhat * xhat, axis=axes)))
-        n = max(count, 1)
-        per_channel = lambda a: self._per_channel(xp, a, dout.ndim)  # noqa: E731
-        return per_channel(inv_std) * (dxhat - per_channel(sum_dxhat / n) - xhat * per_channel(sum_dxhat_xhat / n))
+        # dx needs the global batch's two sums
+        sum_g, sum_gc = (xp.reshape(s, inv_std.shape) for s in self.context.conversation.exchange(
+            "sum", (xp.reshape(sum_g, (channels,)), xp.reshape(sum_gc, (channels,)))))
+        scale = inv_std if gamma is None else inv_std * gamma
+        dx = _input_gradient(xp, g, norm.centred, scale, inv_std, sum_g, sum_gc, norm.count)
+        return down(xp.reshape(dx, norm.x_shape))
 
-    @staticmethod
-    def _per_channel(xp, a, ndim: int):
-        return xp.reshape(a, (1, a.shape[0]) + (1,) * (ndim - 2))
+
+def _precision_casts(xp, dtype):
+    """``(up, down)``: casts to the dtype the computation runs in (float32 for float16 and bfloat16, as
+    :mod:`xpcnn._precision`) and back to ``dtype``; identities otherwise. Both pass None through."""
+    if not is_low_precision(xp, dtype):
+        return (lambda a: a), (lambda a: a)
+    compute = getattr(xp, COMPUTE_DTYPE)
+    return ((lambda a: None if a is None else xp.astype(a, compute)),
+            (lambda a: None if a is None else xp.astype(a, dtype)))
+
+
+def _blend_running(xp, mean, var, count: int, running_mean, running_var, momentum, num_batches_tracked, dtype):
+    """The running statistics after a batch of global ``mean`` and biased ``var`` ((C,) each), as
+    :func:`xpcnn.functional.batch_norm_forward` blends them (the same operations in the same order)."""
+    batch_var = var * (count / (count - 1))
+    factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, dtype)
+    return factor * mean + (1.0 - factor) * running_mean, factor * batch_var + (1.0 - factor) * running_var
+
+
+_SYNC_BATCH_NORM_DOC = """:class:`xpcnn.nn.{base}` with statistics over the global batch of a data-parallel step.
+
+    :func:`xpcnn.distributed.fit` turns every ``nn.{base}`` of the replicas' models into this class (the same
+    parameters, buffers and state-dict names) and binds it to its replica: in training mode it normalises its shard
+    with the merged statistics of the global batch and exchanges the two per-channel sums of its backward pass
+    (see :mod:`xpcnn.distributed._layers`). In evaluation mode it is the plain layer, except without running
+    statistics: it then normalises with the statistics of the global chunk evaluated, as :func:`xpcnn.evaluate`
+    with its batches. Without a replica (built by hand) it is the plain layer; the model ``fit`` returns holds
+    plain ``nn.{base}`` modules.
+
+    Parameters
+    ----------
+    num_features, eps, momentum, affine, track_running_stats, bias, data_format, xp, device, dtype
+        As :class:`xpcnn.nn.{base}` ("NCHW" and "NHWC" layouts both synchronised).
+
+    Raises
+    ------
+    ValueError
+        As :class:`xpcnn.nn.{base}`; in a step, a global batch with one value per channel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpcnn.distributed as xd
+    >>> bn = xd.{name}(3)
+    >>> out = bn(np.arange({size}, dtype=np.float32).reshape({shape}))
+    >>> out.shape, bn.running_mean.shape
+    ({shape}, (3,))
+    """
 
 
 class SyncBatchNorm1d(_SyncBatchNorm, BatchNorm1d):
-    """:class:`xpcnn.nn.BatchNorm1d` with statistics over the global batch of a data-parallel step."""
+    __doc__ = _SYNC_BATCH_NORM_DOC.format(base="BatchNorm1d", name="SyncBatchNorm1d", size=12, shape="(4, 3)")
 
 
 class SyncBatchNorm2d(_SyncBatchNorm, BatchNorm2d):
-    """:class:`xpcnn.nn.BatchNorm2d` with statistics over the global batch of a data-parallel step."""
+    __doc__ = _SYNC_BATCH_NORM_DOC.format(base="BatchNorm2d", name="SyncBatchNorm2d", size=48,
+                                          shape="(2, 3, 2, 4)")
 
 
 class GlobalDropout(Dropout):
-    """:class:`xpcnn.nn.Dropout` drawing each shard's part of the global batch's mask."""
+    """:class:`xpcnn.nn.Dropout` drawing each shard's part of the global batch's mask.
+
+    :func:`xpcnn.distributed.fit` turns every ``nn.Dropout`` of the replicas' models into this class: a replica
+    holding rows ``lo:hi`` of a global batch draws the part of the global batch's mask at those rows (the
+    counter-based generator at an offset), so every sample gets the mask it gets in :func:`xpcnn.fit`, whichever
+    replica holds it. Without a replica it is the plain layer.
+
+    Parameters
+    ----------
+    p, seed
+        As :class:`xpcnn.nn.Dropout`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import xpcnn.distributed as xd
+    >>> from xpcnn import nn
+    >>> x = np.ones((4, 6), dtype=np.float32)
+    >>> bool((xd.GlobalDropout(0.5, seed=1)(x) == nn.Dropout(0.5, seed=1)(x)).all())
+    True
+    """
 
     context: ShardContext | None = None
 
@@ -142,12 +236,6 @@ def check_supported(model: Module) -> None:
             raise TypeError(
                 f"model module {name!r} is a {type(module).__name__}, a batch norm subclass that data-parallel "
                 "training cannot synchronise; use nn.BatchNorm1d/BatchNorm2d"
-            )
-        if isinstance(module, _BatchNorm) and getattr(module, "data_format", "NCHW") != "NCHW":
-            raise ValueError(
-                f"model module {name!r} is a {type(module).__name__} with data_format="
-                f"{module.data_format!r}: data-parallel training synchronises channels-first batch norm only; "
-                "build it with data_format='NCHW'"
             )
 
 

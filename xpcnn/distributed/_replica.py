@@ -1,21 +1,26 @@
 """One data-parallel replica: a copy of the model and its optimizer, its own access to the data, and its rank.
 
-Every method the driver calls takes ``update`` first: the reduced gradient of the previous step (a list, one array
-or None per parameter), applied with the replica's optimizer before anything else, so that a step costs one round
-trip when nothing is exchanged. Each returns a message of :mod:`._exchange` (``("done", result)``,
+Every method the driver calls takes ``update`` first: None, or ``(gradient, epoch_metric)``: the reduced gradient
+of the previous step (a list, one array or None per parameter; or None), applied with the replica's optimizer
+(and followed by a scheduler's per-batch step), then, when ``epoch_metric`` is not None, the scheduler's step at
+the end of an epoch (ReduceLROnPlateau's metric) — all before anything else, so that a step costs one round trip
+when nothing is exchanged. Each returns a message of :mod:`._exchange` (``("done", result)``,
 ``("exchange", ...)`` or ``("error", exception)``): errors of the model or the data travel as messages, so that
 an exception from the transport itself means a lost replica.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 
 import array_api_compat
 
 from .._host import from_numpy, to_numpy
 from .._validation import namespace_and_device
 from ..nn.losses import CrossEntropyLoss, MSELoss
+from ..optim import ReduceLROnPlateau
 from ..training import _hits
 from ._data import Samples, batch_bounds, epoch_order, shard_bounds
 from ._exchange import Conversation, InlineConversation, fresh
@@ -25,31 +30,40 @@ __all__ = ["Replica"]
 
 
 def per_sample_size(loss_fn, out) -> int:
-    """How many of the criterion's terms one sample contributes (its ``"mean"`` divides by this times N)."""
-    if isinstance(loss_fn, MSELoss):
-        size = 1
-        for d in out.shape[1:]:
-            size *= d
-        return size
-    return 1
+    """How many of the criterion's terms (rows) one sample contributes: its ``"mean"`` divides by this times N
+    (cross-entropy: the positions of (N, C, d1, ...) outputs, when no target is weighted or ignored)."""
+    return math.prod(out.shape[1:] if isinstance(loss_fn, MSELoss) else out.shape[2:])
+
+
+def summing(loss_fn):
+    """The criterion with ``reduction="sum"`` and the same options (class weights, ignore_index, label smoothing),
+    targets not checked (the driver checked them once)."""
+    if isinstance(loss_fn, CrossEntropyLoss):
+        return CrossEntropyLoss("sum", check_targets=False, weight=fresh(loss_fn.weight),
+                                ignore_index=loss_fn.ignore_index, label_smoothing=loss_fn.label_smoothing)
+    return type(loss_fn)("sum")
 
 
 class Replica:
     """Rank ``rank`` of ``replicas``: built on a worker (a Dask actor) or in the driver's process."""
 
-    def __init__(self, model, optimizer, loss_fn, config: dict, rank: int, replicas: int, snapshot=None):
+    def __init__(self, model, optimizer, scheduler, loss_fn, config: dict, rank: int, replicas: int, snapshot=None):
         self.model, self.optimizer, self.rank, self.replicas = model, optimizer, rank, replicas
+        self.scheduler, self.scheduler_step = scheduler, config["scheduler_step"]
         self.config = config
         self.reduction = loss_fn.reduction
         self.classify = isinstance(loss_fn, CrossEntropyLoss)
-        self.loss_fn = CrossEntropyLoss("sum", check_targets=False) if self.classify else type(loss_fn)("sum")
+        self.loss_fn = summing(loss_fn)
+        self.ignore_index = loss_fn.ignore_index if self.classify else None
+        self.global_denominator = config["global_denominator"]
         _copy_arrays(model, optimizer)
         params = model.parameters()
         self.xp, self.device = namespace_and_device(model=params[0].data)
         self.conversation = Conversation()
-        self.context = ShardContext(self.conversation)
-        if not prepare(model, self.context):
-            self.conversation = self.context.conversation = InlineConversation()
+        self.context = ShardContext(self.conversation, replicas)
+        exchanges = prepare(model, self.context) or self.global_denominator
+        if not exchanges or replicas == 1:  # nothing to exchange, or nobody to exchange with: no step thread
+            self.conversation = self.context.conversation = InlineConversation(solo=exchanges)
         self.train = Samples(config["data"], self.xp, self.device)
         self.val = Samples(config["validation"], self.xp, self.device) if config["validation"] else None
         self._order = (None, None)
@@ -79,7 +93,8 @@ class Replica:
         return self._run(update, self._state)
 
     def digest(self, update):
-        """Apply ``update``; a SHA-256 of every parameter, buffer and dropout counter (to check replicas agree)."""
+        """Apply ``update``; a SHA-256 of every parameter, buffer, dropout counter, the learning rate and the
+        scheduler's state (to check replicas agree)."""
         return self._run(update, self._digest)
 
     def abort(self):
@@ -98,11 +113,20 @@ class Replica:
     def _apply(self, update) -> None:
         if update is None:
             return
-        self.optimizer.zero_grad()
-        for p, g in zip(self.model.parameters(), update):
-            p.grad = None if g is None else fresh(g)
-        self.optimizer.step()
-        self.optimizer.zero_grad()
+        grads, epoch_metric = update
+        if grads is not None:
+            self.optimizer.zero_grad()
+            for p, g in zip(self.model.parameters(), grads):
+                p.grad = None if g is None else fresh(g)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            if self.scheduler_step == "batch":
+                self.scheduler.step()
+        if epoch_metric is not None and self.scheduler_step == "epoch":
+            if isinstance(self.scheduler, ReduceLROnPlateau):
+                self.scheduler.step(epoch_metric)
+            else:
+                self.scheduler.step()
 
     def _order_for(self, epoch: int):
         if self._order[0] != epoch:
@@ -120,35 +144,50 @@ class Replica:
         self.model.zero_grad()
         out = self.model.forward(xb)
         total = self.loss_fn(out, yb)
-        per_sample = per_sample_size(self.loss_fn, out)
-        scale = 1.0 / ((stop - start) * per_sample) if self.reduction == "mean" else 1.0
+        denominator, weight = self._denominator(out, stop - start, whole_batch=True)
+        scale = 1.0 / denominator if self.reduction == "mean" else 1.0
         self.model.backward(self.loss_fn.backward(scale), input_grad=False)
         grads = [p.grad for p in self.model.parameters()]
         self.model.zero_grad()
-        if self.reduction == "mean" and per_sample != 1:
-            total = total / per_sample
-        return grads, total, (_hits(self.xp, out, yb, None)[0] if self.classify else None)
+        return (grads, total, denominator, weight, *self._hits(out, yb))
+
+    def _denominator(self, out, samples: int, whole_batch: bool):
+        """(what a ``"mean"`` loss over these ``samples`` divides by, the weight :func:`xpcnn.fit`'s history gives
+        them; None, None for ``"sum"``), read before the backward pass takes the loss's cache. ``whole_batch``:
+        for this replica's shard of a global batch (the rows of the global batch, or the cross-entropy's target
+        weights or kept targets summed over it by an exchange); else for these samples alone."""
+        if self.reduction != "mean":
+            return None, None
+        own = getattr(self.loss_fn._cache, "denominator", None) if self.classify else None
+        if whole_batch and self.global_denominator:
+            (denominator,) = self.conversation.exchange("sum", (own,))
+        elif whole_batch or own is None:
+            denominator = samples * per_sample_size(self.loss_fn, out)
+        else:
+            denominator = own
+        return denominator, (denominator if self.classify else samples)
+
+    def _hits(self, out, yb):
+        return _hits(self.xp, out, yb, self.ignore_index) if self.classify else (None, None)
 
     def _evaluate(self):
-        n = self.val.n
-        lo, hi = shard_bounds(n, self.replicas, self.rank)
-        chunk = self.config["batch_size"]
+        """Per chunk of ``batch_size`` validation samples (:func:`xpcnn.evaluate`'s batches), this replica's
+        contiguous shard of it, in eval mode: ``[(loss, denominator, weight, hits, counted), ...]`` (the driver
+        weighs the chunks as :func:`xpcnn.evaluate` does). A batch norm without running statistics normalises with
+        the chunk's statistics, synchronised, as in one process."""
         self.model.eval()
-        total, correct = None, None
+        parts = []
         try:
-            for start in range(lo, hi, chunk):
-                xb, yb = self.val.range(start, min(start + chunk, hi))
+            for start, stop in batch_bounds(self.val.n, self.config["batch_size"]):
+                lo, hi = shard_bounds(stop - start, self.replicas, self.rank)
+                xb, yb = self.val.range(start + lo, start + hi)
+                self.context.row_offset = lo
                 out = self.model.forward(xb)
                 loss = self.loss_fn(out, yb)
-                per_sample = per_sample_size(self.loss_fn, out)
-                loss = loss / per_sample if self.reduction == "mean" and per_sample != 1 else loss
-                total = loss if total is None else total + loss
-                if self.classify:
-                    c = _hits(self.xp, out, yb, None)[0]
-                    correct = c if correct is None else correct + c
+                parts.append((loss, *self._denominator(out, hi - lo, whole_batch=False), *self._hits(out, yb)))
         finally:
             self.model.train()
-        return total, correct
+        return parts
 
     def _state(self):
         model = {name: to_numpy(value).copy() for name, value in self.model.state_dict().items()}
@@ -156,7 +195,8 @@ class Replica:
         opt_state = {i: {k: (to_numpy(v).copy() if array_api_compat.is_array_api_obj(v) else v) for k, v in s.items()}
                      for i, s in opt["state"].items()}
         return {"model": model, "optimizer": {"state": opt_state, "param_groups": opt["param_groups"]},
-                "dropout_calls": dropout_calls(self.model)}
+                "dropout_calls": dropout_calls(self.model),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
     def _digest(self):
         h = hashlib.sha256()
@@ -165,6 +205,7 @@ class Replica:
             if value is not None:
                 h.update(to_numpy(value).tobytes())
         h.update(repr(sorted(dropout_calls(self.model).items())).encode())
+        h.update(repr((self.optimizer.lr, None if self.scheduler is None else self.scheduler.state_dict())).encode())
         return h.hexdigest()
 
     def _restore(self, snapshot) -> None:
@@ -175,6 +216,12 @@ class Replica:
         state = {int(i): {k: (from_numpy(to_numpy(v), xp, device) if array_api_compat.is_array_api_obj(v) else v)
                           for k, v in s.items()} for i, s in opt["state"].items()}
         self.optimizer.load_state_dict({"state": state, "param_groups": [dict(g) for g in opt["param_groups"]]})
+        if self.scheduler is not None and snapshot.get("scheduler") is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(snapshot["scheduler"]))
+
+
+def _add(total, value):
+    return value if total is None else total + value
 
 
 def _copy_arrays(model, optimizer) -> None:
