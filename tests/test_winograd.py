@@ -275,3 +275,18 @@ def test_transform_matrices_are_made_once_per_device_and_dtype(xp):
     assert_close(xp, again, np.asarray(F4X4_3X3.BT, dtype=np.float64), np.float32)
     eager = any(is_eager(namespace) for is_eager in (is_numpy_namespace, is_torch_namespace, is_cupy_namespace))
     assert (first is again) == eager
+
+
+def test_closed_over_weights_under_jax_jit():
+    """Under ``jax.jit`` the traced input's device is not known yet: weights closed over (concrete) go with it."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    from xpcnn.functional import conv2d_forward
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    w = jnp.asarray(rng.standard_normal((16, 16, 3, 3)).astype(np.float32))
+    traced = jax.jit(lambda a: conv2d_forward(a, w, padding=1, algorithm="winograd")[0])(jnp.asarray(x))
+    eager, _ = conv2d_forward(jnp.asarray(x), w, padding=1, algorithm="winograd")
+    scale = float(np.abs(np.asarray(eager)).max())  # jit reorders float32 sums: compare to the output scale
+    np.testing.assert_allclose(np.asarray(traced), np.asarray(eager), rtol=0, atol=2e-5 * scale)

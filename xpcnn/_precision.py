@@ -37,6 +37,8 @@ class LowPrecisionCache:
         self.cache, self.dtype = cache, dtype
 
     def __getattr__(self, name):
+        if name in LowPrecisionCache.__slots__:  # not set yet (unpickling): no inner cache to ask
+            raise AttributeError(name)
         value = getattr(self.cache, name)
         if array_api_compat.is_array_api_obj(value):
             xp = array_api_compat.array_namespace(value)

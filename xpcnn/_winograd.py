@@ -61,6 +61,7 @@ from array_api_compat import device as device_of
 
 from ._dispatch import updates_in_place
 from ._tuning import HOST, Profile
+from ._validation import same_device
 from ._windows import map_pieces, sum_pieces
 
 __all__ = [
@@ -347,7 +348,7 @@ def _setup(xp, names, a, b, padding, groups, tile, data_format, workspace_limit)
         raise TypeError(f"{names[0]} must have a real floating dtype, got {a.dtype}")
     if a.dtype != b.dtype:
         raise TypeError(f"{names[1]} has dtype {b.dtype} but {names[0]} has dtype {a.dtype}; they must match")
-    if device_of(a) != device_of(b):
+    if not same_device(a, b):  # a traced JAX array's device is not known yet: it goes with any
         raise ValueError(
             f"{names[1]} is on device {device_of(b)!r} but {names[0]} is on device {device_of(a)!r}; "
             "they must share one"

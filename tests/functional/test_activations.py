@@ -376,3 +376,15 @@ def test_gelu_approximate_is_checked():
     for bad, error in (("exact", ValueError), ("Tanh", ValueError), (None, TypeError), (True, TypeError)):
         with pytest.raises(error, match="approximate must be 'none' or 'tanh', got"):
             F.gelu_forward(np.zeros(3), approximate=bad)
+
+
+def test_a_low_precision_cache_survives_pickling():
+    """A float16 forward's cache (a LowPrecisionCache) pickles and unpickles (a model with caches can be shipped
+    to another process), and its backward pass gives the same gradient."""
+    import pickle
+
+    x = np.array([[-1.0, 0.5], [2.0, -0.25]], dtype=np.float16)
+    out, cache = F.relu_forward(x)
+    again = pickle.loads(pickle.dumps(cache))
+    assert type(again) is type(cache) and again.dtype == cache.dtype
+    np.testing.assert_array_equal(F.relu_backward(np.ones_like(out), again), F.relu_backward(np.ones_like(out), cache))
