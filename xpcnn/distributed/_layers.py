@@ -34,6 +34,7 @@ from .._validation import namespace_and_device
 from ..functional.normalization import (
     Normalized, _affine, _broadcast, _channel_view, _input_gradient, _moments, _sum, _sum_of_products,
 )
+from ..functional.normalization import _blend_running as blend_running
 
 __all__ = ["ShardContext", "SyncBatchNorm1d", "SyncBatchNorm2d", "GlobalDropout", "prepare", "named_modules"]
 
@@ -137,11 +138,10 @@ def _precision_casts(xp, dtype):
 
 
 def _blend_running(xp, mean, var, count: int, running_mean, running_var, momentum, num_batches_tracked, dtype):
-    """The running statistics after a batch of global ``mean`` and biased ``var`` ((C,) each), as
-    :func:`xpcnn.functional.batch_norm_forward` blends them (the same operations in the same order)."""
-    batch_var = var * (count / (count - 1))
-    factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, dtype)
-    return factor * mean + (1.0 - factor) * running_mean, factor * batch_var + (1.0 - factor) * running_var
+    """The running statistics after a batch of global ``mean`` and biased ``var`` ((C,) each): the unbiased
+    variance, then :func:`xpcnn.functional.normalization._blend_running`, as single-process batch norm does."""
+    return blend_running(xp, mean, var * (count / (count - 1)), running_mean, running_var, momentum,
+                         num_batches_tracked, dtype)
 
 
 _SYNC_BATCH_NORM_DOC = """:class:`xpcnn.nn.{base}` with statistics over the global batch of a data-parallel step.

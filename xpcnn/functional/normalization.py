@@ -286,6 +286,15 @@ class BatchNormCache(NamedTuple):
 BatchNorm2dCache = BatchNormCache  # the name it had when only 2-D batch norm existed
 
 
+def _blend_running(xp, batch_mean, batch_var, running_mean, running_var, momentum, num_batches_tracked, dtype):
+    """The running statistics after a batch: ``factor * batch + (1 - factor) * running`` for the mean and the
+    unbiased variance ((C,) each), ``factor = momentum``, or ``1 / num_batches_tracked`` (the cumulative average,
+    the count already including this batch) when momentum is None; as PyTorch. The synchronised batch norm of
+    :mod:`xpcnn.distributed` calls it too, so that both blend with the same operations in the same order."""
+    factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, dtype)
+    return factor * batch_mean + (1.0 - factor) * running_mean, factor * batch_var + (1.0 - factor) * running_var
+
+
 def _batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps, layout,
                 data_format):
     xp, _ = namespace_and_device(
@@ -330,9 +339,8 @@ def _batch_norm(x, weight, bias, running_mean, running_var, num_batches_tracked,
             batch_mean = xp.reshape(mean, (channels,))
             batch_var = xp.reshape(var, (channels,)) * (count / (count - 1))
             if tracked:
-                factor = momentum if momentum is not None else 1.0 / xp.astype(num_batches_tracked, x.dtype)
-                new_mean = factor * batch_mean + (1.0 - factor) * running_mean
-                new_var = factor * batch_var + (1.0 - factor) * running_var
+                new_mean, new_var = _blend_running(xp, batch_mean, batch_var, running_mean, running_var, momentum,
+                                                   num_batches_tracked, x.dtype)
     gamma = _broadcast(xp, weight, channel_shape)
     beta = _broadcast(xp, bias, channel_shape)
     if training:  # out = (x - mean) * scale + bias: one multiply-add on the centred values
