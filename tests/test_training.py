@@ -145,6 +145,18 @@ def test_validation_targets_are_checked_too():
                   validation_data=(x, y_bad), progress=False)
 
 
+def test_validation_with_a_batch_norm_without_running_statistics():
+    """A batch norm without running statistics normalises with the batch's own in eval mode too: fit's check of
+    validation_data runs two samples (one per channel would not define them), and the validation losses come."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 3))
+    history = xpcnn.fit(model, nn.CrossEntropyLoss(), xpcnn.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=2,
+                        batch_size=10, validation_data=(x[:9], y[:9]), progress=False)
+    assert len(history["val_loss"]) == 2 and all(np.isfinite(v) for v in history["val_loss"])
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True

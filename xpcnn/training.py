@@ -766,7 +766,9 @@ def _check_data(model, x, y, batch_size, names=("x", "y")):
 
 def _check_validation_data(model, loss_fn, validation_data, x) -> None:
     """Check ``validation_data`` before training changes the model: a pair of arrays on the model's device whose
-    first sample goes through the model (in eval mode, which changes no state) and the loss."""
+    first two samples (one if it holds one) go through the model (in eval mode, which changes no state) and the
+    loss. Two, because a batch norm without running statistics normalises with the batch's own, which one sample
+    per channel does not define."""
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise TypeError(f"validation_data must be a pair (x_val, y_val), got {type(validation_data).__name__}")
     x_val, y_val = validation_data
@@ -780,7 +782,7 @@ def _check_validation_data(model, loss_fn, validation_data, x) -> None:
     was_training = model.training
     model.eval()
     try:
-        first = xp.arange(1, dtype=xp.int64, device=array_api_compat.device(x_val))
+        first = xp.arange(min(2, x_val.shape[0]), dtype=xp.int64, device=array_api_compat.device(x_val))
         out = model.forward(xp.take(x_val, first, axis=0))
         check = isinstance(loss_fn, CrossEntropyLoss)
         probe = loss_fn.unchecked() if check else copy.copy(loss_fn)
