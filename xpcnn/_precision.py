@@ -50,6 +50,12 @@ class LowPrecisionCache:
         return f"LowPrecisionCache({type(self.cache).__name__}, dtype={self.dtype})"
 
 
+def _may_be_low_precision(values) -> bool:
+    """A cheap first look: whether any value has a dtype whose name ends in ``float16`` (float16, bfloat16, in
+    every library's spelling). Most calls have none and skip the namespace lookups of :func:`_floating_arrays`."""
+    return any(str(getattr(v, "dtype", "")).endswith("float16") for v in values)
+
+
 def _floating_arrays(values):
     return [
         v for v in values
@@ -65,7 +71,10 @@ def half_in_float32(forward):
 
     @functools.wraps(forward)
     def wrapper(*args, **kwargs):
-        floating = _floating_arrays([*args, *kwargs.values()])
+        values = [*args, *kwargs.values()]
+        if not _may_be_low_precision(values):
+            return forward(*args, **kwargs)
+        floating = _floating_arrays(values)
         if not floating:
             return forward(*args, **kwargs)
         xp, dtype = array_api_compat.array_namespace(floating[0]), floating[0].dtype
