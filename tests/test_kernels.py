@@ -108,11 +108,7 @@ def test_no_host_sync_in_fits_inner_step():
 
 
 BUDGETS_MISSED = {
-    # op: why, with the accelerator profile's count (benchmarks/README.md, "Kernel budgets")
-    "max_pool2d 3x3/s1 (d)": "85 kernels: the forward walks the kh * kw slices with ~8 kernels each and the backward "
-                             "routes each offset; a gather path (one stacked_windows, one max, one argmax) is proposed",
-    "max_pool2d 3x3/s2 (d)": "118 kernels, as the stride-1 case",
-    "digits training step": "295 kernels: its two 2x2 max pools issue 108 of them (as above), Adam 13 per parameter",
+    # op: why, with the accelerator profile's count (benchmarks/README.md, "Kernel budgets"); none at present
 }
 
 

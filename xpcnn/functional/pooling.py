@@ -42,7 +42,8 @@ from array_api_compat import device as device_of
 
 from .._validation import cache_repr
 from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
-from .._dispatch import known_finite
+from .._device_cache import on_device
+from .._dispatch import known_finite, max_over
 from .._precision import half_in_float32, half_in_float32_backward
 from .._unbatched import accepts_unbatched, accepts_unbatched_backward, check_image_ndim
 from .._validation import (
@@ -65,10 +66,11 @@ from .._windows import (
     samples_per_piece,
     scatter_windows,
     spatial,
+    stacked_windows,
     window_geometry,
     windows,
 )
-from .._tuning import profile_for
+from .._tuning import HOST, profile_for
 from ..config import resolve_workspace_limit
 
 __all__ = [
@@ -177,6 +179,7 @@ def max_pool2d_forward(
     ceil_mode: bool = False,
     data_format: str = "NCHW",
     workspace_limit: int | None = None,
+    _gather: bool | None = None,
 ) -> tuple[Array, MaxPool2dCache]:
     """Max pooling as ``torch.nn.functional.max_pool2d``.
 
@@ -230,6 +233,11 @@ def max_pool2d_forward(
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
     first = _first_winners(xp, geometry, last, device)
     profile = profile_for(x)
+    if profile.gather_max_pool if _gather is None else as_bool(_gather, "_gather"):
+        pieces = [_gathered_maximum(xp, x[part, ...], geometry, first, last)
+                  for part in _pool_pieces(xp, x, geometry, workspace_limit, last, gathered=True)]
+        out, winners = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
+        return out, MaxPool2dCache(winners, None, geometry, x.dtype, workspace_limit, last)
     separable = _separable_is_cheaper(geometry, profile.separable_max_pool_ratio)
     pieces = []
     for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
@@ -250,15 +258,51 @@ def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, ax
     """The ``Winner`` code of each window's first element inside x (NONE where there is none): what a window
     in which nothing beats ``-inf`` chooses, as PyTorch. Over both axes (kernel offsets), or along one (``axes``:
     ``(1,)`` for the column pass of :func:`by_axis`), shaped to broadcast against the output."""
-    steps = [geometry.first_inside_steps(axis) for axis in axes]
-    if axes == (1,):
-        codes = [[Winner.NONE if j is None else Winner.FIRST + j for j in steps[0]]]
-    else:
-        kw = geometry.kernel[1]
-        codes = [[Winner.NONE if i is None or j is None else Winner.FIRST + i * kw + j for j in steps[1]]
-                 for i in steps[0]]
-    codes = xp.asarray(codes, dtype=xp.int16, device=device)
-    return codes[..., None] if channels_last else codes
+    def build():
+        steps = [geometry.first_inside_steps(axis) for axis in axes]
+        if axes == (1,):
+            codes = [[Winner.NONE if j is None else Winner.FIRST + j for j in steps[0]]]
+        else:
+            kw = geometry.kernel[1]
+            codes = [[Winner.NONE if i is None or j is None else Winner.FIRST + i * kw + j for j in steps[1]]
+                     for i in steps[0]]
+        codes = xp.asarray(codes, dtype=xp.int16, device=device)  # host: once per geometry and device
+        return codes[..., None] if channels_last else codes
+
+    return on_device(xp, device, ("max_pool2d first winners", geometry, channels_last, axes), build)
+
+
+def _gathered_maximum(xp, x, geometry: WindowGeometry, first, channels_last: bool):
+    """The windows' maxima and ``Winner`` codes from all windows at once (:attr:`xpcnn._tuning.Profile.gather_max_pool`):
+    ``(N, C, kh * kw, out_h, out_w)`` (NHWC: ``(N, out_h, out_w, kh * kw, C)``) by :func:`stacked_windows`, their
+    ``max``, then one ``argmax`` over a score per window element: ``2 + k`` for a NaN at offset k, 1 where the
+    element equals the maximum, else 0. ``argmax`` returns the first of equal scores, so the window's first maximum
+    wins, or its last NaN (the only score of its value): :func:`_first_maximum`'s rule. Padding (``-inf``) equals
+    the maximum only where the window holds nothing greater; then the first element inside x wins (``first``),
+    and nothing where there is none (NONE)."""
+    device, axis = device_of(x), (-2 if channels_last else -3)
+    columns = stacked_windows(xp, x, geometry, -math.inf, channels_last=channels_last)
+    out = max_over(xp, columns, axis=axis)
+    is_max = xp.astype(columns == xp.expand_dims(out, axis=axis), x.dtype)
+    scores = xp.where(xp.isnan(columns), _offset_table(xp, geometry, channels_last, x.dtype, device, 2), is_max)
+    winners = xp.astype(xp.argmax(scores, axis=axis), xp.int16) + Winner.FIRST
+    if geometry.padded_size != geometry.in_size or geometry.padding != ((0, 0), (0, 0)):
+        winners = xp.maximum(winners, first)  # padding is never chosen: a window of -inf takes its first inside
+        if any(None in geometry.first_inside_steps(axis) for axis in (0, 1)):
+            winners = xp.where(first == Winner.NONE, first, winners)
+    return out, winners
+
+
+def _offset_table(xp, geometry: WindowGeometry, channels_last: bool, dtype, device, start: int):
+    """``start + k`` for every kernel offset k, in ``dtype``, shaped ``(kh * kw, 1, 1)`` (NHWC: ``(kh * kw, 1)``)
+    to broadcast along the offset axis of :func:`stacked_windows`' result; made once per device."""
+    count = len(geometry.offsets())
+
+    def build():
+        table = xp.arange(start, start + count, dtype=dtype, device=device)
+        return xp.reshape(table, (count, 1) if channels_last else (count, 1, 1))
+
+    return on_device(xp, device, ("max_pool2d offsets", count, channels_last, str(dtype), start), build)
 
 
 def _separable_maximum(xp, x_padded, geometry: WindowGeometry, first, device, **scan):
@@ -302,10 +346,12 @@ def _running_maximum(
 
 @accepts_unbatched_backward
 @half_in_float32_backward
-def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
+def max_pool2d_backward(dout: Array, cache: MaxPool2dCache, *, _gather: bool | None = None) -> Array:
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
-    the chosen column, piece by piece so that the intermediate stays in cache).
+    the chosen column, piece by piece so that the intermediate stays in cache; with the device profile's
+    ``gather_max_pool``: one comparison of the winners with every offset's code, then the parts added back per
+    offset, in the order of the other path, so the gradients are the same bits).
 
     Parameters
     ----------
@@ -342,6 +388,9 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     check_cache(cache, MaxPool2dCache, "max_pool2d")
     winners, column_winners, geometry, dtype, limit, last = cache
     xp, device = check_upstream(dout, winners.shape, winners, dtype)
+    if profile_for(dout).gather_max_pool if _gather is None else as_bool(_gather, "_gather"):
+        return concat_pieces(xp, [_gathered_routes(xp, dout[part, ...], winners[part, ...], geometry, last)
+                                  for part in _pool_pieces(xp, dout, geometry, limit, last, gathered=True)])
     lead, trail = _lead_and_trail(winners.shape, last)
     like = dict(dtype=dout.dtype, device=device, trailing_shape=trail)
     if column_winners is None and _tiles_input(geometry):  # disjoint windows: interleave, nothing to add up
@@ -360,6 +409,74 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
         grad = scatter_windows(xp, to_columns, along_rows, piece_lead, **like)
         pieces.append(crop(grad, geometry, channels_last=last))
     return concat_pieces(xp, pieces)
+
+
+def _gathered_routes(xp, dout, winners, geometry: WindowGeometry, channels_last: bool):
+    """:func:`max_pool2d_backward` with every offset at once: ``parts[i, j] = dout`` where the window chose offset
+    ``(i, j)``, else 0 (one comparison of the winners with all codes, one ``where``: a non-finite dout reaches only
+    the chosen element), ``(N, C, kh, kw, out_h, out_w)`` (NHWC: ``(N, out_h, out_w, kh, kw, C)``). The parts are
+    then added back into place:
+
+    * windows that tile x: interleaved by one transpose (no additions);
+    * where the host path takes the separable passes (:func:`_host_adds_by_axis`): along the rows' offsets first,
+      into one row array per column offset, then along the columns (the host's order of additions, so the
+      sums of overlapping windows round alike);
+    * otherwise offset by offset in row-major order (:func:`scatter_windows`, the host's order too).
+    """
+    device = device_of(dout)
+    (kh, kw), (padded_h, _), (out_h, out_w) = geometry.kernel, geometry.padded_size, geometry.out_size
+    n, like = dout.shape[0], dict(dtype=dout.dtype, device=device)
+    codes = _code_table(xp, geometry, channels_last, device)
+    if channels_last:
+        channels = dout.shape[3]
+        window_axes = (n, out_h, out_w, 1, 1, channels)
+    else:
+        channels = dout.shape[1]
+        window_axes = (n, channels, 1, 1, out_h, out_w)
+    parts = xp.where(xp.reshape(winners, window_axes) == codes, xp.reshape(dout, window_axes), 0.0)
+    if channels_last:
+        if _tiles_input(geometry):  # (N, out_h, out_w, kh, kw, C) -> (N, out_h, kh, out_w, kw, C)
+            grad = xp.reshape(xp.permute_dims(parts, (0, 1, 3, 2, 4, 5)), (n, out_h * kh, out_w * kw, channels))
+            return _zero_extended(xp, grad, geometry, device, True)
+        if not _host_adds_by_axis(geometry):
+            return scatter_windows(xp, [parts[:, :, :, i, j, :] for i, j in geometry.offsets()], geometry, (n,),
+                                   trailing_shape=(channels,), **like)
+        along_rows, across_rows = by_axis(geometry)
+        by_row = xp.reshape(parts, (n, out_h, out_w, kh, kw * channels))
+        rows = scatter_windows(xp, [by_row[:, :, :, i, :] for i in range(kh)], across_rows, (n,),
+                               trailing_shape=(kw * channels,), **like)
+        rows = xp.reshape(rows, (n, padded_h, out_w, kw, channels))
+        grad = scatter_windows(xp, [rows[:, :, :, j, :] for j in range(kw)], along_rows, (n,),
+                               trailing_shape=(channels,), **like)
+        return crop(grad, geometry, channels_last=True)
+    if _tiles_input(geometry):  # (N, C, kh, kw, out_h, out_w) -> (N, C, out_h, kh, out_w, kw)
+        grad = xp.reshape(xp.permute_dims(parts, (0, 1, 4, 2, 5, 3)), (n, channels, out_h * kh, out_w * kw))
+        return _zero_extended(xp, grad, geometry, device, False)
+    if not _host_adds_by_axis(geometry):
+        return scatter_windows(xp, [parts[:, :, i, j, ...] for i, j in geometry.offsets()], geometry, (n, channels),
+                               **like)
+    along_rows, across_rows = by_axis(geometry)
+    rows = scatter_windows(xp, [parts[:, :, i, ...] for i in range(kh)], across_rows, (n, channels, kw), **like)
+    grad = scatter_windows(xp, [rows[:, :, j, ...] for j in range(kw)], along_rows, (n, channels), **like)
+    return crop(grad, geometry)
+
+
+def _code_table(xp, geometry: WindowGeometry, channels_last: bool, device):
+    """The ``Winner`` code ``FIRST + i * kw + j`` of every kernel offset, int16, shaped ``(kh, kw, 1, 1)`` (NHWC:
+    ``(kh, kw, 1)``) to broadcast against :func:`_gathered_routes`' parts; made once per device."""
+    kh, kw = geometry.kernel
+
+    def build():
+        codes = xp.arange(Winner.FIRST, Winner.FIRST + kh * kw, dtype=xp.int16, device=device)
+        return xp.reshape(codes, (kh, kw, 1) if channels_last else (kh, kw, 1, 1))
+
+    return on_device(xp, device, ("max_pool2d codes", kh, kw, channels_last), build)
+
+
+def _host_adds_by_axis(geometry: WindowGeometry) -> bool:
+    """Whether the host profile's max pooling takes the separable passes for ``geometry``, and so adds the
+    gradients of overlapping windows along the rows first: the gathered backward pass adds in the same order."""
+    return _separable_is_cheaper(geometry, HOST.separable_max_pool_ratio)
 
 
 def _lead_and_trail(shape, channels_last: bool) -> tuple[tuple, tuple]:
@@ -577,12 +694,15 @@ def _from_tile_parts(xp, parts, geometry: WindowGeometry, device, channels_last:
     return _zero_extended(xp, grad, geometry, device, channels_last)
 
 
-def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool) -> list[slice]:
-    """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays) fit the
-    workspace limit. Small pieces stay in the CPU's caches while the kernel offsets are walked."""
+def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool, *,
+                 gathered: bool = False) -> list[slice]:
+    """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays; ``gathered``:
+    three arrays of all windows, :func:`_gathered_maximum`) fit the workspace limit. Small pieces stay in the
+    CPU's caches while the kernel offsets are walked."""
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     channels = x.shape[3] if channels_last else x.shape[1]
-    per_sample = channels * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
+    temporaries = 3 * len(geometry.offsets()) if gathered else 6
+    per_sample = channels * (padded_h * padded_w + temporaries * out_h * out_w) * xp.finfo(x.dtype).bits // 8
     return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit, x)))
 
 
