@@ -20,6 +20,13 @@ to its first in-bounds element, as PyTorch. The winners are recorded as ``Winner
 gives them with the layout of PyTorch's ``return_indices``: a flat index ``h * W + w`` into each unpadded plane,
 (N, C, out_h, out_w) for NCHW and (N, out_h, out_w, C) for NHWC.
 
+The accelerator profile (:attr:`xpcnn._tuning.Profile.gather_max_pool`; the ops' private ``_gather`` argument
+chooses) gathers all windows at once instead, ``kh * kw`` times the output, and finds the winners by one ``argmax``
+over a score array that encodes the same rule; its backward pass routes with one comparison against every offset and
+adds back in the order of the other path, so values, indices and gradients are the same bits (a fixed number of
+kernels whatever the window, instead of several per window element: benchmarks/README.md). Small per-geometry
+arrays (winner codes, window starts, divisors) are made once per device and kept (:mod:`xpcnn._device_cache`).
+
 Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
 (``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
 ``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted. The separable sums
@@ -144,19 +151,25 @@ class MaxPool2dCache(NamedTuple):
 
 def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
     """An int64 array of per-window values that broadcasts against the output: ``rows`` (one per output row)
-    times ``width`` plus ``cols`` (one per output column); either may be None."""
-    total = 0
-    if rows is not None:
-        total = xp.asarray(rows, dtype=xp.int64, device=device)[:, None] * (width or 1)
-    if cols is not None:
-        total = total + xp.asarray(cols, dtype=xp.int64, device=device)[None, :]
-    return total[..., None] if channels_last else total
+    times ``width`` plus ``cols`` (one per output column); either may be None. Made once per device."""
+    rows, cols = (None if v is None else tuple(v) for v in (rows, cols))
+
+    def build():
+        total = 0
+        if rows is not None:
+            total = xp.asarray(rows, dtype=xp.int64, device=device)[:, None] * (width or 1)  # host: once
+        if cols is not None:
+            total = total + xp.asarray(cols, dtype=xp.int64, device=device)[None, :]  # host: once
+        return total[..., None] if channels_last else total
+
+    return on_device(xp, device, ("pooling per window", rows, cols, channels_last, width), build)
 
 
 class AvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
-    divided by; geometry: the windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape;
-    workspace_limit: the ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
+    divided by (made once per geometry and device, and shared by the calls that use it: read-only); geometry: the
+    windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape; workspace_limit: the
+    ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -273,13 +286,14 @@ def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, ax
 
 
 def _gathered_maximum(xp, x, geometry: WindowGeometry, first, channels_last: bool):
-    """The windows' maxima and ``Winner`` codes from all windows at once (:attr:`xpcnn._tuning.Profile.gather_max_pool`):
-    ``(N, C, kh * kw, out_h, out_w)`` (NHWC: ``(N, out_h, out_w, kh * kw, C)``) by :func:`stacked_windows`, their
-    ``max``, then one ``argmax`` over a score per window element: ``2 + k`` for a NaN at offset k, 1 where the
-    element equals the maximum, else 0. ``argmax`` returns the first of equal scores, so the window's first maximum
-    wins, or its last NaN (the only score of its value): :func:`_first_maximum`'s rule. Padding (``-inf``) equals
-    the maximum only where the window holds nothing greater; then the first element inside x wins (``first``),
-    and nothing where there is none (NONE)."""
+    """The windows' maxima and ``Winner`` codes from all windows at once
+    (:attr:`xpcnn._tuning.Profile.gather_max_pool`): ``(N, C, kh * kw, out_h, out_w)`` (NHWC:
+    ``(N, out_h, out_w, kh * kw, C)``) by :func:`stacked_windows`, their ``max`` (:func:`xpcnn._dispatch.max_over`),
+    then one ``argmax`` over a score per window element: ``2 + k`` for a NaN at offset k, 1 where the element equals
+    the maximum, else 0. ``argmax`` returns the first of equal scores, so the window's first maximum wins, or its last
+    NaN (the only score of its value): :func:`_first_maximum`'s rule. Padding (``-inf``) equals the maximum only
+    where the window holds nothing greater; then the first element inside x wins (``first``), and nothing where
+    there is none (NONE)."""
     device, axis = device_of(x), (-2 if channels_last else -3)
     columns = stacked_windows(xp, x, geometry, -math.inf, channels_last=channels_last)
     out = max_over(xp, columns, axis=axis)
@@ -776,22 +790,28 @@ def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[boo
 
 
 def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device, channels_last=False):
-    """(out_h, out_w) divisors of the window sums ((out_h, out_w, 1) for NHWC), computed per axis as PyTorch."""
-    if divisor_override is not None:
-        divisor = xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+    """(out_h, out_w) divisors of the window sums ((out_h, out_w, 1) for NHWC), computed per axis as PyTorch; made
+    once per device (read-only: calls of the same geometry share it)."""
+
+    def build():
+        if divisor_override is not None:
+            divisor = xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+            return divisor[..., None] if channels_last else divisor
+        counts = []
+        for axis in (0, 1):
+            size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
+            axis_counts = []
+            for start in geometry.window_starts(axis):
+                end = min(start + kernel, size + before)
+                if not count_include_pad:
+                    start, end = max(start, 0), min(end, size)
+                axis_counts.append(end - start)
+            counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))  # host: once per geometry
+        divisor = counts[0][:, None] * counts[1][None, :]
         return divisor[..., None] if channels_last else divisor
-    counts = []
-    for axis in (0, 1):
-        size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
-        axis_counts = []
-        for start in geometry.window_starts(axis):
-            end = min(start + kernel, size + before)
-            if not count_include_pad:
-                start, end = max(start, 0), min(end, size)
-            axis_counts.append(end - start)
-        counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
-    divisor = counts[0][:, None] * counts[1][None, :]
-    return divisor[..., None] if channels_last else divisor
+
+    key = ("avg_pool2d divisor", geometry, count_include_pad, divisor_override, str(dtype), channels_last)
+    return on_device(xp, device, key, build)
 
 
 # -- adaptive pooling -------------------------------------------------------------------------------------------------
@@ -1138,10 +1158,16 @@ def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
 
 
 def _window_sizes(xp, rows, cols, dtype, device, channels_last: bool = False):
-    """(out_h, out_w) ((out_h, out_w, 1) for NHWC): the number of elements of every window, in ``dtype``."""
-    counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device) for m in (rows, cols)]
-    sizes = counts[0][:, None] * counts[1][None, :]
-    return sizes[..., None] if channels_last else sizes
+    """(out_h, out_w) ((out_h, out_w, 1) for NHWC): the number of elements of every window, in ``dtype``; made once
+    per device."""
+
+    def build():
+        counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device)  # host: once per shape
+                  for m in (rows, cols)]
+        sizes = counts[0][:, None] * counts[1][None, :]
+        return sizes[..., None] if channels_last else sizes
+
+    return on_device(xp, device, ("adaptive window sizes", rows, cols, str(dtype), channels_last), build)
 
 
 def _window_sums(xp, x, rows, cols, channels_last: bool = False):
@@ -1178,7 +1204,8 @@ def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False)
             if first is None:
                 chosen = xp.broadcast_to(position, tuple(value.shape))
             else:
-                chosen = xp.maximum(first, position) * xp.astype(first != Winner.NONE, xp.int16)
+                at_least = xp.clip(first, min=position) if isinstance(position, int) else xp.maximum(first, position)
+                chosen = at_least * xp.astype(first != Winner.NONE, xp.int16)
             continue
         take = value > best if nan_free else (value > best) | xp.isnan(value)
         best = xp.maximum(best, value)
