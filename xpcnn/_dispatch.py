@@ -41,7 +41,7 @@ def multiply_by_mask(xp, array, mask):
     return array * xp.astype(mask, array.dtype)
 
 
-def max_over(xp, x, *, axis: int):
+def max_over(xp, x, *, axis: int | None):
     """``xp.max(x, axis=axis)`` with NaN propagating on every backend, as the standard asks: XLA's CPU reductions
     may drop a NaN (openxla/xla#21461; seen with JAX 0.10 on some shapes), so on JAX a reduction over values that
     hold a NaN is set to NaN afterwards (two more operations there, none elsewhere)."""
