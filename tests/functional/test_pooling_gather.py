@@ -30,6 +30,7 @@ CONFIGS = [
     # windows lying entirely in the padding (dilation): their gradient goes nowhere
     dict(x_shape=(2, 2, 1, 5), kernel_size=(2, 1), padding=(1, 0), dilation=(2, 1)),
     dict(x_shape=(1, 3, 7, 6), kernel_size=3, stride=1, padding=1, ceil_mode=True),
+    dict(x_shape=(0, 2, 6, 6), kernel_size=3, stride=2, padding=1),  # an empty batch
     *pool_configs(16, seed=31),
 ]
 KINDS = ["normal", "ties", "nan", "-inf"]
