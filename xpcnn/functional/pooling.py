@@ -295,6 +295,10 @@ def _gathered_maximum(xp, x, geometry: WindowGeometry, first, channels_last: boo
     where the window holds nothing greater; then the first element inside x wins (``first``), and nothing where
     there is none (NONE)."""
     device, axis = device_of(x), (-2 if channels_last else -3)
+    if math.prod(x.shape) == 0:  # nothing to reduce (and Dask's reductions mis-shape an empty batch)
+        lead, trail = _lead_and_trail(tuple(x.shape), channels_last)
+        shape = (*lead, *geometry.out_size, *trail)
+        return xp.zeros(shape, dtype=x.dtype, device=device), xp.zeros(shape, dtype=xp.int16, device=device)
     columns = stacked_windows(xp, x, geometry, -math.inf, channels_last=channels_last)
     out = max_over(xp, columns, axis=axis)
     is_max = xp.astype(columns == xp.expand_dims(out, axis=axis), x.dtype)
