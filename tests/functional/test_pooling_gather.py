@@ -1,5 +1,5 @@
-"""Max pooling's gather path (the accelerator profile's ``gather_max_pool``) against the host path, chosen
-explicitly with the ops' private ``_gather`` argument: the same values, winners, indices and gradients, bit for bit,
+"""Max pooling's and adaptive max pooling's gather paths (the accelerator profile's ``gather_max_pool``) against
+the host paths, chosen explicitly with the ops' private ``_gather`` argument: the same values, winners, indices and gradients, bit for bit,
 on every backend and in both layouts, for ties, NaN, -inf, padding, dilation (windows entirely in the padding too)
 and ceil_mode. The comparison with PyTorch is tests/functional/test_pooling.py's (the host path), so these
 equalities carry it over."""
@@ -111,6 +111,40 @@ def test_gather_pieces_follow_the_workspace_limit():
     out_pieces, cache_pieces = max_pool2d_forward(x, 3, stride=2, padding=1, _gather=True, workspace_limit=1)
     np.testing.assert_array_equal(out_pieces, out)
     np.testing.assert_array_equal(max_pool2d_backward(np.ones_like(out), cache_pieces, _gather=True), dx)
+
+
+ADAPTIVE_CONFIGS = [  # overlapping windows of two sizes, an output larger than x, None (keep), an empty output
+    dict(x_shape=(2, 3, 7, 6), output_size=(4, 5)),
+    dict(x_shape=(2, 2, 5, 9), output_size=(7, 2)),
+    dict(x_shape=(1, 3, 4, 6), output_size=(None, 4)),
+    dict(x_shape=(2, 2, 3, 3), output_size=(0, 2)),
+    dict(x_shape=(2, 3, 8, 6), output_size=(4, 3)),  # tiles: max_pool2d's
+    dict(x_shape=(1, 2, 11, 13), output_size=(3, 5)),
+]
+
+
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("config", ADAPTIVE_CONFIGS, ids=config_id)
+def test_adaptive_gather_path_equals_the_host_path_bit_for_bit(xp, config, kind, data_format):
+    rng = np.random.default_rng(5)
+    x = max_pool_input(kind, config["x_shape"], rng)
+    if data_format == "NHWC":
+        x = np.ascontiguousarray(x.transpose(TO_NHWC))
+    dtype = xp.float_dtypes()[-1][0]
+    results, dout = [], None
+    for gather in (False, True):
+        out, cache = adaptive_max_pool2d_forward(xp.asarray(x, dtype), config["output_size"],
+                                                 data_format=data_format, _gather=gather)
+        if dout is None:
+            dout = rng.standard_normal(tuple(xp.to_numpy(out).shape))
+            dout.reshape(-1)[:: 5] = np.inf
+        dx = adaptive_max_pool2d_backward(xp.asarray(dout, dtype), cache, _gather=gather)
+        xp.assert_on_backend(dx, dtype)
+        results.append([xp.to_numpy(a) for a in (out, cache.indices, dx)])
+    for name, a, b in zip(("out", "indices", "dx"), *results):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
 
 
 def test_adaptive_max_pool_tiles_take_the_gather_path_on_the_accelerator():

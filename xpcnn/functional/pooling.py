@@ -48,7 +48,7 @@ from typing import Any, Final, NamedTuple
 from array_api_compat import device as device_of
 
 from .._validation import cache_repr
-from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
+from .._axis_maps import adaptive_windows, combined, gathered, per_tap, tap_axis, taps
 from .._device_cache import on_device
 from .._dispatch import known_finite, max_over
 from .._precision import half_in_float32, half_in_float32_backward
@@ -993,7 +993,8 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
 @accepts_unbatched
 @half_in_float32
 def adaptive_max_pool2d_forward(
-    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW"
+    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW",
+    _gather: bool | None = None,
 ) -> tuple[Array, AdaptiveMaxPool2dCache]:
     """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
     :func:`adaptive_avg_pool2d_forward`), with max_pool2d's rules: the gradient goes to the first maximum of each
@@ -1003,7 +1004,10 @@ def adaptive_max_pool2d_forward(
 
     Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``). Other windows are
     gathered along the rows (one ``take``; a running maximum over the taps gives each row's window maximum and its
-    first-maximum column), then across them, as max_pool2d's separable passes.
+    first-maximum column), then across them, as max_pool2d's separable passes. With the device profile's
+    ``gather_max_pool`` each pass instead takes one ``max`` over all taps and finds the chosen positions by one more
+    over a score array (:func:`_chosen_at_once`), and the backward pass compares with all taps at once: the same
+    bits, in a fixed number of kernels.
 
     Parameters
     ----------
@@ -1043,8 +1047,9 @@ def adaptive_max_pool2d_forward(
     out_size = _adaptive_output_size(output_size, in_size)
     height_axis, width_axis = _axes(last)
     kernel = _tiling_kernel(in_size, out_size)
+    at_once = profile_for(x).gather_max_pool if _gather is None else as_bool(_gather, "_gather")
     if kernel is not None:
-        out, pooled = max_pool2d_forward(x, kernel, data_format=data_format)
+        out, pooled = max_pool2d_forward(x, kernel, data_format=data_format, _gather=at_once)
         return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype, last)
     rows, cols = (adaptive_windows(size, out) for size, out in zip(in_size, out_size))
     if 0 in out_size:
@@ -1056,20 +1061,28 @@ def adaptive_max_pool2d_forward(
     # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
     # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
     column_positions = per_tap(xp, cols.flat_index, cols, width_axis, dtype=index, device=device)
-    row_maxima, chosen_columns = _first_maximum(
-        xp, taps(gathered(xp, x, cols, width_axis), width_axis), [column_positions[k, ...] for k in range(cols.width)]
-    )
+    if at_once:
+        row_maxima, chosen_columns = _chosen_at_once(
+            xp, gathered(xp, x, cols, width_axis), column_positions, in_size[1], width_axis)
+    else:
+        row_maxima, chosen_columns = _first_maximum(xp, taps(gathered(xp, x, cols, width_axis), width_axis),
+                                                    [column_positions[k, ...] for k in range(cols.width)])
     # Across the rows, each tap's candidate is the flat position of its row's maximum: row * W + column.
     row_positions = per_tap(xp, rows.flat_index, rows, height_axis, dtype=xp.int64, device=device) * in_size[1]
-    column_taps = taps(gathered(xp, chosen_columns, rows, height_axis), height_axis)
-    candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
-    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, height_axis), height_axis), candidates)
+    row_taps = gathered(xp, row_maxima, rows, height_axis)
+    if at_once:
+        candidates = row_positions + xp.astype(gathered(xp, chosen_columns, rows, height_axis), xp.int64)
+        out, flat = _chosen_at_once(xp, row_taps, candidates, in_size[0] * in_size[1], height_axis)
+    else:
+        column_taps = taps(gathered(xp, chosen_columns, rows, height_axis), height_axis)
+        candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
+        out, flat = _first_maximum(xp, taps(row_taps, height_axis), candidates)
     return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype, last)
 
 
 @accepts_unbatched_backward
 @half_in_float32_backward
-def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> Array:
+def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache, *, _gather: bool | None = None) -> Array:
     """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
     element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
     column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
@@ -1111,14 +1124,15 @@ def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> 
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
     flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache
     if pooled is not None:
-        return max_pool2d_backward(dout, pooled)
+        return max_pool2d_backward(dout, pooled, _gather=_gather)
     xp, device = check_upstream(dout, flat.shape, flat, dtype)
     if chosen_columns is None:  # an empty output
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    at_once = profile_for(dout).gather_max_pool if _gather is None else as_bool(_gather, "_gather")
     height_axis, width_axis = _axes(last)
     width = x_shape[2] if last else x_shape[3]
-    to_rows = _routed_back(xp, dout, flat // width, rows, height_axis)
-    return _routed_back(xp, to_rows, chosen_columns, cols, width_axis)
+    to_rows = _routed_back(xp, dout, flat // width, rows, height_axis, at_once=at_once)
+    return _routed_back(xp, to_rows, chosen_columns, cols, width_axis, at_once=at_once)
 
 
 def _batch_and_channels(shape, channels_last: bool) -> tuple[int, int]:
@@ -1218,15 +1232,26 @@ def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False)
     return best, xp.asarray(chosen, copy=True) if steps == 1 else chosen
 
 
-def _routed_back(xp, grad, chosen, axis_map, axis: int):
+def _routed_back(xp, grad, chosen, axis_map, axis: int, *, at_once: bool = False):
     """Adjoint of taking the chosen tap along ``axis`` (-1 or -2): position ``r`` receives the gradient of every
     output that chose it. ``grad``, ``chosen`` (the chosen positions): (..., out_size, ...) along ``axis``.
 
     Tap ``k`` of every output gets ``grad`` where the output chose that tap, 0 elsewhere (a product with the 0/1
     mask where grad is known to be finite, else a ``where``: ``inf * 0`` would be NaN); the taps are then added back
-    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`)."""
+    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`). ``at_once``: every tap by one
+    comparison and one ``where``, laid out tap-major as the taps one by one are."""
     device, fast = device_of(grad), known_finite(xp, grad)
     positions = per_tap(xp, axis_map.tap_positions, axis_map, axis, dtype=chosen.dtype, device=device)
+    if at_once:
+        tap = tap_axis(axis)
+        mask = xp.expand_dims(chosen, axis=tap) == positions  # (..., width, out_size, ...)
+        parts = xp.where(mask, xp.expand_dims(grad, axis=tap), 0.0)
+        shape, t = list(parts.shape), parts.ndim + tap
+        shape[t:t + 2] = [shape[t] * shape[t + 1]]
+        zero_shape = list(grad.shape)
+        zero_shape[axis] = 1
+        parts = [xp.reshape(parts, tuple(shape)), xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device)]
+        return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
     parts = []
     for k in range(axis_map.width):
         mask = chosen == positions[k, ...]
@@ -1235,6 +1260,23 @@ def _routed_back(xp, grad, chosen, axis_map, axis: int):
     zero_shape[axis] = 1
     parts.append(xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device))
     return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
+
+
+def _chosen_at_once(xp, gathered_taps, positions, bound: int, axis: int):
+    """:func:`_first_maximum` over all taps of :func:`xpcnn._axis_maps.gathered`'s result at once: the maximum
+    (one ``max`` over the tap axis) and the position it came from. ``positions`` (below ``bound``, never decreasing
+    from one tap to the next, equal for a repeated last tap) broadcasts against the taps. Each tap scores
+    ``2 * bound + position`` where it is NaN, ``bound - position`` where it equals the maximum, 0 elsewhere: the
+    largest score is the last NaN or else the first maximum, as :func:`_first_maximum` chooses (a repeated tap has
+    its original's position). The positions come back in ``positions``' dtype."""
+    tap = tap_axis(axis)
+    best = max_over(xp, gathered_taps, axis=tap)
+    wide = xp.astype(positions, xp.int64, copy=False)
+    scores = xp.where(xp.isnan(gathered_taps), wide + 2 * bound,
+                      xp.where(gathered_taps == xp.expand_dims(best, axis=tap), bound - wide, 0))
+    score = xp.max(scores, axis=tap)  # integers: no NaN to drop
+    chosen = xp.where(score > bound, score - 2 * bound, bound - score)
+    return best, xp.astype(chosen, positions.dtype)
 
 
 def _position_dtype(xp, size: int):
