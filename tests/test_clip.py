@@ -109,3 +109,14 @@ def test_bad_arguments(call, error, word):
     p.grad = np.ones(2)
     with pytest.raises(error, match=word):
         call([p])
+
+
+def test_inf_norm_of_a_nan_gradient_is_nan(xp):
+    """A NaN anywhere makes the inf-norm NaN, as PyTorch's, also where the backend's max reduction drops it (XLA on
+    the CPU: JAX 0.10 on 4097 elements)."""
+    dtype = xp.float_dtypes()[0][0]
+    p = Parameter(xp.asarray(np.zeros(4097), dtype))
+    grad = np.zeros(4097)
+    grad[2048] = np.nan
+    p.grad = xp.asarray(grad, dtype)
+    assert np.isnan(xp.to_numpy(optim.clip_grad_norm_([p], 1.0, norm_type=float("inf"))))

@@ -29,3 +29,16 @@ def test_multiply_by_mask_on_every_backend(xp):
         got = multiply_by_mask(xp.namespace, a, mask)
         xp.assert_on_backend(got, getattr(xp.namespace, np.dtype(np_dtype).name))
         np.testing.assert_array_equal(xp.to_numpy(got), np.array([1.5, 0.0, 3.0, 0.0], dtype=np_dtype))
+
+
+def test_max_over_propagates_nan_on_every_backend(xp):
+    """The shape on which XLA's CPU reduction dropped the NaN (JAX 0.10), and a plain one."""
+    from xpcnn._dispatch import max_over
+
+    for shape, axis in (((10, 9, 64), 1), ((9, 2), 0)):
+        a = np.zeros(shape, dtype=np.float32)
+        a.reshape(-1)[5] = np.nan
+        a.reshape(-1)[-1] = -np.inf
+        got = max_over(xp.namespace, xp.asarray(a), axis=axis)
+        xp.assert_on_backend(got, xp.namespace.float32)
+        np.testing.assert_array_equal(xp.to_numpy(got), a.max(axis=axis))

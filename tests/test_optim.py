@@ -26,14 +26,15 @@ CASES = [
 
 
 @pytest.mark.torch_reference
-@pytest.mark.parametrize("name, kwargs", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("name, kwargs", CASES + [(name, dict(kwargs, _multi_tensor=True)) for name, kwargs in CASES
+                                                  if name != "SGD"], ids=lambda v: str(v))
 def test_trajectory_matches_torch(xp, torch, name, kwargs):
     dtype, np_dtype = xp.float_dtypes()[-1]
     rng = np.random.default_rng(0)
     starts = [rng.standard_normal((3, 4)), rng.standard_normal(5)]
     grads = [[rng.standard_normal(s.shape) for s in starts] for _ in range(6)]
     ref_params = [torch.tensor(s, requires_grad=True) for s in starts]
-    ref = getattr(torch.optim, name)(ref_params, **kwargs)
+    ref = getattr(torch.optim, name)(ref_params, **{k: v for k, v in kwargs.items() if k != "_multi_tensor"})
     params = [Parameter(xp.asarray(s, dtype)) for s in starts]
     opt = getattr(optim, name)(params, **kwargs)
     for step, step_grads in enumerate(grads):
@@ -153,3 +154,70 @@ def test_load_state_dict_refuses_a_mismatch(mutate, error, word):
     mutate(state)
     with pytest.raises(error, match=word):
         optim.SGD([Parameter(np.zeros((2, 2))), Parameter(np.zeros(2))], lr=0.1).load_state_dict(state)
+
+
+MULTI_TENSOR_CASES = [
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.02, weight_decay=0.3, maximize=True)),
+    ("AdamW", dict(lr=0.02, weight_decay=0.3, amsgrad=True)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", MULTI_TENSOR_CASES, ids=lambda v: str(v))
+def test_multi_tensor_step_is_bitwise_the_per_parameter_step(xp, name, kwargs):
+    """The accelerator profile's multi-tensor step (the parameters updated as one flat array) gives every
+    parameter and every state array the per-parameter step's bits, on every backend, through a parameter without
+    a gradient (its step count falls behind: two groups), a state dict saved and loaded halfway and a parameter
+    set anew; the caller's arrays are never written."""
+    dtype = xp.float_dtypes()[-1][0]
+    rng = np.random.default_rng(0)
+    starts = [rng.standard_normal((3, 4)), rng.standard_normal(5), rng.standard_normal((2, 1, 3))]
+    grads = [[rng.standard_normal(s.shape) for s in starts] for _ in range(7)]
+    results = []
+    for multi_tensor in (False, True):
+        given = [xp.asarray(s, dtype) for s in starts]
+        params = [Parameter(a) for a in given]
+        opt = getattr(optim, name)(params, **kwargs, _multi_tensor=multi_tensor)
+        trajectory = []
+        for step, step_grads in enumerate(grads):
+            for p, g in zip(params, step_grads):
+                p.grad = None if step == 2 and p is params[1] else xp.asarray(g, dtype)
+            if step == 4:
+                opt.load_state_dict(opt.state_dict())
+            if step == 5:
+                params[2].data = xp.asarray(xp.to_numpy(params[2].data), dtype)
+            opt.step()
+            trajectory.append([xp.to_numpy(p.data) for p in params])
+        for a, s in zip(given, starts):
+            np.testing.assert_array_equal(xp.to_numpy(a), np.asarray(xp.to_numpy(xp.asarray(s, dtype))))
+        state = [{k: v if isinstance(v, int) else xp.to_numpy(v) for k, v in s.items()} for s in opt.state]
+        results.append((trajectory, state))
+    (trajectory, state), (trajectory_mt, state_mt) = results
+    for step, step_mt in zip(trajectory, trajectory_mt):
+        for a, b in zip(step, step_mt):
+            np.testing.assert_array_equal(a, b)
+    assert [s["step"] for s in state] == [s["step"] for s in state_mt] == [7, 6, 7]
+    for s, s_mt in zip(state, state_mt):
+        for key, value in s.items():
+            np.testing.assert_array_equal(s_mt[key], value)
+
+
+def test_multi_tensor_step_follows_the_profile():
+    from xpcnn import _tuning, config
+
+    assert _tuning.ACCELERATOR.multi_tensor_optimizer and not _tuning.HOST.multi_tensor_optimizer
+    params = [Parameter(np.zeros((2, 3))), Parameter(np.zeros(4))]
+    opt = optim.Adam(params, lr=0.1)
+    for p in params:
+        p.grad = np.ones(p.data.shape)
+    with config.device_profile("accelerator"):
+        opt.step()
+    assert len(opt._joined) == 1  # one flat update for both
+    opt.step()
+    assert not opt._joined
+
+
+def test_bad_multi_tensor_argument():
+    with pytest.raises(TypeError, match="_multi_tensor"):
+        optim.Adam([Parameter(np.zeros(2))], _multi_tensor=1)

@@ -36,6 +36,9 @@ from dataclasses import dataclass
 
 from array_api_compat import device as device_of
 
+from ._device_cache import on_device
+from ._dispatch import take_nonnegative
+
 FEW_TAPS = 4
 """Up to this many taps are added one by one; more by one ``sum`` over the tap axis (NumPy's reductions over a short
 axis pay per element; a GPU pays per call)."""
@@ -149,8 +152,10 @@ def gathered(xp, x, axis_map: AxisMap, axis: int):
     position)."""
     lead, trail = tuple(x.shape[:axis]), tuple(x.shape[axis:][1:])
     shape = (*lead, axis_map.width, axis_map.out_size, *trail)
-    index = xp.asarray(axis_map.flat_index, dtype=xp.int64, device=device_of(x))
-    return xp.reshape(xp.take(x, index, axis=axis), shape)
+    device = device_of(x)
+    index = on_device(xp, device, ("axis map index", axis_map.flat_index),
+                      lambda: xp.asarray(axis_map.flat_index, dtype=xp.int64, device=device))  # host: once a map
+    return xp.reshape(take_nonnegative(xp, x, index, axis=axis), shape)
 
 
 def tap_axis(axis: int) -> int:
@@ -166,9 +171,11 @@ def taps(gathered_taps, axis: int) -> list:
 
 def per_tap(xp, values, axis_map: AxisMap, axis: int, *, dtype, device):
     """A tap-major table of ``width * out_size`` values as a ``(width, out_size)`` (``axis=-1``) or
-    ``(width, out_size, 1)`` (``axis=-2``) array: its ``[k, ...]`` broadcasts against tap ``k``."""
+    ``(width, out_size, 1)`` (``axis=-2``) array: its ``[k, ...]`` broadcasts against tap ``k``. Made once per
+    device (:func:`xpcnn._device_cache.on_device`): read-only."""
     shape = (axis_map.width, axis_map.out_size, *(1,) * (-axis - 1))
-    return xp.reshape(xp.asarray(values, dtype=dtype, device=device), shape)
+    return on_device(xp, device, ("axis map per tap", shape, str(dtype), tuple(values)),
+                     lambda: xp.reshape(xp.asarray(values, dtype=dtype, device=device), shape))  # host: once a map
 
 
 def combined(xp, x, axis_map: AxisMap, axis: int):

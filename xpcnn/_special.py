@@ -53,7 +53,7 @@ def erf(xp, x):
     Keeps x's dtype and device; ``erf(+-0) = +-0``, ``erf(+-inf) = +-1``, ``erf(NaN) = NaN``.
     """
     p, g = (_P64, _G64) if xp.finfo(x.dtype).bits >= 64 else (_P32, _G32)
-    a = xp.minimum(xp.abs(x), ERF_CLAMP)  # NaN stays NaN
+    a = xp.clip(xp.abs(x), max=ERF_CLAMP)  # NaN stays NaN (clip: no device scalar made of the bound)
     a2 = a * a
     series = a + a * _horner(p, a2)
     q = 1.0 / (a + _SHIFT)

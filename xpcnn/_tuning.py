@@ -63,6 +63,18 @@ class Profile:
     before its comparisons: on NumPy a strided operand costs every one of them (the copy pays at stride 2, not at
     stride 1; benchmarks/README.md). An accelerator reads strided slices at little cost; a copy is one more
     kernel."""
+    gather_max_pool: bool = False
+    """Max pooling gathers every window at once (one ``take``, or one stack of the ``kh * kw`` slices), takes their
+    ``max`` and finds each window's winner by one ``argmax`` over a score array (the first maximum, or the last
+    NaN); its backward pass compares the winners with all ``kh * kw`` codes at once, then adds the parts back per
+    offset. A fixed number of kernels instead of several per window element, for a ``kh * kw`` times larger
+    temporary (the batch is cut into pieces of ``workspace_limit``). Off: the running maximum over the slices (or
+    the separable passes), which keeps the temporaries output-sized and the CPU's caches warm."""
+    multi_tensor_optimizer: bool = False
+    """Adam and AdamW update the parameters of one library, device, dtype and step count together, as one flat
+    array (their gradients joined by one ``concat``; the parameters and moments kept joined between steps): ~14
+    kernels per step for all of them instead of 13 for each. The same bits either way (the update is
+    elementwise). Off: one parameter at a time, no joined copies."""
     winograd_min_channels: int = 16
     """3 x 3, stride-1, dilation-1 convolutions take Winograd's F(m x m, 3 x 3) (:mod:`xpcnn._winograd`) for the
     forward pass, dx and dweight only with at least this many channels per group on both sides (input and output):
@@ -93,6 +105,8 @@ HOST = Profile(
     per_sample_weight_gradient_ratio=1.0,
     separable_max_pool_ratio=1.0,
     copy_strided_windows=True,
+    gather_max_pool=False,
+    multi_tensor_optimizer=False,
     winograd_min_channels=16,
     winograd_min_output=4,
     winograd_f4_max_channels=256,
@@ -109,6 +123,8 @@ ACCELERATOR = Profile(
     per_sample_weight_gradient_ratio=float("inf"),  # one product with the batch folded in: one kernel
     separable_max_pool_ratio=1.5,  # fewer slices, fewer launches: 3x3 at stride 2 too (6 slices, not 9)
     copy_strided_windows=False,  # a strided read costs little; a copy is one more kernel per slice
+    gather_max_pool=True,  # one gather, one max, one argmax: the budget of tests/test_kernels.py
+    multi_tensor_optimizer=True,  # Adam's 13 kernels once for all parameters, not once each
     # Not measured on a GPU yet: the host's rule, with the whole batch in one piece (some ten kernels a piece).
     winograd_min_channels=16,
     winograd_min_output=4,

@@ -280,7 +280,7 @@ def leaky_relu_forward(x: Array, negative_slope: float = 0.01) -> tuple[Array, L
         out = xp.maximum(x, x * negative_slope)
     else:  # slope * x of x <= 0 only: no overflow in the unused branch (and -inf * 0 is NaN, as PyTorch's)
         negative = _infinities_to_nan(xp, x, negative_only=True) if negative_slope == 0 else x
-        out = xp.where(x > 0, x, xp.minimum(negative, 0.0) * negative_slope)
+        out = xp.where(x > 0, x, xp.clip(negative, max=0.0) * negative_slope)
     return out, LeakyReluCache(x, negative_slope)
 
 
@@ -637,7 +637,7 @@ def gelu_backward(dout: Array, cache: GeluCache) -> Array:
     if approximate == "none":
         x = _infinities_to_nan(xp, x)  # inf * phi(inf) = inf * 0
         cdf = 0.5 * (1.0 + erf(xp, x * SQRT1_2))
-        size = xp.minimum(xp.abs(x), DENSITY_UNDERFLOW)
+        size = xp.clip(xp.abs(x), max=DENSITY_UNDERFLOW)
         pdf = INV_SQRT_2PI * xp.exp(size * size * -0.5)
         return dout * (cdf + x * pdf)
     # Every term is computed from x clamped where tanh(inner) is +-1 and the second term is 0; PyTorch's
@@ -764,7 +764,7 @@ def elu_forward(x: Array, alpha: float = 1.0) -> tuple[Array, EluCache]:
     """
     xp, _ = _floating_input(x)
     alpha = as_float(alpha, "alpha", finite=False)
-    negative = xp.expm1(xp.minimum(x, 0.0)) * alpha  # exp of x <= 0 only: no overflow in the unused branch
+    negative = xp.expm1(xp.clip(x, max=0.0)) * alpha  # exp of x <= 0 only: no overflow in the unused branch
     return xp.where(x <= 0, negative, x), EluCache(x, alpha)
 
 
@@ -803,7 +803,7 @@ def elu_backward(dout: Array, cache: EluCache) -> Array:
     """
     xp = _upstream(dout, cache, EluCache, "elu")
     x, alpha = cache
-    return xp.where(x <= 0, dout * alpha * xp.exp(xp.minimum(x, 0.0)), dout)
+    return xp.where(x <= 0, dout * alpha * xp.exp(xp.clip(x, max=0.0)), dout)
 
 
 # -- shared pieces --------------------------------------------------------------------------------------------------
@@ -858,7 +858,7 @@ def _square(xp, x):
     """``x * x``, inf where it overflows (as PyTorch's), without NumPy's overflow warning; NaN stays NaN."""
     limit = _square_overflow(xp, x.dtype)
     size = xp.abs(x)
-    bounded = xp.minimum(size, limit * (1.0 - xp.finfo(x.dtype).eps / 2))  # the largest float below the limit
+    bounded = xp.clip(size, max=limit * (1.0 - xp.finfo(x.dtype).eps / 2))  # the largest float below the limit
     return xp.where(size >= limit, math.inf, bounded * bounded)
 
 

@@ -20,6 +20,13 @@ to its first in-bounds element, as PyTorch. The winners are recorded as ``Winner
 gives them with the layout of PyTorch's ``return_indices``: a flat index ``h * W + w`` into each unpadded plane,
 (N, C, out_h, out_w) for NCHW and (N, out_h, out_w, C) for NHWC.
 
+The accelerator profile (:attr:`xpcnn._tuning.Profile.gather_max_pool`; the ops' private ``_gather`` argument
+chooses) gathers all windows at once instead, ``kh * kw`` times the output, and finds the winners by one ``argmax``
+over a score array that encodes the same rule; its backward pass routes with one comparison against every offset and
+adds back in the order of the other path, so values, indices and gradients are the same bits (a fixed number of
+kernels whatever the window, instead of several per window element: benchmarks/README.md). Small per-geometry
+arrays (winner codes, window starts, divisors) are made once per device and kept (:mod:`xpcnn._device_cache`).
+
 Average pooling pads with zeros. Its divisor is the window size clipped to the padded input
 (``count_include_pad=True``), or the number of real input elements in the window (``count_include_pad=False``), or
 ``divisor_override``; with ``ceil_mode`` the overhang past the padded input is never counted. The separable sums
@@ -41,8 +48,9 @@ from typing import Any, Final, NamedTuple
 from array_api_compat import device as device_of
 
 from .._validation import cache_repr
-from .._axis_maps import adaptive_windows, combined, gathered, per_tap, taps
-from .._dispatch import known_finite
+from .._axis_maps import adaptive_windows, combined, gathered, per_tap, tap_axis, taps
+from .._device_cache import on_device
+from .._dispatch import known_finite, max_over
 from .._precision import half_in_float32, half_in_float32_backward
 from .._unbatched import accepts_unbatched, accepts_unbatched_backward, check_image_ndim
 from .._validation import (
@@ -65,10 +73,11 @@ from .._windows import (
     samples_per_piece,
     scatter_windows,
     spatial,
+    stacked_windows,
     window_geometry,
     windows,
 )
-from .._tuning import profile_for
+from .._tuning import HOST, profile_for
 from ..config import resolve_workspace_limit
 
 __all__ = [
@@ -142,19 +151,25 @@ class MaxPool2dCache(NamedTuple):
 
 def _per_window(xp, rows, cols, channels_last: bool, device, *, width=None):
     """An int64 array of per-window values that broadcasts against the output: ``rows`` (one per output row)
-    times ``width`` plus ``cols`` (one per output column); either may be None."""
-    total = 0
-    if rows is not None:
-        total = xp.asarray(rows, dtype=xp.int64, device=device)[:, None] * (width or 1)
-    if cols is not None:
-        total = total + xp.asarray(cols, dtype=xp.int64, device=device)[None, :]
-    return total[..., None] if channels_last else total
+    times ``width`` plus ``cols`` (one per output column); either may be None. Made once per device."""
+    rows, cols = (None if v is None else tuple(v) for v in (rows, cols))
+
+    def build():
+        total = 0
+        if rows is not None:
+            total = xp.asarray(rows, dtype=xp.int64, device=device)[:, None] * (width or 1)  # host: once
+        if cols is not None:
+            total = total + xp.asarray(cols, dtype=xp.int64, device=device)[None, :]  # host: once
+        return total[..., None] if channels_last else total
+
+    return on_device(xp, device, ("pooling per window", rows, cols, channels_last, width), build)
 
 
 class AvgPool2dCache(NamedTuple):
     """divisor: (out_h, out_w) array in x's dtype ((out_h, out_w, 1) for NHWC), the count each window's sum was
-    divided by; geometry: the windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape;
-    workspace_limit: the ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
+    divided by (made once per geometry and device, and shared by the calls that use it: read-only); geometry: the
+    windows' :class:`~xpcnn._windows.WindowGeometry`; x_shape: x's (4-D) shape; workspace_limit: the
+    ``workspace_limit=`` given (None: the default); channels_last: whether x was NHWC."""
 
     __repr__ = cache_repr
 
@@ -177,6 +192,7 @@ def max_pool2d_forward(
     ceil_mode: bool = False,
     data_format: str = "NCHW",
     workspace_limit: int | None = None,
+    _gather: bool | None = None,
 ) -> tuple[Array, MaxPool2dCache]:
     """Max pooling as ``torch.nn.functional.max_pool2d``.
 
@@ -230,6 +246,11 @@ def max_pool2d_forward(
     geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, last)
     first = _first_winners(xp, geometry, last, device)
     profile = profile_for(x)
+    if profile.gather_max_pool if _gather is None else as_bool(_gather, "_gather"):
+        pieces = [_gathered_maximum(xp, x[part, ...], geometry, first, last)
+                  for part in _pool_pieces(xp, x, geometry, workspace_limit, last, gathered=True)]
+        out, winners = (concat_pieces(xp, list(arrays)) for arrays in zip(*pieces))
+        return out, MaxPool2dCache(winners, None, geometry, x.dtype, workspace_limit, last)
     separable = _separable_is_cheaper(geometry, profile.separable_max_pool_ratio)
     pieces = []
     for part in _pool_pieces(xp, x, geometry, workspace_limit, last):
@@ -250,15 +271,56 @@ def _first_winners(xp, geometry: WindowGeometry, channels_last: bool, device, ax
     """The ``Winner`` code of each window's first element inside x (NONE where there is none): what a window
     in which nothing beats ``-inf`` chooses, as PyTorch. Over both axes (kernel offsets), or along one (``axes``:
     ``(1,)`` for the column pass of :func:`by_axis`), shaped to broadcast against the output."""
-    steps = [geometry.first_inside_steps(axis) for axis in axes]
-    if axes == (1,):
-        codes = [[Winner.NONE if j is None else Winner.FIRST + j for j in steps[0]]]
-    else:
-        kw = geometry.kernel[1]
-        codes = [[Winner.NONE if i is None or j is None else Winner.FIRST + i * kw + j for j in steps[1]]
-                 for i in steps[0]]
-    codes = xp.asarray(codes, dtype=xp.int16, device=device)
-    return codes[..., None] if channels_last else codes
+    def build():
+        steps = [geometry.first_inside_steps(axis) for axis in axes]
+        if axes == (1,):
+            codes = [[Winner.NONE if j is None else Winner.FIRST + j for j in steps[0]]]
+        else:
+            kw = geometry.kernel[1]
+            codes = [[Winner.NONE if i is None or j is None else Winner.FIRST + i * kw + j for j in steps[1]]
+                     for i in steps[0]]
+        codes = xp.asarray(codes, dtype=xp.int16, device=device)  # host: once per geometry and device
+        return codes[..., None] if channels_last else codes
+
+    return on_device(xp, device, ("max_pool2d first winners", geometry, channels_last, axes), build)
+
+
+def _gathered_maximum(xp, x, geometry: WindowGeometry, first, channels_last: bool):
+    """The windows' maxima and ``Winner`` codes from all windows at once
+    (:attr:`xpcnn._tuning.Profile.gather_max_pool`): ``(N, C, kh * kw, out_h, out_w)`` (NHWC:
+    ``(N, out_h, out_w, kh * kw, C)``) by :func:`stacked_windows`, their ``max`` (:func:`xpcnn._dispatch.max_over`),
+    then one ``argmax`` over a score per window element: ``2 + k`` for a NaN at offset k, 1 where the element equals
+    the maximum, else 0. ``argmax`` returns the first of equal scores, so the window's first maximum wins, or its last
+    NaN (the only score of its value): :func:`_first_maximum`'s rule. Padding (``-inf``) equals the maximum only
+    where the window holds nothing greater; then the first element inside x wins (``first``), and nothing where
+    there is none (NONE)."""
+    device, axis = device_of(x), (-2 if channels_last else -3)
+    if math.prod(x.shape) == 0:  # nothing to reduce (and Dask's reductions mis-shape an empty batch)
+        lead, trail = _lead_and_trail(tuple(x.shape), channels_last)
+        shape = (*lead, *geometry.out_size, *trail)
+        return xp.zeros(shape, dtype=x.dtype, device=device), xp.zeros(shape, dtype=xp.int16, device=device)
+    columns = stacked_windows(xp, x, geometry, -math.inf, channels_last=channels_last)
+    out = max_over(xp, columns, axis=axis)
+    is_max = xp.astype(columns == xp.expand_dims(out, axis=axis), x.dtype)
+    scores = xp.where(xp.isnan(columns), _offset_table(xp, geometry, channels_last, x.dtype, device, 2), is_max)
+    winners = xp.astype(xp.argmax(scores, axis=axis), xp.int16) + Winner.FIRST
+    if geometry.padded_size != geometry.in_size or geometry.padding != ((0, 0), (0, 0)):
+        winners = xp.maximum(winners, first)  # padding is never chosen: a window of -inf takes its first inside
+        if any(None in geometry.first_inside_steps(axis) for axis in (0, 1)):
+            winners = xp.where(first == Winner.NONE, first, winners)
+    return out, winners
+
+
+def _offset_table(xp, geometry: WindowGeometry, channels_last: bool, dtype, device, start: int):
+    """``start + k`` for every kernel offset k, in ``dtype``, shaped ``(kh * kw, 1, 1)`` (NHWC: ``(kh * kw, 1)``)
+    to broadcast along the offset axis of :func:`stacked_windows`' result; made once per device."""
+    count = len(geometry.offsets())
+
+    def build():
+        table = xp.arange(start, start + count, dtype=dtype, device=device)
+        return xp.reshape(table, (count, 1) if channels_last else (count, 1, 1))
+
+    return on_device(xp, device, ("max_pool2d offsets", count, channels_last, str(dtype), start), build)
 
 
 def _separable_maximum(xp, x_padded, geometry: WindowGeometry, first, device, **scan):
@@ -302,10 +364,12 @@ def _running_maximum(
 
 @accepts_unbatched_backward
 @half_in_float32_backward
-def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
+def max_pool2d_backward(dout: Array, cache: MaxPool2dCache, *, _gather: bool | None = None) -> Array:
     """Gradient of :func:`max_pool2d_forward`: each ``dout`` element goes to its window's chosen input element
     (after a separable forward pass: first to the chosen row of the first pass's result, then along that row to
-    the chosen column, piece by piece so that the intermediate stays in cache).
+    the chosen column, piece by piece so that the intermediate stays in cache; with the device profile's
+    ``gather_max_pool``: one comparison of the winners with every offset's code, then the parts added back per
+    offset, in the order of the other path, so the gradients are the same bits).
 
     Parameters
     ----------
@@ -342,6 +406,9 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
     check_cache(cache, MaxPool2dCache, "max_pool2d")
     winners, column_winners, geometry, dtype, limit, last = cache
     xp, device = check_upstream(dout, winners.shape, winners, dtype)
+    if profile_for(dout).gather_max_pool if _gather is None else as_bool(_gather, "_gather"):
+        return concat_pieces(xp, [_gathered_routes(xp, dout[part, ...], winners[part, ...], geometry, last)
+                                  for part in _pool_pieces(xp, dout, geometry, limit, last, gathered=True)])
     lead, trail = _lead_and_trail(winners.shape, last)
     like = dict(dtype=dout.dtype, device=device, trailing_shape=trail)
     if column_winners is None and _tiles_input(geometry):  # disjoint windows: interleave, nothing to add up
@@ -360,6 +427,74 @@ def max_pool2d_backward(dout: Array, cache: MaxPool2dCache) -> Array:
         grad = scatter_windows(xp, to_columns, along_rows, piece_lead, **like)
         pieces.append(crop(grad, geometry, channels_last=last))
     return concat_pieces(xp, pieces)
+
+
+def _gathered_routes(xp, dout, winners, geometry: WindowGeometry, channels_last: bool):
+    """:func:`max_pool2d_backward` with every offset at once: ``parts[i, j] = dout`` where the window chose offset
+    ``(i, j)``, else 0 (one comparison of the winners with all codes, one ``where``: a non-finite dout reaches only
+    the chosen element), ``(N, C, kh, kw, out_h, out_w)`` (NHWC: ``(N, out_h, out_w, kh, kw, C)``). The parts are
+    then added back into place:
+
+    * windows that tile x: interleaved by one transpose (no additions);
+    * where the host path takes the separable passes (:func:`_host_adds_by_axis`): along the rows' offsets first,
+      into one row array per column offset, then along the columns (the host's order of additions, so the
+      sums of overlapping windows round alike);
+    * otherwise offset by offset in row-major order (:func:`scatter_windows`, the host's order too).
+    """
+    device = device_of(dout)
+    (kh, kw), (padded_h, _), (out_h, out_w) = geometry.kernel, geometry.padded_size, geometry.out_size
+    n, like = dout.shape[0], dict(dtype=dout.dtype, device=device)
+    codes = _code_table(xp, geometry, channels_last, device)
+    if channels_last:
+        channels = dout.shape[3]
+        window_axes = (n, out_h, out_w, 1, 1, channels)
+    else:
+        channels = dout.shape[1]
+        window_axes = (n, channels, 1, 1, out_h, out_w)
+    parts = xp.where(xp.reshape(winners, window_axes) == codes, xp.reshape(dout, window_axes), 0.0)
+    if channels_last:
+        if _tiles_input(geometry):  # (N, out_h, out_w, kh, kw, C) -> (N, out_h, kh, out_w, kw, C)
+            grad = xp.reshape(xp.permute_dims(parts, (0, 1, 3, 2, 4, 5)), (n, out_h * kh, out_w * kw, channels))
+            return _zero_extended(xp, grad, geometry, device, True)
+        if not _host_adds_by_axis(geometry):
+            return scatter_windows(xp, [parts[:, :, :, i, j, :] for i, j in geometry.offsets()], geometry, (n,),
+                                   trailing_shape=(channels,), **like)
+        along_rows, across_rows = by_axis(geometry)
+        by_row = xp.reshape(parts, (n, out_h, out_w, kh, kw * channels))
+        rows = scatter_windows(xp, [by_row[:, :, :, i, :] for i in range(kh)], across_rows, (n,),
+                               trailing_shape=(kw * channels,), **like)
+        rows = xp.reshape(rows, (n, padded_h, out_w, kw, channels))
+        grad = scatter_windows(xp, [rows[:, :, :, j, :] for j in range(kw)], along_rows, (n,),
+                               trailing_shape=(channels,), **like)
+        return crop(grad, geometry, channels_last=True)
+    if _tiles_input(geometry):  # (N, C, kh, kw, out_h, out_w) -> (N, C, out_h, kh, out_w, kw)
+        grad = xp.reshape(xp.permute_dims(parts, (0, 1, 4, 2, 5, 3)), (n, channels, out_h * kh, out_w * kw))
+        return _zero_extended(xp, grad, geometry, device, False)
+    if not _host_adds_by_axis(geometry):
+        return scatter_windows(xp, [parts[:, :, i, j, ...] for i, j in geometry.offsets()], geometry, (n, channels),
+                               **like)
+    along_rows, across_rows = by_axis(geometry)
+    rows = scatter_windows(xp, [parts[:, :, i, ...] for i in range(kh)], across_rows, (n, channels, kw), **like)
+    grad = scatter_windows(xp, [rows[:, :, j, ...] for j in range(kw)], along_rows, (n, channels), **like)
+    return crop(grad, geometry)
+
+
+def _code_table(xp, geometry: WindowGeometry, channels_last: bool, device):
+    """The ``Winner`` code ``FIRST + i * kw + j`` of every kernel offset, int16, shaped ``(kh, kw, 1, 1)`` (NHWC:
+    ``(kh, kw, 1)``) to broadcast against :func:`_gathered_routes`' parts; made once per device."""
+    kh, kw = geometry.kernel
+
+    def build():
+        codes = xp.arange(Winner.FIRST, Winner.FIRST + kh * kw, dtype=xp.int16, device=device)
+        return xp.reshape(codes, (kh, kw, 1) if channels_last else (kh, kw, 1, 1))
+
+    return on_device(xp, device, ("max_pool2d codes", kh, kw, channels_last), build)
+
+
+def _host_adds_by_axis(geometry: WindowGeometry) -> bool:
+    """Whether the host profile's max pooling takes the separable passes for ``geometry``, and so adds the
+    gradients of overlapping windows along the rows first: the gathered backward pass adds in the same order."""
+    return _separable_is_cheaper(geometry, HOST.separable_max_pool_ratio)
 
 
 def _lead_and_trail(shape, channels_last: bool) -> tuple[tuple, tuple]:
@@ -577,12 +712,15 @@ def _from_tile_parts(xp, parts, geometry: WindowGeometry, device, channels_last:
     return _zero_extended(xp, grad, geometry, device, channels_last)
 
 
-def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool) -> list[slice]:
-    """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays) fit the
-    workspace limit. Small pieces stay in the CPU's caches while the kernel offsets are walked."""
+def _pool_pieces(xp, x, geometry: WindowGeometry, workspace_limit, channels_last: bool, *,
+                 gathered: bool = False) -> list[slice]:
+    """Batch pieces whose padded input and per-offset temporaries (about six output-sized arrays; ``gathered``:
+    three arrays of all windows, :func:`_gathered_maximum`) fit the workspace limit. Small pieces stay in the
+    CPU's caches while the kernel offsets are walked."""
     (padded_h, padded_w), (out_h, out_w) = geometry.padded_size, geometry.out_size
     channels = x.shape[3] if channels_last else x.shape[1]
-    per_sample = channels * (padded_h * padded_w + 6 * out_h * out_w) * xp.finfo(x.dtype).bits // 8
+    temporaries = 3 * len(geometry.offsets()) if gathered else 6
+    per_sample = channels * (padded_h * padded_w + temporaries * out_h * out_w) * xp.finfo(x.dtype).bits // 8
     return batch_pieces(x.shape[0], samples_per_piece(per_sample, resolve_workspace_limit(workspace_limit, x)))
 
 
@@ -656,22 +794,28 @@ def avg_pool_options(count_include_pad=True, divisor_override=None) -> tuple[boo
 
 
 def _divisor(xp, geometry: WindowGeometry, count_include_pad, divisor_override, dtype, device, channels_last=False):
-    """(out_h, out_w) divisors of the window sums ((out_h, out_w, 1) for NHWC), computed per axis as PyTorch."""
-    if divisor_override is not None:
-        divisor = xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+    """(out_h, out_w) divisors of the window sums ((out_h, out_w, 1) for NHWC), computed per axis as PyTorch; made
+    once per device (read-only: calls of the same geometry share it)."""
+
+    def build():
+        if divisor_override is not None:
+            divisor = xp.full(geometry.out_size, divisor_override, dtype=dtype, device=device)
+            return divisor[..., None] if channels_last else divisor
+        counts = []
+        for axis in (0, 1):
+            size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
+            axis_counts = []
+            for start in geometry.window_starts(axis):
+                end = min(start + kernel, size + before)
+                if not count_include_pad:
+                    start, end = max(start, 0), min(end, size)
+                axis_counts.append(end - start)
+            counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))  # host: once per geometry
+        divisor = counts[0][:, None] * counts[1][None, :]
         return divisor[..., None] if channels_last else divisor
-    counts = []
-    for axis in (0, 1):
-        size, kernel, before = geometry.in_size[axis], geometry.kernel[axis], geometry.padding[axis][0]
-        axis_counts = []
-        for start in geometry.window_starts(axis):
-            end = min(start + kernel, size + before)
-            if not count_include_pad:
-                start, end = max(start, 0), min(end, size)
-            axis_counts.append(end - start)
-        counts.append(xp.asarray(axis_counts, dtype=dtype, device=device))
-    divisor = counts[0][:, None] * counts[1][None, :]
-    return divisor[..., None] if channels_last else divisor
+
+    key = ("avg_pool2d divisor", geometry, count_include_pad, divisor_override, str(dtype), channels_last)
+    return on_device(xp, device, key, build)
 
 
 # -- adaptive pooling -------------------------------------------------------------------------------------------------
@@ -849,7 +993,8 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
 @accepts_unbatched
 @half_in_float32
 def adaptive_max_pool2d_forward(
-    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW"
+    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW",
+    _gather: bool | None = None,
 ) -> tuple[Array, AdaptiveMaxPool2dCache]:
     """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
     :func:`adaptive_avg_pool2d_forward`), with max_pool2d's rules: the gradient goes to the first maximum of each
@@ -859,7 +1004,10 @@ def adaptive_max_pool2d_forward(
 
     Windows that tile x are max_pool2d's (kernel = stride = ``(H // out_h, W // out_w)``). Other windows are
     gathered along the rows (one ``take``; a running maximum over the taps gives each row's window maximum and its
-    first-maximum column), then across them, as max_pool2d's separable passes.
+    first-maximum column), then across them, as max_pool2d's separable passes. With the device profile's
+    ``gather_max_pool`` each pass instead takes one ``max`` over all taps and finds the chosen positions by one more
+    over a score array (:func:`_chosen_at_once`), and the backward pass compares with all taps at once: the same
+    bits, in a fixed number of kernels.
 
     Parameters
     ----------
@@ -899,8 +1047,9 @@ def adaptive_max_pool2d_forward(
     out_size = _adaptive_output_size(output_size, in_size)
     height_axis, width_axis = _axes(last)
     kernel = _tiling_kernel(in_size, out_size)
+    at_once = profile_for(x).gather_max_pool if _gather is None else as_bool(_gather, "_gather")
     if kernel is not None:
-        out, pooled = max_pool2d_forward(x, kernel, data_format=data_format)
+        out, pooled = max_pool2d_forward(x, kernel, data_format=data_format, _gather=at_once)
         return out, AdaptiveMaxPool2dCache(None, None, None, None, pooled, tuple(x.shape), x.dtype, last)
     rows, cols = (adaptive_windows(size, out) for size, out in zip(in_size, out_size))
     if 0 in out_size:
@@ -912,20 +1061,28 @@ def adaptive_max_pool2d_forward(
     # Along each row first, then across the rows: a window's first maximum in row-major order is the first row
     # maximum that beats the earlier rows' (NaN: the last NaN of the last row holding one).
     column_positions = per_tap(xp, cols.flat_index, cols, width_axis, dtype=index, device=device)
-    row_maxima, chosen_columns = _first_maximum(
-        xp, taps(gathered(xp, x, cols, width_axis), width_axis), [column_positions[k, ...] for k in range(cols.width)]
-    )
+    if at_once:
+        row_maxima, chosen_columns = _chosen_at_once(
+            xp, gathered(xp, x, cols, width_axis), column_positions, in_size[1], width_axis)
+    else:
+        row_maxima, chosen_columns = _first_maximum(xp, taps(gathered(xp, x, cols, width_axis), width_axis),
+                                                    [column_positions[k, ...] for k in range(cols.width)])
     # Across the rows, each tap's candidate is the flat position of its row's maximum: row * W + column.
     row_positions = per_tap(xp, rows.flat_index, rows, height_axis, dtype=xp.int64, device=device) * in_size[1]
-    column_taps = taps(gathered(xp, chosen_columns, rows, height_axis), height_axis)
-    candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
-    out, flat = _first_maximum(xp, taps(gathered(xp, row_maxima, rows, height_axis), height_axis), candidates)
+    row_taps = gathered(xp, row_maxima, rows, height_axis)
+    if at_once:
+        candidates = row_positions + xp.astype(gathered(xp, chosen_columns, rows, height_axis), xp.int64)
+        out, flat = _chosen_at_once(xp, row_taps, candidates, in_size[0] * in_size[1], height_axis)
+    else:
+        column_taps = taps(gathered(xp, chosen_columns, rows, height_axis), height_axis)
+        candidates = [row_positions[k, ...] + xp.astype(column, xp.int64) for k, column in enumerate(column_taps)]
+        out, flat = _first_maximum(xp, taps(row_taps, height_axis), candidates)
     return out, AdaptiveMaxPool2dCache(flat, chosen_columns, rows, cols, None, tuple(x.shape), x.dtype, last)
 
 
 @accepts_unbatched_backward
 @half_in_float32_backward
-def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> Array:
+def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache, *, _gather: bool | None = None) -> Array:
     """Gradient of :func:`adaptive_max_pool2d_forward`: each ``dout`` element goes to its window's chosen input
     element; overlapping windows that chose one element add up. First back across the rows (row ``r`` of output
     column ``j`` receives ``dout[i, j]`` from every window ``i`` that chose it), then along them to the chosen
@@ -967,14 +1124,15 @@ def adaptive_max_pool2d_backward(dout: Array, cache: AdaptiveMaxPool2dCache) -> 
     check_cache(cache, AdaptiveMaxPool2dCache, "adaptive_max_pool2d")
     flat, chosen_columns, rows, cols, pooled, x_shape, dtype, last = cache
     if pooled is not None:
-        return max_pool2d_backward(dout, pooled)
+        return max_pool2d_backward(dout, pooled, _gather=_gather)
     xp, device = check_upstream(dout, flat.shape, flat, dtype)
     if chosen_columns is None:  # an empty output
         return xp.zeros(x_shape, dtype=dout.dtype, device=device)
+    at_once = profile_for(dout).gather_max_pool if _gather is None else as_bool(_gather, "_gather")
     height_axis, width_axis = _axes(last)
     width = x_shape[2] if last else x_shape[3]
-    to_rows = _routed_back(xp, dout, flat // width, rows, height_axis)
-    return _routed_back(xp, to_rows, chosen_columns, cols, width_axis)
+    to_rows = _routed_back(xp, dout, flat // width, rows, height_axis, at_once=at_once)
+    return _routed_back(xp, to_rows, chosen_columns, cols, width_axis, at_once=at_once)
 
 
 def _batch_and_channels(shape, channels_last: bool) -> tuple[int, int]:
@@ -1018,10 +1176,16 @@ def _tiling_kernel(in_size, out_size) -> tuple[int, int] | None:
 
 
 def _window_sizes(xp, rows, cols, dtype, device, channels_last: bool = False):
-    """(out_h, out_w) ((out_h, out_w, 1) for NHWC): the number of elements of every window, in ``dtype``."""
-    counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device) for m in (rows, cols)]
-    sizes = counts[0][:, None] * counts[1][None, :]
-    return sizes[..., None] if channels_last else sizes
+    """(out_h, out_w) ((out_h, out_w, 1) for NHWC): the number of elements of every window, in ``dtype``; made once
+    per device."""
+
+    def build():
+        counts = [xp.asarray([len(t) for t in m.taps], dtype=dtype, device=device)  # host: once per shape
+                  for m in (rows, cols)]
+        sizes = counts[0][:, None] * counts[1][None, :]
+        return sizes[..., None] if channels_last else sizes
+
+    return on_device(xp, device, ("adaptive window sizes", rows, cols, str(dtype), channels_last), build)
 
 
 def _window_sums(xp, x, rows, cols, channels_last: bool = False):
@@ -1058,7 +1222,8 @@ def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False)
             if first is None:
                 chosen = xp.broadcast_to(position, tuple(value.shape))
             else:
-                chosen = xp.maximum(first, position) * xp.astype(first != Winner.NONE, xp.int16)
+                at_least = xp.clip(first, min=position) if isinstance(position, int) else xp.maximum(first, position)
+                chosen = at_least * xp.astype(first != Winner.NONE, xp.int16)
             continue
         take = value > best if nan_free else (value > best) | xp.isnan(value)
         best = xp.maximum(best, value)
@@ -1067,15 +1232,26 @@ def _first_maximum(xp, values, positions, *, first=None, nan_free: bool = False)
     return best, xp.asarray(chosen, copy=True) if steps == 1 else chosen
 
 
-def _routed_back(xp, grad, chosen, axis_map, axis: int):
+def _routed_back(xp, grad, chosen, axis_map, axis: int, *, at_once: bool = False):
     """Adjoint of taking the chosen tap along ``axis`` (-1 or -2): position ``r`` receives the gradient of every
     output that chose it. ``grad``, ``chosen`` (the chosen positions): (..., out_size, ...) along ``axis``.
 
     Tap ``k`` of every output gets ``grad`` where the output chose that tap, 0 elsewhere (a product with the 0/1
     mask where grad is known to be finite, else a ``where``: ``inf * 0`` would be NaN); the taps are then added back
-    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`)."""
+    to the positions they read (:attr:`xpcnn._axis_maps.AxisMap.tap_adjoint`). ``at_once``: every tap by one
+    comparison and one ``where``, laid out tap-major as the taps one by one are."""
     device, fast = device_of(grad), known_finite(xp, grad)
     positions = per_tap(xp, axis_map.tap_positions, axis_map, axis, dtype=chosen.dtype, device=device)
+    if at_once:
+        tap = tap_axis(axis)
+        mask = xp.expand_dims(chosen, axis=tap) == positions  # (..., width, out_size, ...)
+        parts = xp.where(mask, xp.expand_dims(grad, axis=tap), 0.0)
+        shape, t = list(parts.shape), parts.ndim + tap
+        shape[t:t + 2] = [shape[t] * shape[t + 1]]
+        zero_shape = list(grad.shape)
+        zero_shape[axis] = 1
+        parts = [xp.reshape(parts, tuple(shape)), xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device)]
+        return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
     parts = []
     for k in range(axis_map.width):
         mask = chosen == positions[k, ...]
@@ -1084,6 +1260,23 @@ def _routed_back(xp, grad, chosen, axis_map, axis: int):
     zero_shape[axis] = 1
     parts.append(xp.zeros(tuple(zero_shape), dtype=grad.dtype, device=device))
     return combined(xp, xp.concat(parts, axis=axis), axis_map.tap_adjoint, axis)
+
+
+def _chosen_at_once(xp, gathered_taps, positions, bound: int, axis: int):
+    """:func:`_first_maximum` over all taps of :func:`xpcnn._axis_maps.gathered`'s result at once: the maximum
+    (one ``max`` over the tap axis) and the position it came from. ``positions`` (below ``bound``, never decreasing
+    from one tap to the next, equal for a repeated last tap) broadcasts against the taps. Each tap scores
+    ``2 * bound + position`` where it is NaN, ``bound - position`` where it equals the maximum, 0 elsewhere: the
+    largest score is the last NaN or else the first maximum, as :func:`_first_maximum` chooses (a repeated tap has
+    its original's position). The positions come back in ``positions``' dtype."""
+    tap = tap_axis(axis)
+    best = max_over(xp, gathered_taps, axis=tap)
+    wide = xp.astype(positions, xp.int64, copy=False)
+    scores = xp.where(xp.isnan(gathered_taps), wide + 2 * bound,
+                      xp.where(gathered_taps == xp.expand_dims(best, axis=tap), bound - wide, 0))
+    score = xp.max(scores, axis=tap)  # integers: no NaN to drop
+    chosen = xp.where(score > bound, score - 2 * bound, bound - score)
+    return best, xp.astype(chosen, positions.dtype)
 
 
 def _position_dtype(xp, size: int):

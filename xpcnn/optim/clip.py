@@ -10,6 +10,7 @@ import math
 import array_api_compat
 from array_api_compat import array_namespace
 
+from .._dispatch import max_over
 from .._validation import as_bool, as_float, check_floating, namespace_and_device
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_"]
@@ -32,7 +33,7 @@ def _grads(parameters):
 def _norm(xp, a, p):
     a = xp.abs(a)
     if math.isinf(p):
-        return xp.max(a) if a.size else xp.zeros((), dtype=a.dtype, device=array_api_compat.device(a))
+        return max_over(xp, a, axis=None) if a.size else xp.zeros((), dtype=a.dtype, device=array_api_compat.device(a))
     if p == 2.0:
         return xp.sqrt(xp.sum(a * a))
     if p == 1.0:
