@@ -264,17 +264,14 @@ def test_default_tile_follows_the_channels():
 def test_transform_matrices_are_made_once_per_device_and_dtype(xp):
     """Eager libraries keep each transform matrix on its device (no host copy per call); lazy ones (JAX, Dask)
     build it per call, and it is equal either way."""
-    from array_api_compat import is_cupy_namespace, is_numpy_namespace, is_torch_namespace
-
-    from xpcnn import _winograd
+    from xpcnn import _device_cache, _winograd
     from xpcnn._winograd import F4X4_3X3
 
     namespace, like = xp.namespace, dict(dtype=xp.float32, device=xp.device)
     first = _winograd._matrix(namespace, F4X4_3X3.BT, like)
     again = _winograd._matrix(namespace, F4X4_3X3.BT, like)
     assert_close(xp, again, np.asarray(F4X4_3X3.BT, dtype=np.float64), np.float32)
-    eager = any(is_eager(namespace) for is_eager in (is_numpy_namespace, is_torch_namespace, is_cupy_namespace))
-    assert (first is again) == eager
+    assert (first is again) == _device_cache.keeps_arrays(namespace)
 
 
 def test_closed_over_weights_under_jax_jit():

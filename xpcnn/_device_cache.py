@@ -10,6 +10,7 @@ outlive the trace; Dask) are never kept: they are built on every call.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -22,6 +23,7 @@ CACHE_SIZE = 256
 window position or per output row/column, never per sample or channel."""
 
 _cache: collections.OrderedDict = collections.OrderedDict()
+_lock = threading.Lock()
 
 
 def keeps_arrays(xp) -> bool:
@@ -37,15 +39,17 @@ def on_device(xp, device, key: Hashable, build: Callable[[], Any]) -> Any:
     if not keeps_arrays(xp):
         return build()
     full_key = (getattr(xp, "__name__", repr(xp)), repr(device), key)
-    if full_key in _cache:
-        _cache.move_to_end(full_key)
-        return _cache[full_key]
-    value = _cache[full_key] = build()
-    while len(_cache) > CACHE_SIZE:
-        _cache.popitem(last=False)
-    return value
+    with _lock:  # an op's batch pieces may ask from several threads (xpcnn._windows.map_pieces)
+        if full_key in _cache:
+            _cache.move_to_end(full_key)
+            return _cache[full_key]
+        value = _cache[full_key] = build()
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return value
 
 
 def clear() -> None:
     """Forget every kept array (tests; or to free device memory)."""
-    _cache.clear()
+    with _lock:
+        _cache.clear()

@@ -50,15 +50,14 @@ When it pays off (a proposed cost-model rule): see :func:`winograd_pays_off`.
 
 from __future__ import annotations
 
-import collections
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import array_namespace, is_cupy_namespace, is_numpy_namespace, is_torch_namespace
+from array_api_compat import array_namespace
 from array_api_compat import device as device_of
 
+from ._device_cache import on_device
 from ._dispatch import updates_in_place
 from ._tuning import HOST, Profile
 from ._validation import same_device
@@ -633,31 +632,11 @@ def _flipped_transpose(xp, weight, groups: int):
 # Helpers
 
 
-MATRIX_CACHE_SIZE = 64
-"""How many transform matrices :func:`_matrix` keeps on their devices (the least recently used goes first)."""
-
-_matrix_cache: collections.OrderedDict = collections.OrderedDict()
-_matrix_cache_lock = threading.Lock()
-
-
 def _matrix(xp, rows, like):
-    """A transform matrix (Python floats) as an array in the data's dtype, on its device.
-
-    For eager libraries (NumPy, CuPy, PyTorch) it is made once per (library, device, dtype, matrix) and kept (at
-    most :data:`MATRIX_CACHE_SIZE`): later calls copy nothing from the host. JAX and Dask build it on every call
-    (an array made while tracing must not outlive the trace)."""
-    if not (is_numpy_namespace(xp) or is_cupy_namespace(xp) or is_torch_namespace(xp)):
-        return xp.asarray([[float(v) for v in row] for row in rows], **like)
-    key = (xp.__name__, repr(like["device"]), str(like["dtype"]), rows)
-    with _matrix_cache_lock:  # batch pieces may ask from several threads
-        if key in _matrix_cache:
-            _matrix_cache.move_to_end(key)
-            return _matrix_cache[key]
-        matrix = xp.asarray([[float(v) for v in row] for row in rows], **like)  # host: built once, then kept
-        _matrix_cache[key] = matrix
-        while len(_matrix_cache) > MATRIX_CACHE_SIZE:
-            _matrix_cache.popitem(last=False)
-        return matrix
+    """A transform matrix (Python floats) as an array in the data's dtype, on its device: made once per (library,
+    device, dtype, matrix) and kept (:func:`xpcnn._device_cache.on_device`; built per call for JAX and Dask)."""
+    return on_device(xp, like["device"], ("winograd", str(like["dtype"]), rows),
+                     lambda: xp.asarray([[float(v) for v in row] for row in rows], **like))  # host: once
 
 
 def _along_first(xp, mat, a):
