@@ -273,3 +273,21 @@ def test_cross_entropy_target_gradient_needs_class_probabilities():
     _, cache = softmax_cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))
     with pytest.raises(ValueError, match="target_grad=True needs class-probability targets"):
         softmax_cross_entropy_backward(1.0, cache, target_grad=True)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("ignore_index", [-1, -100, -7])
+def test_class_probabilities_accept_a_negative_ignore_index_as_torch(torch, ignore_index):
+    """PyTorch refuses ``ignore_index >= 0`` with class-probability targets but accepts a negative one and ignores
+    it (``nn.CrossEntropyLoss(ignore_index=-1)`` then works with soft targets); xpcnn refused every value but -100
+    (found by the fuzzer)."""
+    rng = np.random.default_rng(0)
+    logits, target = rng.standard_normal((4, 3)), rng.dirichlet(np.ones(3), 4)
+    loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=ignore_index)
+    t = torch.tensor(logits, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(t, torch.tensor(target), ignore_index=ignore_index)
+    ref.backward()
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(softmax_cross_entropy_backward(1.0, cache), t.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="ignore_index is only for class-index targets"):
+        softmax_cross_entropy_forward(logits, target, ignore_index=0)

@@ -141,7 +141,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         dtype, or a non-array.
     ValueError
         For a target of the wrong shape, out-of-range class indices (when checked), a weight of the wrong shape,
-        ``label_smoothing`` outside [0, 1], ``ignore_index`` with class probabilities, or arrays of different
+        ``label_smoothing`` outside [0, 1], ``ignore_index >= 0`` with class probabilities, or arrays of different
         libraries or devices.
 
     Examples
@@ -182,8 +182,9 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
                 f"logits' shape {shape}; got dtype {target.dtype} and shape {tuple(target.shape)}"
             )
         check_same_dtype(target, "target (class probabilities)", logits, "logits")
-        if ignore_index != IGNORE_INDEX:
-            raise ValueError("ignore_index is only for class-index targets, not class probabilities (as PyTorch)")
+        if ignore_index >= 0:  # PyTorch's rule: a negative one (no class) is accepted and has no effect
+            raise ValueError(f"ignore_index is only for class-index targets, not class probabilities (as PyTorch, "
+                             f"which accepts only a negative one, ignored), got {ignore_index}")
     elif not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices (or floating class probabilities), got dtype "
                         f"{target.dtype}")
