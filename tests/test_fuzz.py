@@ -603,3 +603,32 @@ def _dout(out, rng, dtype):
     if out.ndim == 0:
         return torch.tensor(1.0, dtype=dtype)
     return torch.tensor(rng.standard_normal(tuple(out.shape))).to(dtype)
+
+
+# -- 3. every op against PyTorch in float32/float64: layouts, options, memory forms (tests/differential.py) -------
+
+from tests import differential  # noqa: E402  (needs torch, imported above)
+
+DIFFERENTIAL_CONFIGS = max(40, EXAMPLES if DEEP else 0)  # per op; ~5 s for all ops at 40
+
+
+@pytest.mark.parametrize("op", sorted(differential.GENS))
+def test_differential_against_torch(op):
+    """Random configurations of ``op`` (NCHW and NHWC, unbatched 3-D input, odd sizes, groups, dilation, ceil_mode,
+    count_include_pad, divisor_override, every interpolate mode, training and evaluation batch norm with and
+    without affine or running statistics, every loss option...) in float32 and float64, with read-only and
+    non-contiguous inputs: outputs, every gradient, max-pool indices and running statistics equal PyTorch's, and
+    PyTorch and xpcnn refuse the same configurations (xpcnn with a ValueError or TypeError)."""
+    import random
+
+    seed = np.random.SeedSequence().entropy if DEEP else 0
+    failures = []
+    for i in range(DIFFERENTIAL_CONFIGS):
+        r = random.Random(f"{seed}-{op}-{i}")
+        dtype = r.choice([np.float64, np.float64, np.float32])
+        case = differential.GENS[op](r)
+        try:
+            differential.run_case(case, dtype, r)
+        except differential.Mismatch as error:
+            failures.append(f"[seed {seed}, config {i}, {np.dtype(dtype).name}] {error} -- {case.meta}")
+    assert not failures, "\n".join(failures[:5])
