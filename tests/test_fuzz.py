@@ -632,3 +632,22 @@ def test_differential_against_torch(op):
         except differential.Mismatch as error:
             failures.append(f"[seed {seed}, config {i}, {np.dtype(dtype).name}] {error} -- {case.meta}")
     assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_layers_and_containers_against_torch_nn(block):
+    """Random xpcnn.nn layers and containers (tests/differential_nn.py) with the weights and buffers of their
+    torch.nn twins: outputs, input and parameter gradients and buffers after one or two steps are PyTorch's."""
+    import random
+
+    from tests import differential_nn
+
+    seed = np.random.SeedSequence().entropy if DEEP else 0
+    failures = []
+    for i in range(block * 50, block * 50 + max(50, EXAMPLES // 4 if DEEP else 0)):
+        r = random.Random(f"nn-{seed}-{i}")
+        try:
+            differential_nn.run(r, "NHWC" if r.random() < 0.3 else "NCHW")
+        except differential.Mismatch as error:
+            failures.append(f"[seed {seed}, config {i}] {error} -- {dict(differential_nn.META)}")
+    assert not failures, "\n".join(failures[:5])
