@@ -120,6 +120,11 @@ def g_conv2d(r):
     H, W = r.randint(1, 9), r.randint(1, 9)
     k = (r.randint(1, 5), r.randint(1, 5))
     stride, dilation = pair(r, [1, 1, 2, 3]), pair(r, [1, 1, 2])
+    big = r.random() < 0.1  # where the cost model takes Winograd (>= 16 channels per group, 3 x 3, stride 1)
+    if big:
+        groups = r.choice([1, 1, 2])
+        cin, cout = groups * r.randint(16, 20), groups * r.randint(16, 20)
+        N, H, W, k, stride, dilation = r.choice([1, 2]), r.randint(4, 14), r.randint(4, 14), (3, 3), 1, 1
     pk = r.random()
     if pk < 0.1:
         padding = "valid"
@@ -145,6 +150,8 @@ def g_conv2d(r):
         plan = {"dx": r.choice(["col2im", "col2im_wide_rows"] + (["transposed_correlation"] if as2(stride) == (1, 1) else [])),
                 "dweight": r.choice(["per_sample", "batch_folded"]), "keep_columns": r.random() < 0.5}
         algorithm = "auto"
+    elif algorithm == "winograd" and r.random() < 0.5:
+        plan = {"tile": r.choice([2, 4])}
     nonfinite = r.random() < 0.15 and algorithm != "winograd" and plan is None
     x = randn(r, (N, cin, H, W))
     w = randn(r, (cout, cin // groups, *k))
