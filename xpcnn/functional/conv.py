@@ -1004,6 +1004,8 @@ def _im2col(xp, x, conv: ConvShape):
         cols = xp.reshape(cols, (m, groups, conv.channels // groups, num_offsets, positions))
         return xp.reshape(cols, (m, groups, conv.channels // groups * num_offsets, positions))
     cols = stacked_windows(xp, x, geometry, 0.0, channels_last=True)  # (m, out_h, out_w, K, C)
+    if m * positions == 0:  # Dask cannot reshape an empty array whose merged axes are chunked
+        return xp.zeros((groups, 0, num_offsets * (conv.channels // groups)), dtype=x.dtype, device=device_of(x))
     if groups == 1:
         return xp.reshape(cols, (1, m * positions, num_offsets * conv.channels))
     cols = xp.reshape(cols, (m * positions, num_offsets, groups, conv.channels // groups))
