@@ -147,7 +147,8 @@ def g_conv2d(r):
     algorithm = r.choice(["auto", "im2col"] + (["winograd"] * 2 if wino_ok else []))
     plan = None
     if r.random() < 0.3:
-        plan = {"dx": r.choice(["col2im", "col2im_wide_rows"] + (["transposed_correlation"] if as2(stride) == (1, 1) else [])),
+        dx_choices = ["col2im", "col2im_wide_rows"] + (["transposed_correlation"] if as2(stride) == (1, 1) else [])
+        plan = {"dx": r.choice(dx_choices),
                 "dweight": r.choice(["per_sample", "batch_folded"]), "keep_columns": r.random() < 0.5}
         algorithm = "auto"
     elif algorithm == "winograd" and r.random() < 0.5:
@@ -750,7 +751,8 @@ def compare(name, mine, theirs, tol):
     if theirs.dtype.kind in "iu":
         if not np.array_equal(mine, theirs):
             bad = np.argwhere(mine != theirs)[:3].tolist()
-            raise Mismatch(f"{name}: differs at {bad}: {mine[tuple(np.array(bad).T)]} vs {theirs[tuple(np.array(bad).T)]}")
+            where = tuple(np.array(bad).T)
+            raise Mismatch(f"{name}: differs at {bad}: {mine[where]} vs {theirs[where]}")
         return
     if mine.dtype.kind in "iub":
         raise Mismatch(f"{name}: dtype {mine.dtype}")
@@ -810,8 +812,10 @@ def _run_case(case, dtype, r):
         dout = sprinkle(r, dout, 0.05)
     dout_rounded = dout.astype(dtype).astype(np.float64)
     needs = [tin[k] for k in case.grads]
-    gr = torch.autograd.grad(res, needs, torch.tensor(dout_rounded).to(res.dtype), allow_unused=True) if res.requires_grad else \
-        [None] * len(needs)
+    if res.requires_grad:
+        gr = torch.autograd.grad(res, needs, torch.tensor(dout_rounded).to(res.dtype), allow_unused=True)
+    else:
+        gr = [None] * len(needs)
     ref_grads = dict(zip(case.grads, gr))
     arrays = {k: variant(r, v.astype(dtype)) if v.dtype.kind == "f" else variant(r, v)
               for k, v in case.inputs.items()}
@@ -833,7 +837,10 @@ def _run_case(case, dtype, r):
         for n, mine, theirs in case.extra(rest, out, cache):
             compare(n, mine, theirs, tol)
     reduced = case.meta.get("reduction") in ("sum", "mean")
-    d = variant(r, dout.astype(dtype)) if res.ndim else (float(dout) if reduced and r.random() < 0.5 else dout.astype(dtype))
+    if res.ndim:
+        d = variant(r, dout.astype(dtype))
+    else:
+        d = float(dout) if reduced and r.random() < 0.5 else dout.astype(dtype)
     try:
         grads = case.bwd(d, cache)
     except ValueError as e:
@@ -882,7 +889,8 @@ def main():
                 fails[op].append((i, np.dtype(dtype).name, "harness crash " + repr(e)[:300], case.meta))
     for op in ops:
         print(f"{op:22s} ok={stats[op, 'ok']:4d} both_reject={stats[op, 'both_reject']:4d} "
-              f"plan_na={stats[op, 'plan_na']:3d} empty_lax={stats[op, 'empty_lax']:3d} FAIL={stats[op, 'FAIL']:3d} CRASH={stats[op, 'CRASH']}")
+              f"plan_na={stats[op, 'plan_na']:3d} empty_lax={stats[op, 'empty_lax']:3d} FAIL={stats[op, 'FAIL']:3d} "
+              f"CRASH={stats[op, 'CRASH']}")
     if "-v" in sys.argv[4:]:
         for (t, m), c in collections.Counter((t[:60], m[:110]) for t, m in REJECTS).most_common(40):
             print(f"  {c:4d}  torch: {t} | xpcnn: {m}")
