@@ -603,3 +603,51 @@ def _dout(out, rng, dtype):
     if out.ndim == 0:
         return torch.tensor(1.0, dtype=dtype)
     return torch.tensor(rng.standard_normal(tuple(out.shape))).to(dtype)
+
+
+# -- 3. every op against PyTorch in float32/float64: layouts, options, memory forms (tests/differential.py) -------
+
+from tests import differential  # noqa: E402  (needs torch, imported above)
+
+DIFFERENTIAL_CONFIGS = max(40, EXAMPLES if DEEP else 0)  # per op; ~5 s for all ops at 40
+
+
+@pytest.mark.parametrize("op", sorted(differential.GENS))
+def test_differential_against_torch(op):
+    """Random configurations of ``op`` (NCHW and NHWC, unbatched 3-D input, odd sizes, groups, dilation, ceil_mode,
+    count_include_pad, divisor_override, every interpolate mode, training and evaluation batch norm with and
+    without affine or running statistics, every loss option...) in float32 and float64, with read-only and
+    non-contiguous inputs: outputs, every gradient, max-pool indices and running statistics equal PyTorch's, and
+    PyTorch and xpcnn refuse the same configurations (xpcnn with a ValueError or TypeError)."""
+    import random
+
+    seed = np.random.SeedSequence().entropy if DEEP else 0
+    failures = []
+    for i in range(DIFFERENTIAL_CONFIGS):
+        r = random.Random(f"{seed}-{op}-{i}")
+        dtype = r.choice([np.float64, np.float64, np.float32])
+        case = differential.GENS[op](r)
+        try:
+            differential.run_case(case, dtype, r)
+        except differential.Mismatch as error:
+            failures.append(f"[seed {seed}, config {i}, {np.dtype(dtype).name}] {error} -- {case.meta}")
+    assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_layers_and_containers_against_torch_nn(block):
+    """Random xpcnn.nn layers and containers (tests/differential_nn.py) with the weights and buffers of their
+    torch.nn twins: outputs, input and parameter gradients and buffers after one or two steps are PyTorch's."""
+    import random
+
+    from tests import differential_nn
+
+    seed = np.random.SeedSequence().entropy if DEEP else 0
+    failures = []
+    for i in range(block * 50, block * 50 + max(50, EXAMPLES // 4 if DEEP else 0)):
+        r = random.Random(f"nn-{seed}-{i}")
+        try:
+            differential_nn.run(r, "NHWC" if r.random() < 0.3 else "NCHW")
+        except differential.Mismatch as error:
+            failures.append(f"[seed {seed}, config {i}] {error} -- {dict(differential_nn.META)}")
+    assert not failures, "\n".join(failures[:5])

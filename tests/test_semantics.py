@@ -580,6 +580,9 @@ def interpolate_3d():
     out, cache = F.interpolate_forward(x, scale_factor=2)
     np.testing.assert_array_equal(out, np.repeat(x, 2, axis=-1))
     np.testing.assert_array_equal(F.interpolate_backward(np.ones_like(out), cache), np.full(x.shape, 2.0))
+    out, cache = F.interpolate_forward(np.arange(3.0)[None, None], scale_factor=2.2)  # 6 outputs, no i // 2
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 0, 1, 1, 2])
+    np.testing.assert_array_equal(F.interpolate_backward(np.ones_like(out), cache)[0, 0], [3, 2, 1])
 
 
 ROWS = {name.replace("_", "-"): fn for name, fn in list(globals().items())

@@ -12,6 +12,8 @@ GEOMETRIES = [
     dict(in_size=(4, 4), kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=((1, 1), (1, 1))),
     dict(in_size=(6, 5), kernel=(3, 3), stride=(2, 2), dilation=(1, 1), padding=((1, 1), (1, 1)), ceil_mode=True),
     dict(in_size=(1, 1), kernel=(1, 1), stride=(3, 3), dilation=(2, 2), padding=((0, 0), (0, 0))),
+    # ceil_mode: a kernel larger than the padded input, its one window overhanging it (PyTorch's pooling allows it)
+    dict(in_size=(2, 1), kernel=(3, 4), stride=(3, 4), dilation=(1, 1), padding=((0, 0), (1, 1)), ceil_mode=True),
 ]
 
 
@@ -55,6 +57,34 @@ def test_ceil_mode_drops_a_window_that_starts_in_the_padding():
     assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((1, 1), (1, 1)), ceil_mode=True).out_size == (3, 3)
     assert window_geometry((4, 4), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (2, 2)
     assert window_geometry((5, 5), (2, 2), (2, 2), (1, 1), ((0, 0), (0, 0)), ceil_mode=True).out_size == (3, 3)
+
+
+def test_ceil_mode_keeps_a_window_larger_than_the_padded_input():
+    """PyTorch's pooling with ceil_mode keeps a window that starts inside x even when the (dilated) kernel is larger
+    than the padded input; without ceil_mode, or when no window is left, it refuses (found by the fuzzer)."""
+    assert window_geometry((2, 7), (3, 3), (3, 3), (1, 3), ((0, 0), (0, 0)), ceil_mode=True).out_size == (1, 1)
+    assert window_geometry((1, 1), (4, 4), (4, 4), (1, 1), ((1, 1), (1, 1)), ceil_mode=True).out_size == (1, 1)
+    with pytest.raises(ValueError, match="larger than the padded input height 2"):
+        window_geometry((2, 7), (3, 3), (3, 3), (1, 3), ((0, 0), (0, 0)))
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_ceil_mode_window_larger_than_the_padded_input_matches_torch(torch, pool):
+    import xpcnn.functional as F
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 2, 7))
+    options = dict(stride=None, padding=(0, 1), ceil_mode=True)
+    kernel = (3, 4)
+    if pool == "max":
+        options["dilation"] = (1, 2)
+    t = torch.tensor(x, requires_grad=True)
+    ref = getattr(torch.nn.functional, f"{pool}_pool2d")(t, kernel, **options)
+    out, cache = getattr(F, f"{pool}_pool2d_forward")(x, kernel, **options)
+    dout = np.random.default_rng(1).standard_normal(out.shape)
+    ref.backward(torch.tensor(dout))
+    np.testing.assert_allclose(out, ref.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(getattr(F, f"{pool}_pool2d_backward")(dout, cache), t.grad.numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("spec", GEOMETRIES[:3], ids=str)

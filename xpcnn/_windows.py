@@ -123,14 +123,16 @@ def window_geometry(in_size, kernel, stride, dilation, padding, *, ceil_mode=Fal
     for axis, n, k, s, d, (before, after) in zip(_AXES, in_size, kernel, stride, dilation, padding):
         span = d * (k - 1) + 1
         padded = n + before + after
-        if padded < span:
+        out = (padded - span + (s - 1 if ceil_mode else 0)) // s + 1  # floor division, as PyTorch's div_rtn
+        if ceil_mode and (out - 1) * s >= n + before:
+            out -= 1
+        # With ceil_mode a window may overhang the padded input (PyTorch keeps it when it starts inside x or the
+        # top/left padding); otherwise, and whenever no window is left, the kernel must fit.
+        if padded < span and (out < 1 or not ceil_mode):
             raise ValueError(
                 f"{kernel_name} {k} (dilation {d}, span {span}) is larger than the padded input {axis} {padded} "
                 f"(input {n}, padding {before} + {after})"
             )
-        out = (padded - span + (s - 1 if ceil_mode else 0)) // s + 1
-        if ceil_mode and (out - 1) * s >= n + before:
-            out -= 1
         out_size.append(out)
     return WindowGeometry(tuple(in_size), tuple(kernel), tuple(stride), tuple(dilation), tuple(padding), tuple(out_size))
 

@@ -205,3 +205,24 @@ def test_layers_take_data_format(layer):
     np.testing.assert_allclose(nhwc.weight.grad, nchw.weight.grad, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="data_format must be"):
         cls(4, 6, 3, data_format="channels_last")
+
+
+@pytest.mark.parametrize("workspace_limit", [None, 1])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_empty_nhwc_batch_on_dask(groups, transposed, workspace_limit):
+    """An empty channels-last batch on Dask: its reshape of an empty array with chunked axes raised a bare
+    TypeError ("reduce() of empty iterable") inside im2col and the products (found by the fuzzer); the passes now
+    skip the algorithms for an empty batch: empty outputs, zero weight gradients, as NumPy and PyTorch."""
+    da = pytest.importorskip("dask.array")
+    x = np.zeros((0, 3, 6, 2), np.float32)
+    w = np.random.default_rng(0).standard_normal((2, 2 // groups, 1, 2)).astype(np.float32)
+    forward, backward = ((conv_transpose2d_forward, conv_transpose2d_backward) if transposed
+                         else (conv2d_forward, conv2d_backward))
+    options = dict(stride=2, padding=(0, 1), groups=groups, data_format="NHWC", workspace_limit=workspace_limit)
+    ref, _ = forward(x, w, **options)
+    out, cache = forward(da.from_array(x).rechunk({0: 1}), da.from_array(w), **options)
+    assert out.shape == ref.shape
+    dx, dw, _ = backward(da.zeros(out.shape, dtype=np.float32), cache)
+    assert np.asarray(dx).shape == x.shape
+    np.testing.assert_array_equal(np.asarray(dw), np.zeros_like(w))

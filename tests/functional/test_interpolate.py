@@ -112,6 +112,21 @@ def test_nearest_source_positions_equal_torch(torch, mode):
 
 
 @pytest.mark.torch_reference
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact"])
+def test_nearest_1d_source_positions_equal_torch(torch, mode):
+    """A 3-D x (a batch of 1-D signals) by a scale_factor: PyTorch's 1-D kernel has no shortcut for an unchanged or
+    doubled size (3 values by 2.2 read [0, 0, 0, 1, 1, 2], not i // 2; 3 by 1.05 read [0, 0, 1], not a copy).
+    The fuzzer found xpcnn taking the 2-D kernel's shortcuts there."""
+    for n, _, scale in _grid(float32_only=True) + [(3, None, 2.2), (3, None, 1.05), (5, None, 2.1), (7, None, 1.1)]:
+        if scale is None:
+            continue
+        x = np.arange(n, dtype=np.float32).reshape(1, 1, n)
+        ref = torch.nn.functional.interpolate(torch.tensor(x), scale_factor=scale, mode=mode).numpy()
+        np.testing.assert_array_equal(interpolate_forward(x, scale_factor=scale, mode=mode)[0], ref,
+                                      err_msg=f"{n} {scale}")
+
+
+@pytest.mark.torch_reference
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_bilinear_weights_equal_torch(torch, dtype, align_corners):

@@ -273,3 +273,48 @@ def test_cross_entropy_target_gradient_needs_class_probabilities():
     _, cache = softmax_cross_entropy_forward(np.zeros((2, 3)), np.array([0, 2]))
     with pytest.raises(ValueError, match="target_grad=True needs class-probability targets"):
         softmax_cross_entropy_backward(1.0, cache, target_grad=True)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("ignore_index", [-1, -100, -7])
+def test_class_probabilities_accept_a_negative_ignore_index_as_torch(torch, ignore_index):
+    """PyTorch refuses ``ignore_index >= 0`` with class-probability targets but accepts a negative one and ignores
+    it (``nn.CrossEntropyLoss(ignore_index=-1)`` then works with soft targets); xpcnn refused every value but -100
+    (found by the fuzzer)."""
+    rng = np.random.default_rng(0)
+    logits, target = rng.standard_normal((4, 3)), rng.dirichlet(np.ones(3), 4)
+    loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=ignore_index)
+    t = torch.tensor(logits, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(t, torch.tensor(target), ignore_index=ignore_index)
+    ref.backward()
+    np.testing.assert_allclose(loss, ref.item(), rtol=1e-12)
+    np.testing.assert_allclose(softmax_cross_entropy_backward(1.0, cache), t.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="ignore_index is only for class-index targets"):
+        softmax_cross_entropy_forward(logits, target, ignore_index=0)
+
+
+@pytest.mark.torch_reference
+@pytest.mark.parametrize("options", [dict(), dict(weight=True), dict(label_smoothing=0.3), dict(probabilities=True)],
+                         ids=str)
+def test_cross_entropy_infinite_dloss_as_torch(torch, options):
+    """An infinite upstream gradient (reduction="none"): NaN where PyTorch's log-softmax backward meets -inf with
+    +inf (the target) or 0 with inf (a -inf logit), inf elsewhere; (p - onehot) * dloss gave -inf at the target
+    (found by the fuzzer)."""
+    logits = np.array([[-3.4, -9.8, 1.6, -11.5, -np.inf, -2.3], [0.1, -8.8, -2.8, 3.7, -0.6, 1.4]])
+    target = np.array([2, 3])
+    kwargs = {}
+    if options.get("weight"):
+        kwargs["weight"] = np.linspace(0.5, 2.0, 6)
+    if options.get("label_smoothing"):
+        kwargs["label_smoothing"] = options["label_smoothing"]
+    if options.get("probabilities"):
+        target = np.random.default_rng(0).dirichlet(np.ones(6), 2)
+    dloss = np.array([np.inf, -np.inf])
+    t = torch.tensor(logits, requires_grad=True)
+    torch_kwargs = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    ref = torch.nn.functional.cross_entropy(t, torch.tensor(target), reduction="none", **torch_kwargs)
+    ref.backward(torch.tensor(dloss))
+    with np.errstate(invalid="ignore"):
+        _, cache = softmax_cross_entropy_forward(logits, target, reduction="none", **kwargs)
+        dlogits = softmax_cross_entropy_backward(dloss, cache)
+    np.testing.assert_array_equal(dlogits, t.grad.numpy())

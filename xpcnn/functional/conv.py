@@ -744,6 +744,11 @@ def conv_transpose2d_backward(
     n = x.shape[0]
     out_shape = (n, conv.channels, *conv.geometry.in_size)
     xp, dout = _checked_dout(dout, cache, out_shape if conv.data_format == NCHW else _to_nhwc(out_shape))
+    dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
+    if n == 0:  # an empty batch (Dask cannot reshape empty arrays with chunked axes)
+        dx = xp.zeros(x.shape, dtype=x.dtype, device=device_of(x)) if input_grad else None
+        dweight = xp.zeros(weight.shape, dtype=weight.dtype, device=device_of(weight))
+        return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
     w_mat = _weight_matrix(xp, weight, conv)
     x_rows = _rows_of(xp, x, conv)
 
@@ -755,7 +760,6 @@ def conv_transpose2d_backward(
     parts = map_pieces(one_piece, n, _batch_piece(xp, conv, dout.dtype, cache.workspace_limit), like=dout)
     dweight = _weight_from_matrix(xp, sum_pieces([dweight for dweight, _ in parts]), weight.shape, conv)
     dx = concat_pieces(xp, [dx for _, dx in parts]) if input_grad else None
-    dbias = xp.sum(dout, axis=_non_channel_axes(conv.data_format)) if cache.has_bias else None
     return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
 
 
@@ -915,6 +919,8 @@ def _replanned(plan: Conv2dPlan, overrides) -> Conv2dPlan | dict:
 def _forward(xp, x, weight, conv: ConvShape, plan: Conv2dPlan, limit: int, winograd_limit: int):
     """conv2d's output without bias by ``plan.forward``, and the columns the backward pass may reuse (or None).
     One branch per :class:`ForwardAlgorithm`."""
+    if x.shape[0] == 0:  # an empty batch (Dask cannot reshape empty arrays with chunked axes)
+        return xp.zeros(_out_shape(0, conv.out_channels, conv), dtype=x.dtype, device=device_of(x)), None
     if plan.forward == ForwardAlgorithm.IM2COL:
         return _correlate(xp, x, weight, conv, limit, keep_columns=plan.keep_columns)
     if plan.forward == ForwardAlgorithm.WINOGRAD:
@@ -943,6 +949,8 @@ def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limits: tup
     """``dweight[g] = sum_n dout[n, g] @ cols[n, g]^T``, piece by piece, from the kept columns (the batch in one
     piece) or gathered again; or Winograd's adjoint (``limits``: im2col's and Winograd's workspace bytes)."""
     limit, winograd_limit = limits
+    if x.shape[0] == 0:  # an empty batch: no term in the sum
+        return xp.zeros(_conv2d_weight_shape(conv), dtype=x.dtype, device=device_of(x))
     if plan.dweight == WeightGradientAlgorithm.WINOGRAD:
         return winograd_weight_grad(xp, x, dout, conv.geometry.padding, conv.groups, tile=plan.tile,
                                     data_format=conv.data_format, workspace_limit=winograd_limit)
@@ -968,6 +976,10 @@ def _input_gradient(xp, dout, weight, conv: ConvShape, plan: Conv2dPlan, limits:
     ``plan.dx`` (``limits``: im2col's and Winograd's workspace bytes). conv2d's input gradient, and
     conv_transpose2d's output."""
     algorithm, (limit, winograd_limit) = plan.dx, limits
+    if dout.shape[0] == 0:  # an empty batch
+        in_shape = (0, conv.channels, *conv.geometry.in_size)
+        return xp.zeros(in_shape if conv.data_format == NCHW else _to_nhwc(in_shape), dtype=dout.dtype,
+                        device=device_of(dout))
     if algorithm == DxAlgorithm.WINOGRAD:
         return winograd_input_grad(xp, dout, weight, conv.geometry.padding, conv.groups, conv.geometry.in_size,
                                    tile=plan.tile, data_format=conv.data_format, workspace_limit=winograd_limit)

@@ -172,7 +172,9 @@ def interpolate_forward(
     out_size = _output_size(in_size, sizes, scales)
     scales = scales or (None,) * dims
     bits = FLOAT64_BITS if xp.finfo(x.dtype).bits == 64 else FLOAT32_BITS
-    maps = [axis_taps(mode, n, out, scale, align_corners, bits) for n, out, scale in zip(in_size, out_size, scales)]
+    # PyTorch's 1-D nearest kernel has no shortcuts for an unchanged or doubled size (its 2-D kernel has).
+    maps = [axis_taps(mode, n, out, scale, align_corners, bits, shortcuts=dims == 2)
+            for n, out, scale in zip(in_size, out_size, scales)]
     rows, cols = maps if dims == 2 else (axis_taps(mode, 1, 1, None, align_corners, bits), maps[0])
     height_axis, width_axis = (-3, -2) if last else (-2, -1)
     out = combined(xp, x, cols, width_axis)  # each row, then the rows
@@ -302,15 +304,18 @@ def _output_size(in_size, sizes, scales) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=256)
 def axis_taps(
-    mode: str, n: int, out: int, scale_factor: float | None, align_corners: bool | None, bits: int
+    mode: str, n: int, out: int, scale_factor: float | None, align_corners: bool | None, bits: int,
+    *, shortcuts: bool = True
 ) -> AxisMap:
     """The taps of ``out`` outputs along an axis of ``n`` inputs (built in Python, as PyTorch's CPU kernels compute
-    them, in a precision of ``bits`` significand bits)."""
+    them, in a precision of ``bits`` significand bits). ``shortcuts``: ``nearest`` copies an unchanged size and
+    takes ``i // 2`` for a doubled one whatever ``scale_factor`` (PyTorch's 2-D kernel; its 1-D kernel always
+    applies the rule: ``scale_factor=2.2`` on 3 values reads ``[0, 0, 0, 1, 1, 2]`` there)."""
     if mode == "bilinear":
         return _bilinear_taps(n, out, scale_factor, align_corners, bits)
-    if mode == "nearest" and out == n:
+    if mode == "nearest" and shortcuts and out == n:
         sources = list(range(out))
-    elif mode == "nearest" and out == 2 * n:
+    elif mode == "nearest" and shortcuts and out == 2 * n:
         sources = [i // 2 for i in range(out)]
     else:
         scale = _float32(1.0 / scale_factor) if scale_factor is not None else _float32(n / out)

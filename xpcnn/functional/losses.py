@@ -141,7 +141,7 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
         dtype, or a non-array.
     ValueError
         For a target of the wrong shape, out-of-range class indices (when checked), a weight of the wrong shape,
-        ``label_smoothing`` outside [0, 1], ``ignore_index`` with class probabilities, or arrays of different
+        ``label_smoothing`` outside [0, 1], ``ignore_index >= 0`` with class probabilities, or arrays of different
         libraries or devices.
 
     Examples
@@ -182,8 +182,9 @@ def softmax_cross_entropy_forward(logits, target, *, weight=None, ignore_index: 
                 f"logits' shape {shape}; got dtype {target.dtype} and shape {tuple(target.shape)}"
             )
         check_same_dtype(target, "target (class probabilities)", logits, "logits")
-        if ignore_index != IGNORE_INDEX:
-            raise ValueError("ignore_index is only for class-index targets, not class probabilities (as PyTorch)")
+        if ignore_index >= 0:  # PyTorch's rule: a negative one (no class) is accepted and has no effect
+            raise ValueError(f"ignore_index is only for class-index targets, not class probabilities (as PyTorch, "
+                             f"which accepts only a negative one, ignored), got {ignore_index}")
     elif not xp.isdtype(target.dtype, "integral"):
         raise TypeError(f"target must hold integer class indices (or floating class probabilities), got dtype "
                         f"{target.dtype}")
@@ -319,10 +320,16 @@ def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache, *, target_gr
         scale = xp.where(kept, xp.reshape(scale, (-1,)), 0.0)
     if getattr(scale, "ndim", 0) >= 1:  # a per-row factor: "none", or rows ignored
         scale = xp.reshape(scale, (rows, 1))
-    if q is None:
-        dlogits = (probs - xp.astype(onehot, probs.dtype)) * scale
-    else:
-        dlogits = (probs * xp.sum(q, axis=1, keepdims=True) - q) * scale
+    # As PyTorch: the gradient of the log-probabilities, g = -q * scale (0 off the targets, never 0 * scale),
+    # then log-softmax's backward, g - probs * sum(g). The same as (probs * sum(q) - q) * scale for a finite
+    # dloss; for an infinite one it gives PyTorch's NaN where -inf meets +inf (the target) or 0 meets inf.
+    if not hasattr(scale, "shape"):
+        scale = xp.asarray(scale, dtype=probs.dtype, device=device)
+    if q is None:  # one-hot rows: sum(g) = -scale
+        dlogits = xp.where(onehot, -scale, xp.zeros_like(probs)) + probs * scale
+    else:  # class probabilities are multiplied everywhere (PyTorch's 0 * inf is NaN there too)
+        g = -q * scale if onehot is None else xp.where(q != 0, -q * scale, xp.zeros_like(probs))
+        dlogits = g - probs * xp.sum(g, axis=1, keepdims=True)
     if valid is not None:
         dlogits = xp.where(valid[:, None], dlogits, math.nan)
     if target_grad:
