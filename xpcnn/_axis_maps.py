@@ -152,6 +152,9 @@ def gathered(xp, x, axis_map: AxisMap, axis: int):
     position)."""
     lead, trail = tuple(x.shape[:axis]), tuple(x.shape[axis:][1:])
     shape = (*lead, axis_map.width, axis_map.out_size, *trail)
+    if len(axis_map.flat_index) == 1:  # one tap of one output: a slice (Dask's take of a single index misreports
+        position = axis_map.flat_index[0]  # the shape it computes, and a slice uploads nothing anywhere)
+        return xp.reshape(x[(..., slice(position, position + 1), *(slice(None),) * len(trail))], shape)
     device = device_of(x)
     index = on_device(xp, device, ("axis map index", axis_map.flat_index),
                       lambda: xp.asarray(axis_map.flat_index, dtype=xp.int64, device=device))  # host: once a map

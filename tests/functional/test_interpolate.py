@@ -263,3 +263,18 @@ def test_bad_dout_and_cache(options):
         interpolate_backward(out.astype(np.float32), cache)
     with pytest.raises(TypeError, match="cache must be the cache that interpolate_forward returned"):
         interpolate_backward(out, max_pool2d_forward(X, 2)[1])
+
+
+@pytest.mark.parametrize("size", [(4, 1), (1, 5), (1, 1)])
+def test_one_output_on_an_axis_on_dask(size):
+    """An axis interpolated to one output reads one position: a slice, not a gather (Dask's take of a single index
+    misreported the shape it computes, and the reshape after it failed)."""
+    da = pytest.importorskip("dask.array")
+    x = np.random.default_rng(0).random((1, 3, 2, 7))
+    for mode in ("nearest", "nearest-exact", "bilinear"):
+        out, cache = interpolate_forward(da.from_array(x), size=size, mode=mode)
+        expected, expected_cache = interpolate_forward(x, size=size, mode=mode)
+        np.testing.assert_allclose(np.asarray(out), expected)
+        dout = np.ones(expected.shape)
+        np.testing.assert_allclose(np.asarray(interpolate_backward(da.from_array(dout), cache)),
+                                   interpolate_backward(dout, expected_cache))

@@ -877,7 +877,7 @@ def _image_shape(n: int, channels: int, size, channels_last: bool) -> tuple[int,
 @accepts_unbatched
 @half_in_float32
 def adaptive_avg_pool2d_forward(
-    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW"
+    x: Array, output_size: int | tuple[int | None, int | None], *, data_format: str = "NCHW"
 ) -> tuple[Array, AdaptiveAvgPool2dCache]:
     """Adaptive average pooling as ``torch.nn.functional.adaptive_avg_pool2d``.
 
@@ -993,7 +993,7 @@ def adaptive_avg_pool2d_backward(dout: Array, cache: AdaptiveAvgPool2dCache) -> 
 @accepts_unbatched
 @half_in_float32
 def adaptive_max_pool2d_forward(
-    x: Array, output_size: int | None | tuple[int | None, int | None], *, data_format: str = "NCHW",
+    x: Array, output_size: int | tuple[int | None, int | None], *, data_format: str = "NCHW",
     _gather: bool | None = None,
 ) -> tuple[Array, AdaptiveMaxPool2dCache]:
     """Adaptive max pooling as ``torch.nn.functional.adaptive_max_pool2d`` (windows as
@@ -1156,7 +1156,8 @@ def adaptive_output_size(output_size) -> tuple:
             raise ValueError(f"output_size must be an int or a pair (out_h, out_w), got {output_size!r}")
         pair = output_size
     elif output_size is None:
-        raise TypeError("output_size must be an int or a pair of ints or None (None keeps that axis), got None")
+        raise TypeError("output_size must be an int or a pair (out_h, out_w) whose items may be None (None keeps "
+                        "that axis); a bare None is not accepted (as PyTorch), got None")
     else:
         pair = (output_size, output_size)
     return tuple(None if v is None else as_int(v, "output_size", minimum=0) for v in pair)

@@ -170,7 +170,11 @@ class Module:
                 "failure had already added their parameter gradients)"
             )
         if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called without a forward pass before it")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called without a forward pass before it (each forward pass's cache "
+                "serves one backward pass: a module instance used twice in one model, as PyTorch code often reuses "
+                "one ReLU, keeps only its last forward's cache; give each use its own instance)"
+            )
         cache, self._cache = self._cache, None
         return cache
 
