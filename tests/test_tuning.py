@@ -53,33 +53,3 @@ def test_results_equal_under_both_profiles():
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
-
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
-@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
-def test_batch_pieces_on_threads_give_the_same_bits(algorithm, data_format):
-    """``piece_threads`` runs a convolution's batch pieces side by side; each piece's result is its own and they
-    are joined (or summed) in order, so every output and gradient is bitwise the one-thread result. Settings of
-    xpcnn.config made by the caller hold inside the pieces (each runs in a copy of the caller's context)."""
-    import dataclasses
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((9, 16, 12, 12)).astype(np.float32)
-    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    if data_format == "NHWC":
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    threaded = dataclasses.replace(_tuning.HOST, piece_threads=2)
-    results = []
-    for profile in (_tuning.HOST, threaded):
-        with config.device_profile(profile), config.workspace_limit(40_000):  # several pieces
-            out, cache = conv2d_forward(x, w, padding=1, algorithm=algorithm, data_format=data_format)
-            results.append((out, *conv2d_backward(out, cache)))
-    for one, two in zip(*results):
-        assert (one is None and two is None) or np.array_equal(one, two)
-
-
-def test_pieces_run_in_threads_only_for_numpy():
-    from xpcnn._dispatch import runs_pieces_in_threads
-
-    assert runs_pieces_in_threads(np.ones(2))
-    torch = pytest.importorskip("torch")
-    assert not runs_pieces_in_threads(torch.ones(2))

@@ -39,7 +39,7 @@ def on_device(xp, device, key: Hashable, build: Callable[[], Any]) -> Any:
     if not keeps_arrays(xp):
         return build()
     full_key = (getattr(xp, "__name__", repr(xp)), repr(device), key)
-    with _lock:  # an op's batch pieces may ask from several threads (xpcnn._windows.map_pieces)
+    with _lock:  # ops may be called from several threads at once
         if full_key in _cache:
             _cache.move_to_end(full_key)
             return _cache[full_key]

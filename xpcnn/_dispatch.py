@@ -50,9 +50,3 @@ def max_over(xp, x, *, axis: int | None):
         out = xp.where(xp.any(xp.isnan(x), axis=axis), math.nan, out)
     return out
 
-
-def runs_pieces_in_threads(array) -> bool:
-    """Whether batch pieces of ``array`` may run on several threads of this process: NumPy releases the
-    interpreter lock inside each of its loops and BLAS calls, and computes each on one thread. PyTorch CPU tensors
-    already run their kernels on several threads, and lazy or device arrays gain nothing from it."""
-    return is_numpy_array(array)

@@ -86,10 +86,6 @@ class Profile:
     """F(4x4, 3x3) up to this many channels per group (input and output), F(2x2, 3x3) beyond: F(4x4)'s float32
     error grows with the channels summed (at 256 it used 0.43 of the float32 tolerance of the PyTorch comparison
     tests, benchmarks/winograd_error.py); F(4x4) was the faster of the two on every shape measured."""
-    piece_threads: int = 1
-    """Threads that run an op's batch pieces side by side (convolution and Winograd), where the library releases
-    the interpreter lock in each of its calls (NumPy); 1 runs them in order on the calling thread. The pieces are
-    independent and their results are put together in order, so the result does not depend on it."""
     winograd_workspace_limit: int = 4 * 2**20
     """Bytes for one Winograd batch piece's working arrays (padded rows, transformed input, products; at least one
     sample per piece). On the host, pieces that stay in the CPU's caches were the fastest (2-4 MiB, conv (c),
@@ -111,7 +107,6 @@ HOST = Profile(
     winograd_min_output=4,
     winograd_f4_max_channels=256,
     winograd_workspace_limit=4 * 2**20,
-    piece_threads=1,
 )
 
 ACCELERATOR = Profile(
@@ -130,7 +125,6 @@ ACCELERATOR = Profile(
     winograd_min_output=4,
     winograd_f4_max_channels=256,
     winograd_workspace_limit=512 * 2**20,
-    piece_threads=1,  # the batch is one piece; the device runs each kernel in parallel
 )
 
 PROFILES = {profile.name: profile for profile in (HOST, ACCELERATOR)}

@@ -24,8 +24,6 @@ supports.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import contextvars
 import functools
 import math
 import operator
@@ -37,7 +35,7 @@ import array_api_extra as xpx
 from array_api_compat import device as device_of
 from array_api_compat import is_lazy_array
 
-from ._dispatch import runs_pieces_in_threads, take_nonnegative, updates_in_place
+from ._dispatch import take_nonnegative, updates_in_place
 from ._layout import DATA_FORMATS, is_channels_last  # noqa: F401  (re-exported for the ops)
 from ._tuning import profile_for
 from ._typing import Array  # noqa: F401
@@ -241,7 +239,7 @@ def window_indices_on(xp, geometry: WindowGeometry, device, *, cache: bool = Tru
     if not cache:
         host, reaches_padding = _window_indices(geometry)
         return xp.asarray(host, dtype=xp.int64, device=device), reaches_padding
-    with _index_cache_lock:  # batch pieces may ask from several threads
+    with _index_cache_lock:  # ops may be called from several threads at once
         if key in _index_cache:
             _index_cache.move_to_end(key)
             return _index_cache[key]
@@ -370,33 +368,11 @@ def batch_pieces(n: int, piece: int) -> list[slice]:
     return [slice(start, min(start + piece, n)) for start in range(0, max(n, 1), piece)]
 
 
-def map_pieces(fn, n: int, piece: int, *per_piece, like=None) -> list:
+def map_pieces(fn, n: int, piece: int, *per_piece) -> list:
     """``[fn(part, ...) for part in batch_pieces(n, piece)]``: a function applied to each batch piece (a slice of
-    at most ``piece`` samples), with the matching items of ``per_piece`` (one sequence per extra argument, as long
-    as the pieces) after the slice; the results in the pieces' order.
-
-    With ``like`` (an array of the op) whose library computes each call on one thread and releases the
-    interpreter lock (:func:`xpcnn._dispatch.runs_pieces_in_threads`), the pieces run on the cost model's
-    ``piece_threads`` threads (:class:`xpcnn._tuning.Profile`), each in a copy of the caller's context (so
-    :mod:`xpcnn.config` settings hold there too). ``fn`` must then only write into arrays of its own piece."""
-    calls = list(zip(batch_pieces(n, piece), *per_piece, strict=True))
-    threads = 1 if like is None or not runs_pieces_in_threads(like) else profile_for(like).piece_threads
-    if threads <= 1 or len(calls) <= 1:
-        return [fn(*call) for call in calls]
-    context = contextvars.copy_context()
-    return list(_piece_pool(threads).map(lambda call: context.copy().run(fn, *call), calls))
-
-
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _piece_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The process's pool of ``threads`` worker threads for batch pieces, made on first use and kept."""
-    with _pools_lock:
-        if threads not in _pools:
-            _pools[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="xpcnn-piece")
-        return _pools[threads]
+    at most ``piece`` samples) in order, with the matching items of ``per_piece`` (one sequence per extra
+    argument, as long as the pieces) after the slice."""
+    return [fn(part, *items) for part, *items in zip(batch_pieces(n, piece), *per_piece, strict=True)]
 
 
 def sum_pieces(arrays):

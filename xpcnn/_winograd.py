@@ -447,7 +447,7 @@ def _correlate(xp, x, weight, pads, groups, tf: WinogradTransform, layout: _Layo
             return None
         return xp.reshape(y, _tiled_shape(y.shape[0], out_channels, tiles, tf, layout))
 
-    outs = map_pieces(one_piece, n, piece, like=x)
+    outs = map_pieces(one_piece, n, piece)
     if not in_place:
         tiled = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
     return _untiled(xp, tiled, n, out_channels, tiles, tf, layout, out_size)
@@ -487,7 +487,7 @@ def _weight_gradient(xp, x, dout, pads, groups, tf: WinogradTransform, layout: _
             return xp.matmul(dy, xp.matrix_transpose(v))
         return xp.matmul(xp.matrix_transpose(dy), v)  # dy (T, G, P, Og), v (T, G, P, Cg)
 
-    total = sum_pieces(map_pieces(one_piece, n, piece, like=x))
+    total = sum_pieces(map_pieces(one_piece, n, piece))
     # (T, G, Og, Cg) -> G^T . G over the two transform axes -> (3, 3, O, Cg) -> (O, Cg, 3, 3)
     total = xp.reshape(total, (t, out_channels * group_channels))
     total = xp.reshape(total, (tf.alpha, tf.alpha, out_channels * group_channels))

@@ -757,7 +757,7 @@ def conv_transpose2d_backward(
         dweight = _weight_product(xp, x_rows(part), cols, conv, cache.plan.dweight)
         return dweight, (_product(xp, w_mat, cols, conv, part.stop - part.start) if input_grad else None)
 
-    parts = map_pieces(one_piece, n, _batch_piece(xp, conv, dout.dtype, cache.workspace_limit), like=dout)
+    parts = map_pieces(one_piece, n, _batch_piece(xp, conv, dout.dtype, cache.workspace_limit))
     dweight = _weight_from_matrix(xp, sum_pieces([dweight for dweight, _ in parts]), weight.shape, conv)
     dx = concat_pieces(xp, [dx for _, dx in parts]) if input_grad else None
     return (dx[0, ...] if cache.unbatched and dx is not None else dx), dweight, dbias
@@ -942,7 +942,7 @@ def _correlate(xp, x, weight, conv: ConvShape, limit: int, *, keep_columns: bool
     def one_piece(part):
         return _product(xp, w_mat, _im2col(xp, x[part, ...], conv), conv, part.stop - part.start)
 
-    return concat_pieces(xp, map_pieces(one_piece, n, piece, like=x)), None
+    return concat_pieces(xp, map_pieces(one_piece, n, piece)), None
 
 
 def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limits: tuple[int, int], columns):
@@ -962,7 +962,7 @@ def _weight_gradient(xp, dout, x, conv: ConvShape, plan: Conv2dPlan, limits: tup
     def one_piece(part):
         return _weight_product(xp, dout_rows(part), _im2col(xp, x[part, ...], conv), conv, plan.dweight)
 
-    parts = map_pieces(one_piece, x.shape[0], _batch_piece(xp, conv, x.dtype, limit), like=x)
+    parts = map_pieces(one_piece, x.shape[0], _batch_piece(xp, conv, x.dtype, limit))
     return _weight_from_matrix(xp, sum_pieces(parts), _conv2d_weight_shape(conv), conv)
 
 
@@ -1001,8 +1001,7 @@ def _input_gradient(xp, dout, weight, conv: ConvShape, plan: Conv2dPlan, limits:
     def one_piece(part):
         return _col2im(xp, w_mat, dout_rows(part), conv, part.stop - part.start, wide_rows, device)
 
-    return concat_pieces(xp, map_pieces(one_piece, dout.shape[0], _batch_piece(xp, conv, dout.dtype, limit),
-                                        like=dout))
+    return concat_pieces(xp, map_pieces(one_piece, dout.shape[0], _batch_piece(xp, conv, dout.dtype, limit)))
 
 
 def _im2col(xp, x, conv: ConvShape):
