@@ -15,7 +15,8 @@ ratio within each round). 2.0 means the second core doubles the rate, 1.0 that i
 - ``conv 16@28 pieces``: xpcnn's conv2d forward + backward of the ResNet's 16-channel 3x3 layer (batch 64), the
   two halves of the batch on two threads (BLAS one thread each), against the whole batch on one.
 - ``resnet step``: examples/train_resnet.py's network, batch 64, one training step: xpcnn with BLAS limited to
-  one thread against BLAS's default (two), and PyTorch with ``torch.set_num_threads(1)`` against two. Here
+  one thread against BLAS's default (two), and PyTorch with ``torch.set_num_threads(1)`` against its default (two;
+  timed one setting after the other, not interleaved: its thread pool is slow to take a change of size). Here
   ``two_ms`` runs the whole step (no halves): the speed-up is what the library's own threads give.
 
 The threads release the GIL in NumPy's loops and in BLAS, so a kernel that is limited by the core's arithmetic
@@ -158,21 +159,21 @@ def resnet_rows(batch, image, repeats, settle):
         with _blas_limit(1):
             ours()
 
+    def row(name, one, two, speedup):
+        return dict(kernel=name, size=f"batch {batch}, {image}x{image}", one_ms=one, two_ms=two, speedup=speedup,
+                    one_rate=batch / one * 1e3, two_rate=batch / two * 1e3, unit="images/s")
+
+    rows = [row("resnet step, xpcnn", *_paired(ours_one, ours, repeats, settle))]
+    # PyTorch's thread pool does not take a change of its size between rounds well (the two-thread rounds slowed
+    # down by a third), so its two settings are timed one after the other: its default threads, then one.
     threads = torch.get_num_threads()
-
-    def theirs_one():
-        torch.set_num_threads(1)
-        try:
-            theirs()
-        finally:
-            torch.set_num_threads(threads)
-
-    rows = []
-    for name, one_fn, two_fn in (("resnet step, xpcnn", ours_one, ours), ("resnet step, torch", theirs_one, theirs)):
-        one, two, speedup = _paired(one_fn, two_fn, repeats, settle)
-        rows.append(dict(kernel=name, size=f"batch {batch}, {image}x{image}", one_ms=one, two_ms=two,
-                         speedup=speedup, one_rate=batch / one * 1e3, two_rate=batch / two * 1e3,
-                         unit="images/s"))
+    two = common.time_interleaved({"two": theirs}, repeats, lambda: None, settle_s=settle)["two"]["median_ms"]
+    torch.set_num_threads(1)
+    try:
+        one = common.time_interleaved({"one": theirs}, repeats, lambda: None, settle_s=settle)["one"]["median_ms"]
+    finally:
+        torch.set_num_threads(threads)
+    rows.append(row("resnet step, torch", one, two, one / two))
     return rows
 
 
